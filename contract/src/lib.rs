@@ -1,0 +1,30 @@
+//! The contract between the load-testing binaries: everything that `loadtest-agent` writes or
+//! accepts and that `ltops` and `ltparse` read or send is defined here, and only here.
+//!
+//! - [`histogram`]: latency histograms (HDR, microseconds, V2-deflate + base64 on the wire).
+//! - [`results`]: the versioned JSON Lines results file — run header, interval and summary records —
+//!   with a streaming reader that reports file and line for every malformed record.
+//! - [`workload`]: the TOML workload configuration, its presets and its validation.
+//! - [`control`]: request and response types of the agent's HTTP control API.
+//!
+//! This crate has no async runtime and no HTTP client on purpose: it is plain data plus the code
+//! that encodes, decodes and validates it, so every binary can depend on it cheaply.
+
+pub mod actions;
+pub mod control;
+pub mod histogram;
+pub mod results;
+pub mod workload;
+
+pub use actions::Action;
+pub use histogram::LatencyHistogram;
+pub use results::{Record, ResultsReader, ResultsWriter, SCHEMA_MAJOR, SCHEMA_MINOR};
+pub use workload::WorkloadConfig;
+
+/// Milliseconds since the Unix epoch, the one time unit used on the wire (as Mattermost does).
+pub fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
