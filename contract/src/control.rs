@@ -13,6 +13,8 @@
 //! | POST   | `/v1/run/stop`        |                 | [`RunStatus`]                |
 //! | GET    | `/v1/run/status`      |                 | [`RunStatus`]                |
 //! | GET    | `/v1/run/results`     |                 | the results file (JSON Lines) |
+//! | POST   | `/v1/setup`           | [`SetupRequest`] | [`SetupStatus`] (202, runs in the background) |
+//! | GET    | `/v1/setup`           |                 | [`SetupStatus`]              |
 //!
 //! A second `POST /v1/run` while a run is active answers 409.
 
@@ -30,6 +32,42 @@ pub const PATH_STOP: &str = "/v1/run/stop";
 pub const PATH_STATUS: &str = "/v1/run/status";
 pub const PATH_RESULTS: &str = "/v1/run/results";
 pub const PATH_METRICS: &str = "/metrics";
+/// Data-set creation (`loadtest-agent setup` over HTTP); added in contract 1.0 additively.
+pub const PATH_SETUP: &str = "/v1/setup";
+
+/// Creates the workload's data set through the target's API, idempotently. Only one setup runs
+/// at a time (a second `POST` while one runs answers 409).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct SetupRequest {
+    pub config: WorkloadConfig,
+    /// Requests in flight; the agent's default when absent.
+    #[serde(default)]
+    pub concurrency: Option<u32>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SetupState {
+    Idle,
+    Running,
+    Done,
+    Failed,
+}
+
+/// Progress and outcome of a setup.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SetupStatus {
+    pub state: SetupState,
+    /// Objects created (users, teams, channels, memberships, posts) once done.
+    #[serde(default)]
+    pub created: u64,
+    /// Users, teams and channels found existing once done.
+    #[serde(default)]
+    pub existing: u64,
+    /// Error when failed.
+    #[serde(default)]
+    pub message: Option<String>,
+}
 
 /// The agent's wall clock, for `ltops` to estimate its offset (NTP-style, from the round trip).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -1,1 +1,312 @@
-fn main() {}
+//! The `ltops` binary: parses the command line and calls the library (`ltops::commands`).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use ltops::commands::{self, create::CreateOptions, deploy::DeployOptions, loadtest};
+use ltops::state::{ClusterType, Database, Home, Role};
+
+const EXIT_CODES: &str = "\
+Exit codes:
+  0    success (loadtest: thresholds and baseline passed)
+  1    runtime failure (a process would not start, an agent died mid-run, I/O)
+  2    bad input (unknown cluster, unsupported type, missing binary, invalid config or flag)
+  3    loadtest: a threshold failed              (same as ltparse)
+  4    loadtest: regression against the baseline (same as ltparse)
+  5    loadtest: thresholds failed and regression (same as ltparse)
+  75   another ltops command holds the cluster's lock; try again when it is done
+  130  interrupted by ctrl-c (loadtest keeps and summarizes the partial results)
+
+State lives in $LTOPS_HOME (default ~/.ltops): clusters/<name>/cluster.toml, logs/, results/.";
+
+#[derive(Parser)]
+#[command(
+    name = "ltops",
+    version,
+    about = "Create load-test clusters, deploy servers and agents, run coordinated load tests",
+    long_about = "Create load-test clusters, deploy chat servers and load-test agents to them, run \
+coordinated multi-agent load tests and keep their results.\n\n\
+The quickest start, on a fresh machine:\n  cargo build --release --workspace && target/release/ltops loadtest --quick",
+    after_help = EXIT_CODES
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Record a new cluster and provision what it needs.
+    #[command(
+        long_about = "Record a new cluster in the state directory and provision what it needs before \
+a deploy (for --database postgres: a private PostgreSQL, initialized and started in the cluster's directory). \
+--type names the provider: `local` runs everything as processes on this machine; `kubernetes` and `aws` \
+are reserved for the next version.",
+        after_help = "Example:\n  ltops create --name laptop --agents 2\n  ltops create --name pg --database postgres --app-count 2 --agents 4"
+    )]
+    Create {
+        /// Cluster name (letters, digits, - and _).
+        #[arg(long)]
+        name: String,
+        /// Provider: where the cluster runs.
+        #[arg(long = "type", value_enum, default_value_t = ClusterType::Local)]
+        kind: ClusterType,
+        /// Number of load-test agents.
+        #[arg(long, default_value_t = 2)]
+        agents: u32,
+        /// Database of the chat server(s).
+        #[arg(long, value_enum, default_value_t = Database::Sqlite)]
+        database: Database,
+        /// Server instances (more than one needs --database postgres); agents are spread over them.
+        #[arg(long, default_value_t = 1)]
+        app_count: u32,
+    },
+    /// Start (or restart) a cluster's servers and agents.
+    #[command(
+        long_about = "Start, or restart, every server instance and agent of a cluster from the given \
+binaries (default: `chat-server` and `loadtest-agent` next to the `ltops` executable, i.e. what \
+`cargo build --release --workspace` produced), wait until each answers its health check, and \
+optionally record a workload config as the cluster's default for `loadtest`.",
+        after_help = "Example:\n  ltops deploy -c laptop --config examples/standard-day.toml\n  ltops deploy -c laptop --server ./my/chat-server --agent ./my/loadtest-agent"
+    )]
+    Deploy {
+        /// Cluster name.
+        #[arg(short = 'c', long = "cluster")]
+        cluster: String,
+        /// Path of the `chat-server` binary.
+        #[arg(long)]
+        server: Option<PathBuf>,
+        /// Path of the `loadtest-agent` binary.
+        #[arg(long)]
+        agent: Option<PathBuf>,
+        /// Workload config (TOML) to use by default in `ltops loadtest`.
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+    /// Run a coordinated load test and print its summary.
+    #[command(
+        long_about = "Run a coordinated load test: prepare the data set once (recorded in the cluster's \
+state; --force-setup redoes it), split the users into disjoint slices across the agents, measure each \
+agent's clock offset, start every agent at the same instant, show live progress, stop at the end or on \
+ctrl-c (partial results are kept), collect every agent's results into results/<run-id>/ and print the \
+ltparse summary. The exit code follows ltparse: 0 pass, 3 thresholds failed, 4 regression, 5 both; \
+1 when an agent was lost.\n\n\
+--quick creates (or reuses) the local cluster `quick` (2 agents, SQLite), deploys it when it is not \
+running, and runs the `quick` preset: about a minute with a few hundred users.",
+        after_help = "Examples:\n  ltops loadtest --quick\n  ltops loadtest -c laptop --config examples/standard-day.toml --users 2000 --duration 5m\n  ltops loadtest -c laptop --threshold 'create_post.p99<200ms' --baseline ~/.ltops/clusters/laptop/results/RUN_ID"
+    )]
+    Loadtest {
+        /// Cluster name (default with --quick: `quick`).
+        #[arg(short = 'c', long = "cluster")]
+        cluster: Option<String>,
+        /// Create/reuse the local cluster `quick`, deploy it if needed, run the `quick` preset.
+        #[arg(long)]
+        quick: bool,
+        /// Workload config (TOML); default: the one recorded by `deploy --config`.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Simulated users across all agents (overrides users.count).
+        #[arg(long)]
+        users: Option<u64>,
+        /// Test duration, e.g. 90s or 5m (overrides users.duration).
+        #[arg(long, value_parser = humantime::parse_duration)]
+        duration: Option<Duration>,
+        /// Do not run the data-set setup even if it was never recorded as done.
+        #[arg(long, conflicts_with = "force_setup")]
+        skip_setup: bool,
+        /// Run the data-set setup even if it was recorded as done.
+        #[arg(long)]
+        force_setup: bool,
+        /// Pass/fail threshold, e.g. 'create_post.p99<200ms', '*.error_rate<1%' (repeatable;
+        /// added to the config's run.thresholds).
+        #[arg(long = "threshold", short = 't', value_name = "EXPR")]
+        thresholds: Vec<String>,
+        /// Baseline results to compare with: a results file or a previous run's directory (repeatable).
+        #[arg(long, value_name = "PATH")]
+        baseline: Vec<PathBuf>,
+        /// Also append the report as Markdown to this file (e.g. $GITHUB_STEP_SUMMARY).
+        #[arg(long, value_name = "FILE")]
+        markdown: Option<PathBuf>,
+        /// With --quick: path of the `chat-server` binary.
+        #[arg(long)]
+        server: Option<PathBuf>,
+        /// With --quick: path of the `loadtest-agent` binary.
+        #[arg(long)]
+        agent: Option<PathBuf>,
+        /// Progress display: auto (bars on a terminal), plain (periodic lines) or none.
+        #[arg(long, default_value = "auto", value_parser = ["auto", "plain", "none"])]
+        progress: String,
+    },
+    /// Show clusters: components, addresses, health, data set, last run.
+    #[command(
+        long_about = "Show every cluster (or one): its type and shape, each component with its address, \
+PID and health (process alive and answering its health check), metrics URLs, the data-set state and \
+the last run with its verdict. Takes no lock, so it works while a load test runs.",
+        after_help = "Example:\n  ltops status\n  ltops status quick"
+    )]
+    Status {
+        /// Only this cluster.
+        name: Option<String>,
+    },
+    /// Open a shell (or run a command) in a component's environment.
+    #[command(
+        long_about = "Open a shell, or run a command, in a component's environment. For `local` clusters: \
+in the component's working directory with LTOPS_CLUSTER, LTOPS_ROLE, LTOPS_INDEX, LTOPS_URL, LTOPS_PID, \
+LTOPS_LOG (and LTOPS_METRICS_URL for servers, LTOPS_TOKEN_FILE for agents, DATABASE_URL for postgres) set. \
+Exits with the command's exit code.",
+        after_help = "Example:\n  ltops ssh server -c quick\n  ltops ssh agent -c quick -i 1 -- 'curl -s -H \"Authorization: Bearer $(cat $LTOPS_TOKEN_FILE)\" $LTOPS_URL/v1/run/status'"
+    )]
+    Ssh {
+        /// Component role.
+        #[arg(value_enum)]
+        role: Role,
+        #[arg(short = 'c', long = "cluster")]
+        cluster: String,
+        /// Component index (0-based).
+        #[arg(short = 'i', long = "index", default_value_t = 0)]
+        index: u32,
+        /// Command to run instead of a shell (after `--`).
+        #[arg(last = true)]
+        cmd: Vec<String>,
+    },
+    /// Print (or follow) a component's log.
+    #[command(
+        long_about = "Print a component's log (stdout and stderr of its process), or its last lines, \
+and optionally follow it until ctrl-c.",
+        after_help = "Example:\n  ltops logs agent -c quick -i 1 --follow\n  ltops logs server -c quick -n 50"
+    )]
+    Logs {
+        #[arg(value_enum)]
+        role: Role,
+        #[arg(short = 'c', long = "cluster")]
+        cluster: String,
+        #[arg(short = 'i', long = "index", default_value_t = 0)]
+        index: u32,
+        /// Keep printing new lines until ctrl-c.
+        #[arg(short = 'f', long)]
+        follow: bool,
+        /// Only the last N lines.
+        #[arg(short = 'n', long = "lines")]
+        lines: Option<usize>,
+    },
+    /// Stop everything a cluster started and remove its state (results included).
+    #[command(
+        long_about = "Stop every process the cluster started (SIGTERM to each process group, SIGKILL \
+after 10 s), stop its PostgreSQL, and remove its state directory, results included. Asks for \
+confirmation on a terminal; elsewhere --yes is required.",
+        after_help = "Example:\n  ltops delete quick --yes"
+    )]
+    Delete {
+        name: String,
+        /// Do not ask for confirmation.
+        #[arg(long, short = 'y')]
+        yes: bool,
+    },
+}
+
+fn run(cli: Cli, rt: &tokio::runtime::Runtime) -> ltops::Result<i32> {
+    let home = Home::from_env()?;
+    match cli.command {
+        Command::Create {
+            name,
+            kind,
+            agents,
+            database,
+            app_count,
+        } => commands::create::create(
+            &home,
+            &CreateOptions {
+                name,
+                kind,
+                agents,
+                database,
+                app_count,
+            },
+        ),
+        Command::Deploy {
+            cluster,
+            server,
+            agent,
+            config,
+        } => commands::deploy::deploy(
+            &home,
+            &DeployOptions {
+                cluster,
+                server,
+                agent,
+                config,
+            },
+        ),
+        Command::Loadtest {
+            cluster,
+            quick,
+            config,
+            users,
+            duration,
+            skip_setup,
+            force_setup,
+            thresholds,
+            baseline,
+            markdown,
+            server,
+            agent,
+            progress,
+        } => loadtest::loadtest(
+            &home,
+            &loadtest::LoadtestOptions {
+                cluster,
+                quick,
+                config,
+                users,
+                duration,
+                skip_setup,
+                force_setup,
+                thresholds,
+                baseline,
+                markdown,
+                server,
+                agent,
+                progress: match progress.as_str() {
+                    "plain" => loadtest::ProgressMode::Plain,
+                    "none" => loadtest::ProgressMode::None,
+                    _ => loadtest::ProgressMode::Auto,
+                },
+            },
+            rt.handle(),
+        ),
+        Command::Status { name } => commands::status::status(&home, name.as_deref()),
+        Command::Ssh {
+            role,
+            cluster,
+            index,
+            cmd,
+        } => commands::ssh::ssh(&home, &cluster, role, index, cmd),
+        Command::Logs {
+            role,
+            cluster,
+            index,
+            follow,
+            lines,
+        } => commands::logs::logs(&home, &cluster, role, index, follow, lines),
+        Command::Delete { name, yes } => commands::delete::delete(&home, &name, yes),
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    ltops::interrupt::install(rt.handle());
+    let code = match run(cli, &rt) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("ltops: error: {e}");
+            e.exit_code()
+        }
+    };
+    rt.shutdown_timeout(Duration::from_millis(100));
+    std::process::exit(code);
+}

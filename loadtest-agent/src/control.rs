@@ -1,0 +1,352 @@
+//! The control API of `loadtest-agent serve`, as `ltops` drives it (paths and bodies in the
+//! contract's `control` module). Every `/v1/*` request must carry `Authorization: Bearer
+//! <token>`; anything else gets 401 and an `ErrorReply`. `GET /metrics` (Prometheus text) is open
+//! so a scraper needs no secret, and exposes only counters.
+//!
+//! One run at a time: `POST /v1/run` stores a validated plan (state `ready`), `start` launches
+//! it (optionally at a coordinator time corrected by the clock offset), `users` changes the
+//! number of active users, `stop` ends it early, `status` reports, `results` returns the results
+//! file, which lives at `{results_dir}/{run_id}-{agent_id}.jsonl`. `POST /v1/setup` creates the
+//! data set in the background; `GET /v1/setup` reports its progress.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{Request, State};
+use axum::http::{header, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use loadtest_contract::control::{
+    ClockReply, CreateRun, ErrorReply, RunState, RunStatus, SetUsers, SetupRequest, SetupState,
+    SetupStatus, StartRun, PATH_CLOCK, PATH_METRICS, PATH_RESULTS, PATH_RUN, PATH_SETUP,
+    PATH_START, PATH_STATUS, PATH_STOP, PATH_USERS,
+};
+use loadtest_contract::now_ms;
+use tokio::net::TcpListener;
+
+use crate::measure::Recorder;
+use crate::run::{start_run, RunHandle, RunPlan};
+
+/// Settings of the control server.
+#[derive(Clone, Debug)]
+pub struct ServeConfig {
+    /// The shared secret every `/v1` request must present.
+    pub token: String,
+    /// Reported by `/v1/clock` (runs use the id `ltops` gives in `CreateRun`).
+    pub agent_id: String,
+    /// Where results files are written.
+    pub results_dir: PathBuf,
+}
+
+enum Slot {
+    Idle,
+    Ready(Box<CreateRun>),
+    Active { handle: RunHandle, path: PathBuf },
+}
+
+struct ControlState {
+    cfg: ServeConfig,
+    slot: tokio::sync::Mutex<Slot>,
+    /// The current (or last) run's recorder, for `/metrics`.
+    recorder: parking_lot::Mutex<Option<Arc<Recorder>>>,
+    setup: Arc<parking_lot::Mutex<SetupStatus>>,
+}
+
+type Reply = Result<Response, (StatusCode, Json<ErrorReply>)>;
+
+fn error(status: StatusCode, msg: impl Into<String>) -> (StatusCode, Json<ErrorReply>) {
+    (status, Json(ErrorReply { error: msg.into() }))
+}
+
+fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, (StatusCode, Json<ErrorReply>)> {
+    b.map(|Json(t)| t)
+        .map_err(|e| error(StatusCode::BAD_REQUEST, e.body_text()))
+}
+
+/// Constant-time comparison, so the token cannot be guessed byte by byte from timings.
+fn same(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+async fn auth(State(st): State<Arc<ControlState>>, req: Request, next: Next) -> Response {
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| {
+            let (scheme, token) = v.split_once(' ')?;
+            scheme
+                .eq_ignore_ascii_case("bearer")
+                .then_some(token.trim())
+        });
+    match presented {
+        Some(t) if same(t.as_bytes(), st.cfg.token.as_bytes()) => next.run(req).await,
+        Some(_) => error(StatusCode::UNAUTHORIZED, "wrong token").into_response(),
+        None => error(
+            StatusCode::UNAUTHORIZED,
+            "missing Authorization: Bearer <token> (the content of the agent's --token-file)",
+        )
+        .into_response(),
+    }
+}
+
+fn status_of(st: &ControlState, slot: &Slot) -> RunStatus {
+    match slot {
+        Slot::Idle => RunStatus::idle(&st.cfg.agent_id),
+        Slot::Ready(c) => RunStatus {
+            state: RunState::Ready,
+            run_id: Some(c.run_id.clone()),
+            duration_ms: c.config.users.duration.as_millis() as u64,
+            target_users: c.config.users.count,
+            ..RunStatus::idle(&c.agent_id)
+        },
+        Slot::Active { handle, .. } => handle.status(),
+    }
+}
+
+fn is_active(slot: &Slot) -> bool {
+    match slot {
+        Slot::Idle => false,
+        Slot::Ready(_) => true,
+        Slot::Active { handle, .. } => !handle.is_finished(),
+    }
+}
+
+async fn clock(State(st): State<Arc<ControlState>>) -> Json<ClockReply> {
+    Json(ClockReply {
+        now_ms: now_ms(),
+        agent_id: st.cfg.agent_id.clone(),
+        version: crate::VERSION.into(),
+    })
+}
+
+async fn create(
+    State(st): State<Arc<ControlState>>,
+    b: Result<Json<CreateRun>, JsonRejection>,
+) -> Reply {
+    let c = body(b)?;
+    c.config
+        .validate()
+        .map_err(|(k, m)| error(StatusCode::BAD_REQUEST, format!("config: {k}: {m}")))?;
+    for (what, id) in [("run_id", &c.run_id), ("agent_id", &c.agent_id)] {
+        if id.is_empty()
+            || id.len() > 100
+            || !id
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+            || id.starts_with('.')
+        {
+            return Err(error(
+                StatusCode::BAD_REQUEST,
+                format!("{what} must be 1-100 characters of a-z, A-Z, 0-9, -, _ and ."),
+            ));
+        }
+    }
+    let mut slot = st.slot.lock().await;
+    if is_active(&slot) {
+        return Err(error(
+            StatusCode::CONFLICT,
+            "a run is already active; stop it first",
+        ));
+    }
+    *slot = Slot::Ready(Box::new(c));
+    Ok(Json(status_of(&st, &slot)).into_response())
+}
+
+async fn start(
+    State(st): State<Arc<ControlState>>,
+    b: Result<Json<StartRun>, JsonRejection>,
+) -> Reply {
+    let s = body(b)?;
+    let mut slot = st.slot.lock().await;
+    let Slot::Ready(c) = &*slot else {
+        return Err(error(
+            StatusCode::CONFLICT,
+            "no run is ready: POST /v1/run first",
+        ));
+    };
+    let c = (**c).clone();
+    let path = st
+        .cfg
+        .results_dir
+        .join(format!("{}-{}.jsonl", c.run_id, c.agent_id));
+    // The coordinator's time plus our offset from it is the moment on our clock.
+    let start_at = s.start_at_ms.map(|at| {
+        let wait = at + c.clock_offset_ms - now_ms();
+        Instant::now() + Duration::from_millis(wait.clamp(0, 3_600_000) as u64)
+    });
+    let recorder = Arc::new(Recorder::new(&c.agent_id));
+    let plan = RunPlan {
+        run_id: c.run_id,
+        agent_id: c.agent_id,
+        config: c.config,
+        total_users: c.total_users,
+        agents: c.agents,
+        clock_offset_ms: c.clock_offset_ms,
+        results_path: path.clone(),
+    };
+    let handle = start_run(plan, start_at, recorder.clone())
+        .await
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
+    *st.recorder.lock() = Some(recorder);
+    *slot = Slot::Active { handle, path };
+    Ok(Json(status_of(&st, &slot)).into_response())
+}
+
+async fn users(
+    State(st): State<Arc<ControlState>>,
+    b: Result<Json<SetUsers>, JsonRejection>,
+) -> Reply {
+    let u = body(b)?;
+    let slot = st.slot.lock().await;
+    match &*slot {
+        Slot::Active { handle, .. } if !handle.is_finished() => {
+            handle.set_users(u.users);
+            Ok(Json(status_of(&st, &slot)).into_response())
+        }
+        _ => Err(error(StatusCode::CONFLICT, "no run is running")),
+    }
+}
+
+async fn stop(State(st): State<Arc<ControlState>>) -> Reply {
+    let mut slot = st.slot.lock().await;
+    match &*slot {
+        Slot::Active { handle, .. } => handle.stop(),
+        Slot::Ready(_) => *slot = Slot::Idle,
+        Slot::Idle => {}
+    }
+    Ok(Json(status_of(&st, &slot)).into_response())
+}
+
+async fn status(State(st): State<Arc<ControlState>>) -> Json<RunStatus> {
+    let slot = st.slot.lock().await;
+    Json(status_of(&st, &slot))
+}
+
+async fn results(State(st): State<Arc<ControlState>>) -> Reply {
+    let path = match &*st.slot.lock().await {
+        Slot::Active { path, .. } => path.clone(),
+        _ => return Err(error(StatusCode::NOT_FOUND, "no run has been started")),
+    };
+    let bytes = tokio::fs::read(&path).await.map_err(|e| {
+        error(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("{}: {e}", path.display()),
+        )
+    })?;
+    Ok(([(header::CONTENT_TYPE, "application/x-ndjson")], bytes).into_response())
+}
+
+async fn setup_start(
+    State(st): State<Arc<ControlState>>,
+    b: Result<Json<SetupRequest>, JsonRejection>,
+) -> Reply {
+    let req = body(b)?;
+    req.config
+        .validate()
+        .map_err(|(k, m)| error(StatusCode::BAD_REQUEST, format!("config: {k}: {m}")))?;
+    {
+        let mut s = st.setup.lock();
+        if s.state == SetupState::Running {
+            return Err(error(StatusCode::CONFLICT, "a setup is already running"));
+        }
+        *s = SetupStatus {
+            state: SetupState::Running,
+            created: 0,
+            existing: 0,
+            message: None,
+        };
+    }
+    let status = st.setup.clone();
+    tokio::spawn(async move {
+        let concurrency = req.concurrency.unwrap_or(32) as usize;
+        let r = crate::setup::run_setup(&req.config, concurrency).await;
+        *status.lock() = match r {
+            Ok(rep) => SetupStatus {
+                state: SetupState::Done,
+                created: rep.created(),
+                existing: rep.existing,
+                message: None,
+            },
+            Err(e) => SetupStatus {
+                state: SetupState::Failed,
+                created: 0,
+                existing: 0,
+                message: Some(e.to_string()),
+            },
+        };
+    });
+    let s = st.setup.lock().clone();
+    Ok((StatusCode::ACCEPTED, Json(s)).into_response())
+}
+
+async fn setup_status(State(st): State<Arc<ControlState>>) -> Json<SetupStatus> {
+    Json(st.setup.lock().clone())
+}
+
+async fn metrics(State(st): State<Arc<ControlState>>) -> Response {
+    let text = st
+        .recorder
+        .lock()
+        .as_ref()
+        .map(|r| r.metrics.render())
+        .unwrap_or_default();
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+/// The control API's routes.
+pub fn router(cfg: ServeConfig) -> Router {
+    let state = Arc::new(ControlState {
+        cfg,
+        slot: tokio::sync::Mutex::new(Slot::Idle),
+        recorder: parking_lot::Mutex::new(None),
+        setup: Arc::new(parking_lot::Mutex::new(SetupStatus {
+            state: SetupState::Idle,
+            created: 0,
+            existing: 0,
+            message: None,
+        })),
+    });
+    Router::new()
+        .route(PATH_CLOCK, get(clock))
+        .route(PATH_RUN, post(create))
+        .route(PATH_START, post(start))
+        .route(PATH_USERS, post(users))
+        .route(PATH_STOP, post(stop))
+        .route(PATH_STATUS, get(status))
+        .route(PATH_RESULTS, get(results))
+        .route(PATH_SETUP, post(setup_start).get(setup_status))
+        .route_layer(middleware::from_fn_with_state(state.clone(), auth))
+        .route(PATH_METRICS, get(metrics))
+        .with_state(state)
+}
+
+/// Serves the control API on `listener` until `shutdown` resolves.
+pub async fn serve(
+    listener: TcpListener,
+    cfg: ServeConfig,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, router(cfg))
+        .with_graceful_shutdown(shutdown)
+        .await
+}
+
+/// Reads the shared token from a file (trimmed); an empty file is an error.
+pub fn read_token(path: &std::path::Path) -> std::io::Result<String> {
+    let t = std::fs::read_to_string(path)?.trim().to_string();
+    if t.len() < 8 {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{}: token must be at least 8 characters", path.display()),
+        ));
+    }
+    Ok(t)
+}

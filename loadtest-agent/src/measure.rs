@@ -1,0 +1,522 @@
+//! Measurement: every action's service time (sent → answered) and response time (intended start
+//! from the schedule → answered, so an agent or server that falls behind cannot hide it), start
+//! lag and late actions, errors by class, and end-to-end delivery of posts.
+//!
+//! Delivery: each post carries `props.lt_id` (`{agent}-{n}`) and `props.lt_sent_at` (Unix ms).
+//! Before sending, the sender snapshots which users *of this agent* are members of the channel
+//! and connected; they are the expected receivers, counted when the post is acknowledged. A
+//! receiver's first `posted` for it counts as received (latency measured on this agent's
+//! monotonic clock), a repeat as duplicate. Posts from other agents are counted as events only:
+//! their expected receivers are unknown here, so they are excluded from delivery statistics. An
+//! acknowledged post older than the grace period is settled: whatever did not arrive is missing.
+//!
+//! Recording is sharded by user to keep lock hold times short; the flusher takes all shards at
+//! once together with the delivery lock, so "post acknowledged" and "deliveries expected" always
+//! land in the same interval.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::time::Instant;
+
+use loadtest_contract::results::{
+    ActionStats, DeliveryStats, ErrorClass, ScheduleStats, LATE_THRESHOLD_MS,
+};
+use loadtest_contract::{Action, LatencyHistogram};
+use parking_lot::Mutex;
+use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder};
+
+/// Few shards: each holds a full set of histograms (~190 KB each at the contract's range and
+/// precision), and two cores contend little.
+const SHARDS: usize = 2;
+
+#[derive(Default)]
+struct Shard {
+    actions: BTreeMap<Action, ActionStats>,
+    schedule: ScheduleStats,
+}
+
+struct Pending {
+    sent: Instant,
+    /// Sorted local indexes of the expected receivers.
+    expected: Vec<u32>,
+    received: Vec<bool>,
+    acked_at: Option<Instant>,
+}
+
+#[derive(Default)]
+struct DeliveryState {
+    pending: HashMap<u64, Pending>,
+    interval: DeliveryStats,
+    missing_total: u64,
+}
+
+/// Live counters for status, progress and Prometheus.
+#[derive(Default)]
+pub struct Counters {
+    pub requests: AtomicU64,
+    pub errors: AtomicU64,
+    pub active_users: AtomicI64,
+    pub ws_connections: AtomicI64,
+    /// `posted` events received (all, this interval); swapped to 0 by the flusher.
+    pub posted_events: AtomicU64,
+    pub posted_events_total: AtomicU64,
+    /// WebSocket reconnects this interval; swapped to 0 by the flusher.
+    pub reconnects: AtomicU64,
+    pub reconnects_total: AtomicU64,
+    /// Resumes the server could not honour (a new connection id: events were lost).
+    pub resume_failures: AtomicU64,
+    pub late_total: AtomicU64,
+}
+
+/// Cumulative histograms for "so far" figures (updated at each interval flush).
+#[derive(Default)]
+pub struct SoFar {
+    pub response: LatencyHistogram,
+    pub delivery: LatencyHistogram,
+    pub lag: LatencyHistogram,
+}
+
+/// Prometheus metrics of the agent (served on `/metrics` in serve mode).
+pub struct Metrics {
+    pub registry: Registry,
+    pub active_users: IntGauge,
+    pub ws_connections: IntGauge,
+    pub requests: IntCounterVec,
+    pub deliveries: IntCounterVec,
+    pub late_actions: IntCounter,
+    pub reconnects: IntCounter,
+    pub schedule_lag_p99_ms: IntGauge,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        // Metric definitions are constants; registration only fails on duplicates, which a fresh
+        // registry cannot have.
+        let gauge = |n: &str, h: &str| {
+            let g = IntGauge::new(n, h).unwrap_or_else(|e| unreachable!("metric {n}: {e}"));
+            let _ = registry.register(Box::new(g.clone()));
+            g
+        };
+        let counter = |n: &str, h: &str| {
+            let c = IntCounter::new(n, h).unwrap_or_else(|e| unreachable!("metric {n}: {e}"));
+            let _ = registry.register(Box::new(c.clone()));
+            c
+        };
+        let counter_vec = |n: &str, h: &str, labels: &[&str]| {
+            let c = IntCounterVec::new(Opts::new(n, h), labels)
+                .unwrap_or_else(|e| unreachable!("metric {n}: {e}"));
+            let _ = registry.register(Box::new(c.clone()));
+            c
+        };
+        Self {
+            active_users: gauge("loadtest_agent_active_users", "Simulated users running"),
+            ws_connections: gauge(
+                "loadtest_agent_websocket_connections",
+                "Authenticated WebSocket connections",
+            ),
+            requests: counter_vec(
+                "loadtest_agent_requests_total",
+                "Actions by name and outcome (ok, timeout, connect, 4xx, 5xx, protocol)",
+                &["action", "status"],
+            ),
+            deliveries: counter_vec(
+                "loadtest_agent_deliveries_total",
+                "Post deliveries to this agent's users (expected, received, duplicate, missing)",
+                &["kind"],
+            ),
+            late_actions: counter(
+                "loadtest_agent_late_actions_total",
+                "Actions that started more than 100 ms after their intended time",
+            ),
+            reconnects: counter("loadtest_agent_reconnects_total", "WebSocket reconnects"),
+            schedule_lag_p99_ms: gauge(
+                "loadtest_agent_schedule_lag_p99_ms",
+                "p99 of action start lag over the last interval, milliseconds",
+            ),
+            registry,
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+fn status_label(class: Option<ErrorClass>) -> &'static str {
+    match class {
+        None => "ok",
+        Some(ErrorClass::Timeout) => "timeout",
+        Some(ErrorClass::Connect) => "connect",
+        Some(ErrorClass::Http4xx) => "4xx",
+        Some(ErrorClass::Http5xx) => "5xx",
+        Some(ErrorClass::Protocol) => "protocol",
+    }
+}
+
+/// What one receipt meant.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Receipt {
+    First,
+    Duplicate,
+    /// A post of this agent to a user that was not expected (connected after the snapshot).
+    Unexpected,
+    /// Not a post of this agent (or already settled).
+    Foreign,
+}
+
+/// One interval's worth of statistics, taken by the flusher.
+pub struct IntervalStats {
+    pub actions: BTreeMap<String, ActionStats>,
+    pub delivery: DeliveryStats,
+    pub schedule: ScheduleStats,
+}
+
+/// The agent's recorder, shared by all users of a run.
+pub struct Recorder {
+    agent_id: String,
+    prefix: String,
+    shards: Vec<Mutex<Shard>>,
+    deliveries: Mutex<DeliveryState>,
+    next_post: AtomicU64,
+    pub counters: Counters,
+    pub so_far: Mutex<SoFar>,
+    pub metrics: Metrics,
+}
+
+impl Recorder {
+    pub fn new(agent_id: &str) -> Self {
+        Self {
+            agent_id: agent_id.to_string(),
+            prefix: format!("{agent_id}-"),
+            shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
+            deliveries: Mutex::new(DeliveryState::default()),
+            next_post: AtomicU64::new(1),
+            counters: Counters::default(),
+            so_far: Mutex::new(SoFar::default()),
+            metrics: Metrics::new(),
+        }
+    }
+
+    pub fn agent_id(&self) -> &str {
+        &self.agent_id
+    }
+
+    fn note_schedule(shard: &mut Shard, intended: Instant, started: Instant) -> bool {
+        let lag = started.saturating_duration_since(intended);
+        shard.schedule.actions += 1;
+        shard.schedule.lag.record(lag);
+        let late = lag > Duration::from_millis(LATE_THRESHOLD_MS);
+        if late {
+            shard.schedule.late += 1;
+        }
+        late
+    }
+
+    fn count(&self, action: Action, class: Option<ErrorClass>, late: bool) {
+        self.counters.requests.fetch_add(1, Ordering::Relaxed);
+        if class.is_some() {
+            self.counters.errors.fetch_add(1, Ordering::Relaxed);
+        }
+        if late {
+            self.counters.late_total.fetch_add(1, Ordering::Relaxed);
+            self.metrics.late_actions.inc();
+        }
+        self.metrics
+            .requests
+            .with_label_values(&[action.name(), status_label(class)])
+            .inc();
+    }
+
+    /// Records one attempted action. `intended` is the schedule's start, `started` when it was
+    /// actually sent, and the outcome is its end time or its error class.
+    pub fn record(
+        &self,
+        key: u64,
+        action: Action,
+        intended: Instant,
+        started: Instant,
+        outcome: Result<Instant, ErrorClass>,
+    ) {
+        let late;
+        {
+            let mut shard = self.shards[key as usize % SHARDS].lock();
+            late = Self::note_schedule(&mut shard, intended, started);
+            let stats = shard.actions.entry(action).or_default();
+            match outcome {
+                Ok(end) => {
+                    stats.ok += 1;
+                    stats
+                        .service_time
+                        .record(end.saturating_duration_since(started));
+                    stats
+                        .response_time
+                        .record(end.saturating_duration_since(intended));
+                }
+                Err(class) => stats.errors.count(class),
+            }
+        }
+        self.count(action, outcome.err(), late);
+    }
+
+    /// Registers a post about to be sent; returns its number and its `lt_id`.
+    pub fn begin_post(&self, mut expected: Vec<u32>) -> (u64, String) {
+        let n = self.next_post.fetch_add(1, Ordering::Relaxed);
+        expected.sort_unstable();
+        expected.dedup();
+        let received = vec![false; expected.len()];
+        self.deliveries.lock().pending.insert(
+            n,
+            Pending {
+                sent: Instant::now(),
+                expected,
+                received,
+                acked_at: None,
+            },
+        );
+        (n, format!("{}{n}", self.prefix))
+    }
+
+    /// The post was not acknowledged: nobody is owed it.
+    pub fn abandon_post(&self, n: u64) {
+        self.deliveries.lock().pending.remove(&n);
+    }
+
+    /// Records an acknowledged post: the action's success and its expected deliveries, together.
+    pub fn record_post_ok(
+        &self,
+        key: u64,
+        intended: Instant,
+        started: Instant,
+        end: Instant,
+        n: u64,
+    ) {
+        let late;
+        let expected;
+        {
+            let mut shard = self.shards[key as usize % SHARDS].lock();
+            late = Self::note_schedule(&mut shard, intended, started);
+            let stats = shard.actions.entry(Action::CreatePost).or_default();
+            stats.ok += 1;
+            stats
+                .service_time
+                .record(end.saturating_duration_since(started));
+            stats
+                .response_time
+                .record(end.saturating_duration_since(intended));
+            let mut d = self.deliveries.lock();
+            expected = match d.pending.get_mut(&n) {
+                Some(p) => {
+                    p.acked_at = Some(end);
+                    p.expected.len() as u64
+                }
+                None => 0,
+            };
+            d.interval.expected += expected;
+        }
+        self.metrics
+            .deliveries
+            .with_label_values(&["expected"])
+            .inc_by(expected);
+        self.count(Action::CreatePost, None, late);
+    }
+
+    /// Counts a `posted` event (any post, measured or not).
+    pub fn posted_event(&self) {
+        self.counters.posted_events.fetch_add(1, Ordering::Relaxed);
+        self.counters
+            .posted_events_total
+            .fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// A `posted` event for `lt_id` reached local user `receiver`.
+    pub fn receipt(&self, lt_id: &str, receiver: u32) -> Receipt {
+        let Some(n) = lt_id
+            .strip_prefix(&self.prefix)
+            .and_then(|s| s.parse::<u64>().ok())
+        else {
+            return Receipt::Foreign;
+        };
+        let now = Instant::now();
+        let outcome = {
+            let mut d = self.deliveries.lock();
+            let d = &mut *d;
+            match d.pending.get_mut(&n) {
+                None => Receipt::Foreign,
+                Some(p) => match p.expected.binary_search(&receiver) {
+                    Err(_) => Receipt::Unexpected,
+                    Ok(i) if p.received[i] => {
+                        d.interval.duplicate += 1;
+                        Receipt::Duplicate
+                    }
+                    Ok(i) => {
+                        p.received[i] = true;
+                        d.interval.received += 1;
+                        d.interval
+                            .latency
+                            .record(now.saturating_duration_since(p.sent));
+                        Receipt::First
+                    }
+                },
+            }
+        };
+        match outcome {
+            Receipt::First => self
+                .metrics
+                .deliveries
+                .with_label_values(&["received"])
+                .inc(),
+            Receipt::Duplicate => self
+                .metrics
+                .deliveries
+                .with_label_values(&["duplicate"])
+                .inc(),
+            _ => {}
+        }
+        outcome
+    }
+
+    /// Settles acknowledged posts older than `grace` (all of them when `grace` is zero): every
+    /// expected delivery not received by then is missing. Returns the newly missing count.
+    pub fn settle(&self, grace: Duration, unacked_limit: Duration) -> u64 {
+        let now = Instant::now();
+        let mut d = self.deliveries.lock();
+        let mut missing = 0;
+        d.pending.retain(|_, p| match p.acked_at {
+            Some(at) if grace.is_zero() || now.saturating_duration_since(at) >= grace => {
+                missing += p.received.iter().filter(|r| !**r).count() as u64;
+                false
+            }
+            Some(_) => true,
+            // A post whose request never finished (cancelled): owed to nobody.
+            None => grace.is_zero() || now.saturating_duration_since(p.sent) < unacked_limit,
+        });
+        d.missing_total += missing;
+        drop(d);
+        self.metrics
+            .deliveries
+            .with_label_values(&["missing"])
+            .inc_by(missing);
+        missing
+    }
+
+    pub fn missing_total(&self) -> u64 {
+        self.deliveries.lock().missing_total
+    }
+
+    pub fn pending_posts(&self) -> usize {
+        self.deliveries.lock().pending.len()
+    }
+
+    /// Takes the statistics recorded since the last call.
+    pub fn take_interval(&self) -> IntervalStats {
+        let mut guards: Vec<_> = self.shards.iter().map(|s| s.lock()).collect();
+        let mut d = self.deliveries.lock();
+        let delivery = std::mem::take(&mut d.interval);
+        drop(d);
+        let mut actions: BTreeMap<String, ActionStats> = BTreeMap::new();
+        let mut schedule = ScheduleStats::default();
+        for g in guards.iter_mut() {
+            let shard = std::mem::take(&mut **g);
+            for (a, s) in shard.actions {
+                // Same bucket layout everywhere: merging cannot fail.
+                let _ = actions.entry(a.name().to_string()).or_default().merge(&s);
+            }
+            let _ = schedule.merge(&shard.schedule);
+        }
+        drop(guards);
+        IntervalStats {
+            actions,
+            delivery,
+            schedule,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn response_time_counts_from_the_intended_start() {
+        let r = Recorder::new("a");
+        let intended = Instant::now();
+        let started = intended + Duration::from_millis(300);
+        let end = started + Duration::from_millis(10);
+        r.record(0, Action::SwitchChannel, intended, started, Ok(end));
+        r.record(
+            1,
+            Action::SwitchChannel,
+            intended,
+            intended,
+            Err(ErrorClass::Http5xx),
+        );
+        let i = r.take_interval();
+        let s = &i.actions["switch_channel"];
+        assert_eq!((s.ok, s.errors.http_5xx), (1, 1));
+        assert!((9_900..10_100).contains(&s.service_time.max_us()));
+        assert!((309_000..311_000).contains(&s.response_time.max_us()));
+        assert_eq!((i.schedule.actions, i.schedule.late), (2, 1));
+        // Taken: the next interval starts empty.
+        assert!(r.take_interval().actions.is_empty());
+    }
+
+    #[test]
+    fn deliveries_first_duplicate_missing_and_foreign() {
+        let r = Recorder::new("agent-7");
+        let (n, id) = r.begin_post(vec![3, 1, 2]);
+        assert_eq!(id, format!("agent-7-{n}"));
+        let t = Instant::now();
+        r.record_post_ok(0, t, t, t, n);
+        assert_eq!(r.receipt(&id, 1), Receipt::First);
+        assert_eq!(r.receipt(&id, 1), Receipt::Duplicate);
+        assert_eq!(r.receipt(&id, 3), Receipt::First);
+        assert_eq!(r.receipt(&id, 9), Receipt::Unexpected);
+        assert_eq!(r.receipt("agent-8-1", 1), Receipt::Foreign);
+        let i = r.take_interval();
+        assert_eq!(
+            (
+                i.delivery.expected,
+                i.delivery.received,
+                i.delivery.duplicate
+            ),
+            (3, 2, 1)
+        );
+        assert_eq!(i.actions["create_post"].ok, 1);
+        // Not yet old enough, then settled: user 2 never got it.
+        assert_eq!(
+            r.settle(Duration::from_secs(60), Duration::from_secs(60)),
+            0
+        );
+        assert_eq!(r.settle(Duration::ZERO, Duration::ZERO), 1);
+        assert_eq!(r.missing_total(), 1);
+        assert_eq!(r.pending_posts(), 0);
+        let (n2, _) = r.begin_post(vec![1]);
+        r.abandon_post(n2);
+        assert_eq!(r.pending_posts(), 0);
+    }
+
+    #[test]
+    fn metrics_render() {
+        let r = Recorder::new("a");
+        let t = Instant::now();
+        r.record(0, Action::CheckUnreads, t, t, Ok(t));
+        let text = r.metrics.render();
+        assert!(
+            text.contains(
+                "loadtest_agent_requests_total{action=\"check_unreads\",status=\"ok\"} 1"
+            ),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,176 @@
+//! Operating-system plumbing for many sockets: raising `RLIMIT_NOFILE` so tens of thousands of
+//! WebSockets fit, and spreading connections over several local source addresses because one
+//! source/destination address pair only has ~28,000 loopback ephemeral ports.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use nix::sys::resource::{getrlimit, setrlimit, Resource};
+use tokio::net::{TcpSocket, TcpStream};
+
+/// Why the process cannot hold the sockets a run needs.
+#[derive(Debug, thiserror::Error)]
+#[error("this run needs about {needed} open files but the limit is {soft} (hard {hard}); run `ulimit -n {needed}` (as root if the hard limit is lower) and start again")]
+pub struct FdLimitError {
+    pub needed: u64,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// File descriptors a run with `users` simulated users needs: one WebSocket each, pooled HTTP
+/// connections (bounded by the requests in flight: users act every few seconds at most, so an
+/// eighth of the users is generous) and headroom for the runtime and the control API.
+pub fn fds_needed(users: u64) -> u64 {
+    users
+        .saturating_add((users / 8).max(256))
+        .saturating_add(64)
+}
+
+/// Raises the soft (and, when permitted, hard) open-file limit to at least `needed`. Returns the
+/// limit now in force, or an error that says which `ulimit` command to run.
+pub fn raise_nofile(needed: u64) -> Result<u64, FdLimitError> {
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).map_err(|_| FdLimitError {
+        needed,
+        soft: 0,
+        hard: 0,
+    })?;
+    if soft >= needed {
+        return Ok(soft);
+    }
+    // Root may raise the hard limit too; everyone else may go up to the hard limit.
+    let new_hard = hard.max(needed);
+    if setrlimit(Resource::RLIMIT_NOFILE, needed, new_hard).is_ok()
+        || (needed <= hard && setrlimit(Resource::RLIMIT_NOFILE, needed, hard).is_ok())
+    {
+        return Ok(needed);
+    }
+    Err(FdLimitError { needed, soft, hard })
+}
+
+/// Source addresses to bind outgoing sockets to, handed out round-robin. Empty means "let the OS
+/// choose", which is right until one address pair's ports run out.
+#[derive(Debug, Default)]
+pub struct SourceAddrs {
+    addrs: Vec<IpAddr>,
+    next: AtomicUsize,
+}
+
+impl SourceAddrs {
+    pub fn new(addrs: Vec<IpAddr>) -> Self {
+        Self {
+            addrs,
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.addrs.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.addrs.is_empty()
+    }
+
+    pub fn all(&self) -> &[IpAddr] {
+        &self.addrs
+    }
+
+    /// The next address in rotation, or `None` when no addresses are configured.
+    pub fn pick(&self) -> Option<IpAddr> {
+        if self.addrs.is_empty() {
+            return None;
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.addrs.len();
+        Some(self.addrs[i])
+    }
+
+    /// Index of the address (or 0) for slot `n`: used to choose one of the pooled HTTP clients.
+    pub fn slot(&self, n: usize) -> usize {
+        if self.addrs.is_empty() {
+            0
+        } else {
+            n % self.addrs.len()
+        }
+    }
+}
+
+/// Connects to `target`, first binding the socket to `local` when given so the connection uses
+/// that source address's port range.
+pub async fn connect_tcp(target: SocketAddr, local: Option<IpAddr>) -> std::io::Result<TcpStream> {
+    let socket = if target.is_ipv4() {
+        TcpSocket::new_v4()?
+    } else {
+        TcpSocket::new_v6()?
+    };
+    if let Some(ip) = local {
+        socket.bind(SocketAddr::new(ip, 0))?;
+    }
+    let stream = socket.connect(target).await?;
+    // Small interactive frames: do not let Nagle delay them (it would show up as latency).
+    stream.set_nodelay(true)?;
+    Ok(stream)
+}
+
+/// Resolves `host:port` of an http(s)/ws(s) URL to one socket address.
+pub async fn resolve_url(url: &str) -> std::io::Result<SocketAddr> {
+    let (scheme, rest) = url.split_once("://").ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{url}: no scheme"),
+        )
+    })?;
+    let authority = rest.split('/').next().unwrap_or(rest);
+    let default_port = match scheme {
+        "https" | "wss" => 443,
+        _ => 80,
+    };
+    let with_port = if authority.rsplit_once(':').is_some_and(|(h, p)| {
+        !h.is_empty() && p.chars().all(|c| c.is_ascii_digit()) && !authority.ends_with(']')
+    }) {
+        authority.to_string()
+    } else {
+        format!("{authority}:{default_port}")
+    };
+    let found = tokio::net::lookup_host(with_port.as_str()).await?.next();
+    found.ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("{with_port}: no address"),
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn source_addresses_rotate() {
+        let s = SourceAddrs::new(vec![
+            "127.0.0.2".parse().expect("ip"),
+            "127.0.0.3".parse().expect("ip"),
+        ]);
+        let picks: Vec<_> = (0..4).filter_map(|_| s.pick()).collect();
+        assert_eq!(picks[0], picks[2]);
+        assert_ne!(picks[0], picks[1]);
+        assert_eq!(SourceAddrs::default().pick(), None);
+    }
+
+    #[test]
+    fn raising_to_current_limit_is_a_no_op() {
+        let (soft, _) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+        assert_eq!(raise_nofile(soft.min(64)).expect("within limit"), soft);
+    }
+
+    #[tokio::test]
+    async fn resolves_urls_with_and_without_ports() {
+        let a = resolve_url("http://127.0.0.1:8065/x")
+            .await
+            .expect("resolve");
+        assert_eq!(a.port(), 8065);
+        let a = resolve_url("ws://127.0.0.1/api/v4/websocket")
+            .await
+            .expect("resolve");
+        assert_eq!(a.port(), 80);
+    }
+}

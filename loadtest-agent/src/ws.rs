@@ -1,0 +1,348 @@
+//! The WebSocket side of a simulated user: connect (optionally from a chosen source address),
+//! authenticate with Mattermost's `authentication_challenge`, resume with `connection_id` +
+//! `sequence_number`, and parse the frames a user cares about.
+//!
+//! Buffers are configured small on purpose: the library default (128 KiB read and write buffers)
+//! would make 20,000 idle users cost gigabytes; a chat event is well under the 4 KiB read buffer,
+//! and larger frames still arrive (the buffer grows for them, then the frame is dropped).
+
+use std::net::{IpAddr, SocketAddr};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde::Deserialize;
+use tokio::net::TcpStream;
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::Message;
+use tokio_tungstenite::WebSocketStream;
+
+use crate::net::connect_tcp;
+
+/// One authenticated WebSocket.
+pub type Ws = WebSocketStream<TcpStream>;
+
+/// Why a WebSocket could not be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum WsError {
+    #[error("connect: {0}")]
+    Connect(#[from] std::io::Error),
+    #[error("handshake: {0}")]
+    Handshake(String),
+    #[error("authentication refused: {0}")]
+    Auth(String),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    #[error("unsupported URL {0}: only ws:// is supported by this build")]
+    Unsupported(String),
+}
+
+impl WsError {
+    pub fn class(&self) -> loadtest_contract::results::ErrorClass {
+        use loadtest_contract::results::ErrorClass;
+        match self {
+            WsError::Connect(_) => ErrorClass::Connect,
+            WsError::Timeout(_) => ErrorClass::Timeout,
+            WsError::Handshake(_) | WsError::Auth(_) | WsError::Unsupported(_) => {
+                ErrorClass::Protocol
+            }
+        }
+    }
+}
+
+/// Where WebSockets go: the URL (for the handshake's Host and path) and its resolved address.
+#[derive(Clone, Debug)]
+pub struct WsTarget {
+    pub url: String,
+    pub addr: SocketAddr,
+    pub timeout: Duration,
+}
+
+/// Small buffers: an idle user should cost kilobytes (see the module docs).
+pub fn small_config() -> WebSocketConfig {
+    WebSocketConfig::default()
+        .read_buffer_size(4 * 1024)
+        // 0: write each frame straight through instead of accumulating 128 KiB.
+        .write_buffer_size(0)
+        .max_write_buffer_size(256 * 1024)
+        .max_message_size(Some(4 << 20))
+        .max_frame_size(Some(4 << 20))
+}
+
+/// Resume point of a dropped connection.
+#[derive(Clone, Debug)]
+pub struct Resume {
+    pub connection_id: String,
+    /// The next sequence number expected (last received + 1).
+    pub sequence_number: u64,
+}
+
+/// Frames received before the authentication reply (normally none) are returned so the caller
+/// can process them in order.
+pub struct Connected {
+    pub ws: Ws,
+    pub early: Vec<Frame>,
+    /// Client sequence number to use for the next action frame.
+    pub next_client_seq: u64,
+}
+
+/// Opens, upgrades and authenticates a WebSocket. Returns once the server accepted the token.
+pub async fn connect(
+    target: &WsTarget,
+    local: Option<IpAddr>,
+    token: &str,
+    resume: Option<&Resume>,
+) -> Result<Connected, WsError> {
+    tokio::time::timeout(target.timeout, connect_inner(target, local, token, resume))
+        .await
+        .map_err(|_| WsError::Timeout(target.timeout))?
+}
+
+async fn connect_inner(
+    target: &WsTarget,
+    local: Option<IpAddr>,
+    token: &str,
+    resume: Option<&Resume>,
+) -> Result<Connected, WsError> {
+    if !target.url.starts_with("ws://") {
+        return Err(WsError::Unsupported(target.url.clone()));
+    }
+    let url = match resume {
+        Some(r) => format!(
+            "{}?connection_id={}&sequence_number={}",
+            target.url, r.connection_id, r.sequence_number
+        ),
+        None => target.url.clone(),
+    };
+    let request = url
+        .as_str()
+        .into_client_request()
+        .map_err(|e| WsError::Handshake(e.to_string()))?;
+    let stream = connect_tcp(target.addr, local).await?;
+    let (mut ws, _) =
+        tokio_tungstenite::client_async_with_config(request, stream, Some(small_config()))
+            .await
+            .map_err(|e| WsError::Handshake(e.to_string()))?;
+    let challenge = serde_json::json!({
+        "seq": 1,
+        "action": "authentication_challenge",
+        "data": {"token": token},
+    });
+    ws.send(Message::text(challenge.to_string()))
+        .await
+        .map_err(|e| WsError::Handshake(e.to_string()))?;
+    let mut early = Vec::new();
+    loop {
+        let msg = ws
+            .next()
+            .await
+            .ok_or_else(|| WsError::Auth("connection closed before the reply".into()))?
+            .map_err(|e| WsError::Handshake(e.to_string()))?;
+        let Message::Text(text) = msg else { continue };
+        let frame = parse_frame(text.as_str())
+            .map_err(|e| WsError::Handshake(format!("unexpected frame: {e}")))?;
+        if frame.seq_reply == Some(1) {
+            if frame.status.as_deref() == Some("OK") {
+                return Ok(Connected {
+                    ws,
+                    early,
+                    next_client_seq: 2,
+                });
+            }
+            return Err(WsError::Auth(text.as_str().chars().take(200).collect()));
+        }
+        // Servers that authenticate before answering may already send hello; keep it.
+        if early.len() < 64 {
+            early.push(frame);
+        }
+    }
+}
+
+/// A server frame: an event (with `seq`) or a reply to an action (with `seq_reply`).
+#[derive(Debug, Default, Deserialize)]
+pub struct Frame {
+    #[serde(default)]
+    pub event: Option<String>,
+    #[serde(default)]
+    pub seq: Option<u64>,
+    #[serde(default)]
+    pub seq_reply: Option<u64>,
+    #[serde(default)]
+    pub status: Option<String>,
+    #[serde(default)]
+    pub data: Option<EventData>,
+}
+
+/// The fields of `data` the agent reads; everything else is skipped without allocation.
+#[derive(Debug, Default, Deserialize)]
+pub struct EventData {
+    #[serde(default)]
+    pub connection_id: Option<String>,
+    /// In `posted`, the post encoded as a JSON string.
+    #[serde(default)]
+    pub post: Option<String>,
+}
+
+/// The fields of a received post that delivery measurement needs.
+#[derive(Debug, Deserialize)]
+pub struct PostedPost {
+    pub id: String,
+    #[serde(default)]
+    pub channel_id: String,
+    #[serde(default)]
+    pub root_id: String,
+    #[serde(default)]
+    pub props: Option<PostProps>,
+}
+
+/// The measurement stamp every agent post carries.
+#[derive(Debug, Deserialize)]
+pub struct PostProps {
+    #[serde(default)]
+    pub lt_id: Option<String>,
+    #[serde(default)]
+    pub lt_sent_at: Option<i64>,
+}
+
+pub fn parse_frame(text: &str) -> Result<Frame, serde_json::Error> {
+    serde_json::from_str(text)
+}
+
+/// Decodes `data.post` of a `posted` event.
+pub fn parse_posted(frame: &Frame) -> Option<PostedPost> {
+    let post = frame.data.as_ref()?.post.as_deref()?;
+    serde_json::from_str(post).ok()
+}
+
+/// The `user_typing` action frame.
+pub fn typing_frame(seq: u64, channel_id: &str, parent_id: &str) -> Message {
+    let v = serde_json::json!({
+        "action": "user_typing",
+        "seq": seq,
+        "data": {"channel_id": channel_id, "parent_id": parent_id},
+    });
+    Message::text(v.to_string())
+}
+
+/// Per-connection event sequence tracking: Mattermost numbers events contiguously per
+/// connection, so a jump means events were lost and a repeat means a duplicate.
+#[derive(Debug, Default, Clone)]
+pub struct SeqTracker {
+    pub connection_id: Option<String>,
+    /// Next expected event sequence number.
+    pub expected: u64,
+    /// Events skipped (gaps) since the tracker was created.
+    pub gaps: u64,
+    /// Events seen twice.
+    pub repeats: u64,
+}
+
+/// What an event meant for the connection.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SeqOutcome {
+    /// A fresh `hello`: `resumed` is false when it replaced an earlier connection id (the server
+    /// could not fill the gap).
+    Hello {
+        new_connection: bool,
+    },
+    InOrder,
+    Gap(u64),
+    Repeat,
+    /// A frame without `seq` (replies).
+    Unnumbered,
+}
+
+impl SeqTracker {
+    pub fn observe(&mut self, frame: &Frame) -> SeqOutcome {
+        if frame.event.as_deref() == Some("hello") {
+            let id = frame.data.as_ref().and_then(|d| d.connection_id.clone());
+            let new_connection = self.connection_id.is_some() && id != self.connection_id;
+            self.connection_id = id;
+            self.expected = frame.seq.unwrap_or(0) + 1;
+            return SeqOutcome::Hello { new_connection };
+        }
+        let Some(seq) = frame.seq else {
+            return SeqOutcome::Unnumbered;
+        };
+        if seq == self.expected {
+            self.expected += 1;
+            SeqOutcome::InOrder
+        } else if seq > self.expected {
+            let gap = seq - self.expected;
+            self.gaps += gap;
+            self.expected = seq + 1;
+            SeqOutcome::Gap(gap)
+        } else {
+            self.repeats += 1;
+            SeqOutcome::Repeat
+        }
+    }
+
+    pub fn resume(&self) -> Option<Resume> {
+        self.connection_id.as_ref().map(|id| Resume {
+            connection_id: id.clone(),
+            sequence_number: self.expected,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn frame(text: &str) -> Frame {
+        parse_frame(text).expect("frame")
+    }
+
+    #[test]
+    fn posted_post_is_a_json_string() {
+        let f = frame(
+            r#"{"event":"posted","seq":3,"broadcast":{"channel_id":"c"},"data":{"post":"{\"id\":\"p1\",\"channel_id\":\"c\",\"props\":{\"lt_id\":\"a-1\",\"lt_sent_at\":5}}","channel_type":"O"}}"#,
+        );
+        let p = parse_posted(&f).expect("post");
+        assert_eq!(p.id, "p1");
+        let props = p.props.expect("props");
+        assert_eq!(props.lt_id.as_deref(), Some("a-1"));
+        assert_eq!(props.lt_sent_at, Some(5));
+    }
+
+    #[test]
+    fn sequence_tracking_sees_gaps_repeats_and_new_hellos() {
+        let mut t = SeqTracker::default();
+        let hello = |id: &str| {
+            frame(&format!(
+                r#"{{"event":"hello","seq":0,"data":{{"connection_id":"{id}"}}}}"#
+            ))
+        };
+        assert_eq!(
+            t.observe(&hello("c1")),
+            SeqOutcome::Hello {
+                new_connection: false
+            }
+        );
+        assert_eq!(
+            t.observe(&frame(r#"{"event":"x","seq":1}"#)),
+            SeqOutcome::InOrder
+        );
+        assert_eq!(
+            t.observe(&frame(r#"{"event":"x","seq":4}"#)),
+            SeqOutcome::Gap(2)
+        );
+        assert_eq!(
+            t.observe(&frame(r#"{"event":"x","seq":2}"#)),
+            SeqOutcome::Repeat
+        );
+        assert_eq!(
+            t.observe(&frame(r#"{"status":"OK","seq_reply":2}"#)),
+            SeqOutcome::Unnumbered
+        );
+        let r = t.resume().expect("resume point");
+        assert_eq!((r.connection_id.as_str(), r.sequence_number), ("c1", 5));
+        assert_eq!(
+            t.observe(&hello("c2")),
+            SeqOutcome::Hello {
+                new_connection: true
+            }
+        );
+    }
+}

@@ -1,0 +1,79 @@
+//! `ltops deploy`: starts (or restarts) a cluster's servers and agents.
+
+use std::path::PathBuf;
+
+use loadtest_contract::WorkloadConfig;
+
+use crate::commands::{lock, open};
+use crate::error::{IoContext, Result};
+use crate::provider::{self, Provider};
+use crate::state::{self, Binaries, ClusterState, Home, Role};
+
+#[derive(Clone, Debug, Default)]
+pub struct DeployOptions {
+    pub cluster: String,
+    pub server: Option<PathBuf>,
+    pub agent: Option<PathBuf>,
+    /// Workload config to record as the cluster's default for `loadtest`.
+    pub config: Option<PathBuf>,
+}
+
+/// Deploys with the lock held.
+pub fn deploy_locked(
+    home: &Home,
+    st: &mut ClusterState,
+    p: &dyn Provider,
+    binaries: &Binaries,
+) -> Result<()> {
+    let save = |s: &ClusterState| home.save(s);
+    p.deploy(st, binaries, &save)?;
+    st.deployed_at_ms = Some(loadtest_contract::now_ms());
+    home.save(st)
+}
+
+pub fn deploy(home: &Home, opts: &DeployOptions) -> Result<i32> {
+    let (_, p) = open(home, &opts.cluster)?;
+    let binaries = provider::resolve_binaries(opts.server.clone(), opts.agent.clone())?;
+    let config_text = match &opts.config {
+        Some(path) => {
+            WorkloadConfig::from_file(path)?;
+            Some(std::fs::read(path).context(|| format!("reading {}", path.display()))?)
+        }
+        None => None,
+    };
+    let _lock = lock(home, &opts.cluster)?;
+    let mut st = home.load(&opts.cluster)?;
+    if let Some(text) = config_text {
+        let dest = home.cluster_dir(&st.name).join("workload.toml");
+        state::write_atomic(&dest, &text, 0o600)?;
+        st.workload = Some(dest);
+    }
+    eprintln!(
+        "deploying {:?}: {} server instance(s), {} agent(s)…",
+        st.name, st.app_count, st.agents
+    );
+    deploy_locked(home, &mut st, p.as_ref(), &binaries)?;
+    for c in &st.components {
+        let extra = match (&c.role, &c.metrics_address) {
+            (Role::Server, Some(m)) => format!("  metrics http://{m}/metrics"),
+            _ => String::new(),
+        };
+        println!(
+            "{:<10} {}  pid {}{}",
+            c.label(),
+            c.display_url(),
+            c.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            extra
+        );
+    }
+    println!(
+        "next: ltops loadtest -c {}{}",
+        st.name,
+        if st.workload.is_some() {
+            ""
+        } else {
+            " --config FILE (or --quick)"
+        }
+    );
+    Ok(0)
+}

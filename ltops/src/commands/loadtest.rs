@@ -1,0 +1,448 @@
+//! `ltops loadtest`: a coordinated run on a deployed cluster, from data-set preparation to the
+//! `ltparse` summary.
+//!
+//! `--quick` makes it one command on a fresh machine: it creates (or reuses) the local cluster
+//! `quick` (two agents, one server on SQLite), deploys it if it is not running, and runs the
+//! `quick` preset.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use loadtest_contract::WorkloadConfig;
+
+use crate::commands::create::{self, CreateOptions};
+use crate::commands::{deploy, lock};
+use crate::coordinator::{self, AgentOutcome, RunPlan};
+use crate::error::{exit, Error, Result};
+use crate::progress::{self, Progress};
+use crate::provider::{self, Health, Provider};
+use crate::state::{
+    self, ClusterState, ClusterType, Database, DatasetState, Home, LastRun, Role, QUICK_CLUSTER,
+};
+
+/// How the live progress is shown.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum ProgressMode {
+    /// Bars on a terminal, plain lines otherwise.
+    #[default]
+    Auto,
+    Plain,
+    None,
+}
+
+#[derive(Clone, Debug, Default)]
+pub struct LoadtestOptions {
+    pub cluster: Option<String>,
+    pub quick: bool,
+    pub config: Option<PathBuf>,
+    pub users: Option<u64>,
+    pub duration: Option<Duration>,
+    pub skip_setup: bool,
+    pub force_setup: bool,
+    pub thresholds: Vec<String>,
+    /// Baseline results: files, or directories of `.jsonl` files (a previous run's results).
+    pub baseline: Vec<PathBuf>,
+    /// Also write the report as Markdown to this file (appended: CI job summaries).
+    pub markdown: Option<PathBuf>,
+    /// Binaries for `--quick`'s automatic deploy.
+    pub server: Option<PathBuf>,
+    pub agent: Option<PathBuf>,
+    pub progress: ProgressMode,
+}
+
+/// Applies `--users` / `--duration` and re-validates.
+pub fn apply_overrides(
+    config: &mut WorkloadConfig,
+    users: Option<u64>,
+    duration: Option<Duration>,
+) -> Result<()> {
+    if let Some(u) = users {
+        config.users.count = u;
+    }
+    if let Some(d) = duration {
+        config.users.duration = d;
+        if config.users.ramp_up > d {
+            // A shorter run keeps a proportionate ramp-up rather than failing validation.
+            config.users.ramp_up = d / 4;
+        }
+    }
+    config.validate().map_err(|(key, message)| {
+        Error::Usage(format!(
+            "{key}: {message} (after applying --users/--duration); choose other values or edit the config"
+        ))
+    })
+}
+
+/// Hash of what `setup` creates: the `[dataset]` section and the admin account.
+pub fn dataset_hash(config: &WorkloadConfig) -> String {
+    let key = serde_json::json!({
+        "dataset": config.dataset,
+        "admin": config.target.admin_username,
+    });
+    state::stable_hash(key.to_string().as_bytes())
+}
+
+fn expand_baseline(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            out.extend(
+                ltparse::results_files_in(p)
+                    .map_err(|e| Error::Usage(format!("--baseline {}: {e}", p.display())))?,
+            );
+        } else if p.is_file() {
+            out.push(p.clone());
+        } else {
+            return Err(Error::Usage(format!(
+                "--baseline {}: no such file or directory; pass a results file or a previous run's results directory",
+                p.display()
+            )));
+        }
+    }
+    Ok(out)
+}
+
+fn healthy(p: &dyn Provider, st: &ClusterState) -> bool {
+    let h = p.status(st);
+    let count = |r: Role| {
+        h.iter()
+            .filter(|c| c.component.role == r && c.health == Health::Healthy)
+            .count() as u32
+    };
+    count(Role::Server) == st.app_count && count(Role::Agent) == st.agents
+}
+
+pub fn loadtest(home: &Home, opts: &LoadtestOptions, rt: &tokio::runtime::Handle) -> Result<i32> {
+    let name = match (&opts.cluster, opts.quick) {
+        (Some(n), _) => n.clone(),
+        (None, true) => QUICK_CLUSTER.to_string(),
+        (None, false) => {
+            return Err(Error::Usage(
+                "which cluster? pass -c NAME (see `ltops status`), or --quick for a local test with no setup"
+                    .into(),
+            ))
+        }
+    };
+    state::validate_name(&name)?;
+    if opts.skip_setup && opts.force_setup {
+        return Err(Error::Usage(
+            "--skip-setup and --force-setup contradict each other; pass one".into(),
+        ));
+    }
+    // Validate everything the user typed before touching the cluster.
+    for t in &opts.thresholds {
+        ltparse::parse_threshold(t).map_err(|e| Error::Usage(format!("--threshold: {e}")))?;
+    }
+    let baseline = expand_baseline(&opts.baseline)?;
+    let mut config = match (&opts.config, opts.quick) {
+        (Some(path), _) => Some(WorkloadConfig::from_file(path)?),
+        (None, true) => Some(WorkloadConfig::preset("quick")?),
+        (None, false) => None,
+    };
+    if let Some(c) = config.as_mut() {
+        apply_overrides(c, opts.users, opts.duration)?;
+    }
+    if !opts.quick {
+        let st = home.load(&name)?;
+        provider::for_type(st.kind, home)?;
+    }
+
+    let _lock = lock(home, &name)?;
+    let mut st = if opts.quick && !home.exists(&name) {
+        eprintln!("creating local cluster {name:?} (2 agents, SQLite)…");
+        create::create_locked(
+            home,
+            &CreateOptions {
+                name: name.clone(),
+                kind: ClusterType::Local,
+                agents: 2,
+                database: Database::Sqlite,
+                app_count: 1,
+            },
+        )?
+    } else {
+        home.load(&name)?
+    };
+    let p = provider::for_type(st.kind, home)?;
+
+    // --quick keeps the cluster on the binaries this ltops would pick, as they are now.
+    let wanted = if opts.quick {
+        provider::resolve_binaries(opts.server.clone(), opts.agent.clone()).ok()
+    } else {
+        None
+    };
+    let switched = wanted.is_some() && st.binaries.is_some() && wanted != st.binaries;
+    let rebuilt = opts.quick
+        && match (&st.binaries, st.deployed_at_ms) {
+            (Some(b), Some(at)) => b.changed_since(at),
+            _ => false,
+        };
+    if switched || rebuilt {
+        eprintln!("the server or agent binary changed since the last deploy; redeploying");
+    }
+    let rebuilt = switched || rebuilt;
+    if rebuilt || !healthy(p.as_ref(), &st) {
+        if opts.quick {
+            let binaries =
+                provider::resolve_or_build_binaries(opts.server.clone(), opts.agent.clone())?;
+            eprintln!(
+                "deploying {name:?} ({} and {})…",
+                binaries.server.display(),
+                binaries.agent.display()
+            );
+            deploy::deploy_locked(home, &mut st, p.as_ref(), &binaries)?;
+        } else {
+            return Err(Error::Runtime(format!(
+                "cluster {name:?} is not running (see `ltops status {name}`); start it with `ltops deploy -c {name}`"
+            )));
+        }
+    }
+
+    let mut config = match config.take() {
+        Some(c) => c,
+        None => match &st.workload {
+            Some(path) => {
+                let mut c = WorkloadConfig::from_file(path)?;
+                apply_overrides(&mut c, opts.users, opts.duration)?;
+                c
+            }
+            None => {
+                return Err(Error::Usage(format!(
+                    "no workload config: pass --config FILE (examples/ has some), record one with \
+                     `ltops deploy -c {name} --config FILE`, or use --quick"
+                )))
+            }
+        },
+    };
+    config
+        .run
+        .thresholds
+        .extend(opts.thresholds.iter().cloned());
+    let servers = p.server_urls(&st);
+    let Some(first_server) = servers.first().cloned() else {
+        return Err(Error::Runtime(format!(
+            "cluster {name:?} has no server; run `ltops deploy -c {name}`"
+        )));
+    };
+    config.target.url = first_server;
+    config.target.websocket_url = None;
+
+    let run_id = coordinator::new_run_id();
+    let results_dir = home.cluster_dir(&name).join("results").join(&run_id);
+    state::create_private_dir(&results_dir)?;
+    let config_file = results_dir.join("workload.toml");
+    let text = toml::to_string(&config)
+        .map_err(|e| Error::Runtime(format!("cannot encode the workload: {e}")))?;
+    state::write_atomic(&config_file, text.as_bytes(), 0o600)?;
+
+    // Data set: once per distinct [dataset].
+    let hash = dataset_hash(&config);
+    let prepared = st.dataset.as_ref().is_some_and(|d| d.hash == hash);
+    if opts.skip_setup {
+        if !prepared {
+            eprintln!("warning: --skip-setup, but this data set was never prepared on {name:?} by ltops; users may fail to log in");
+        }
+    } else if prepared && !opts.force_setup {
+        eprintln!("data set already prepared (use --force-setup to run setup again)");
+    } else {
+        eprintln!(
+            "preparing the data set: {} team(s), {} users (log: {})…",
+            config.dataset.teams,
+            config.dataset.users,
+            home.cluster_dir(&name).join("logs/setup.log").display()
+        );
+        p.setup_dataset(&st, &config_file)?;
+        if st.app_count > 1 {
+            // The chat server caches memberships per instance: instances that were running
+            // while setup went through another one would answer 403 for the new members.
+            // Restarting them is cheap and makes every instance see the data set.
+            if let Some(binaries) = st.binaries.clone() {
+                eprintln!("restarting the cluster so every server instance sees the new data set…");
+                deploy::deploy_locked(home, &mut st, p.as_ref(), &binaries)?;
+            }
+        }
+        st.dataset = Some(DatasetState {
+            hash,
+            prepared_at_ms: loadtest_contract::now_ms(),
+            teams: config.dataset.teams,
+            users: config.dataset.users,
+        });
+        home.save(&st)?;
+    }
+    crate::interrupt::check()?;
+
+    // Per-agent targets come from the provider; this is what the header shows.
+    if let Some(u) = p.server_urls(&st).first() {
+        config.target.url = u.clone();
+    }
+    let agents = p.agents(&st)?;
+    let plan = RunPlan {
+        run_id: run_id.clone(),
+        config: config.clone(),
+        agents,
+        results_dir: results_dir.clone(),
+        start_delay: Duration::from_secs(2),
+    };
+    let mut display: Box<dyn Progress> = match opts.progress {
+        ProgressMode::Auto => progress::for_stderr(),
+        ProgressMode::Plain => Box::new(progress::Plain::new(Duration::from_secs(5))),
+        ProgressMode::None => Box::new(progress::Silent),
+    };
+    eprintln!(
+        "run {run_id}: {} users on {} agent(s) for {} against {}",
+        config.users.count,
+        plan.agents.len(),
+        humantime::format_duration(config.users.duration),
+        config.target.url
+    );
+    let report = rt.block_on(coordinator::run(&plan, display.as_mut()))?;
+
+    // Lost agents: report them, salvage what they flushed.
+    let mut lost_names = Vec::new();
+    for a in report.lost() {
+        let dest = coordinator::agent_results_path(&results_dir, a.index);
+        let saved = p.salvage_results(&st, a.index, &run_id, &dest);
+        let AgentOutcome::Lost { reason } = &a.outcome else {
+            continue;
+        };
+        let alive = p.agent_alive(&st, a.index);
+        eprintln!(
+            "\nagent-{} was lost: {reason}{}\nits last log lines:\n{}\n{}",
+            a.index,
+            if alive { "" } else { " (its process is gone)" },
+            crate::process::indent(&p.agent_log_tail(&st, a.index, 15)),
+            if saved {
+                format!(
+                    "the partial results it had flushed are in {}",
+                    dest.display()
+                )
+            } else {
+                "nothing it measured could be saved".to_string()
+            }
+        );
+        lost_names.push(format!("agent-{}", a.index));
+    }
+
+    // Summary through ltparse.
+    let mut lt = ltparse::Options {
+        thresholds: config.run.thresholds.clone(),
+        baseline: baseline.clone(),
+        aggregate: true,
+        ..Default::default()
+    };
+    let (code, verdict) = match ltparse::results_files_in(&results_dir) {
+        Ok(files) => {
+            lt.files = files;
+            match ltparse::run(&lt) {
+                Ok(out) => {
+                    for w in &out.warnings {
+                        eprintln!("warning: {w}");
+                    }
+                    println!("{}", out.rendered.trim_end());
+                    if let Some(md) = &opts.markdown {
+                        append_markdown(md, &out.report)?;
+                    }
+                    let verdict = match out.outcome {
+                        ltparse::Outcome::Pass => "pass",
+                        ltparse::Outcome::ThresholdsFailed => "thresholds failed",
+                        ltparse::Outcome::Regression => "regression",
+                        ltparse::Outcome::ThresholdsFailedAndRegression => {
+                            "thresholds failed and regression"
+                        }
+                    };
+                    (out.outcome.exit_code(), verdict.to_string())
+                }
+                Err(e) => {
+                    eprintln!("the results could not be summarized: {e}");
+                    (exit::FAILURE, "results unreadable".to_string())
+                }
+            }
+        }
+        Err(e) => {
+            eprintln!("no results to summarize: {e}");
+            (exit::FAILURE, "no results".to_string())
+        }
+    };
+    let (code, verdict) = if !lost_names.is_empty() {
+        (exit::FAILURE, format!("{} lost", lost_names.join(", ")))
+    } else if report.interrupted {
+        (exit::INTERRUPTED, format!("interrupted ({verdict} so far)"))
+    } else {
+        (code, verdict)
+    };
+
+    let files = ltparse::results_files_in(&results_dir).unwrap_or_default();
+    println!();
+    println!("results:  {}", results_dir.display());
+    println!("verdict:  {verdict} (exit code {code})");
+    println!(
+        "compare a later run with this one:\n  ltops loadtest -c {name} --baseline {}\n  ltparse results --file NEW.jsonl --baseline {}",
+        results_dir.display(),
+        files
+            .iter()
+            .map(|f| f.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" --baseline ")
+    );
+
+    st.last_run = Some(LastRun {
+        run_id,
+        finished_at_ms: loadtest_contract::now_ms(),
+        verdict,
+        exit_code: code,
+        results_dir,
+    });
+    home.save(&st)?;
+    Ok(code)
+}
+
+fn append_markdown(path: &Path, report: &ltparse::Report) -> Result<()> {
+    use std::io::Write;
+    let md = ltparse::render(report, ltparse::Display::Markdown, &Default::default())
+        .map_err(|e| Error::Runtime(format!("cannot render the Markdown report: {e}")))?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| Error::io(format!("opening {}", path.display()), e))?;
+    f.write_all(md.as_bytes())
+        .map_err(|e| Error::io(format!("writing {}", path.display()), e))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn overrides_are_revalidated() {
+        let mut c = WorkloadConfig::preset("quick").unwrap();
+        apply_overrides(&mut c, Some(20), Some(Duration::from_secs(5))).unwrap();
+        assert_eq!(c.users.count, 20);
+        assert!(c.users.ramp_up <= c.users.duration);
+        let mut c = WorkloadConfig::preset("quick").unwrap();
+        let e = apply_overrides(&mut c, Some(1_000_000), None).unwrap_err();
+        assert!(e.to_string().contains("users.count"), "{e}");
+        assert_eq!(e.exit_code(), exit::USAGE);
+    }
+
+    #[test]
+    fn dataset_hash_ignores_the_run_shape() {
+        let a = WorkloadConfig::preset("quick").unwrap();
+        let mut b = a.clone();
+        b.users.count = 3;
+        b.target.url = "http://127.0.0.1:1".into();
+        assert_eq!(dataset_hash(&a), dataset_hash(&b));
+        b.dataset.teams = 2;
+        assert_ne!(dataset_hash(&a), dataset_hash(&b));
+    }
+
+    #[test]
+    fn the_effective_config_survives_toml() {
+        let mut c = WorkloadConfig::preset("quick").unwrap();
+        c.run.thresholds.push("create_post.p99<200ms".into());
+        let text = toml::to_string(&c).unwrap();
+        let back = WorkloadConfig::from_toml_str(&text, "x").unwrap();
+        assert_eq!(back, c);
+    }
+}

@@ -1,0 +1,443 @@
+//! End to end through the real binaries: `ltops`, `chat-server` and `loadtest-agent` from the
+//! same target directory (`cargo build --workspace --bins` builds them), with `LTOPS_HOME` in a
+//! temporary directory.
+#![allow(clippy::unwrap_used)]
+
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use loadtest_contract::results::{Item, Record};
+use loadtest_contract::ResultsReader;
+use ltops::state::{ClusterState, Home, Role};
+
+fn ltops_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ltops"))
+}
+
+/// Fails with instructions when the other binaries were not built.
+fn require_binaries() {
+    let dir = ltops_bin().parent().unwrap().to_path_buf();
+    for name in ["chat-server", "loadtest-agent"] {
+        assert!(
+            dir.join(name).is_file(),
+            "{} is missing: run `cargo build --workspace --bins` before `cargo test -p ltops`",
+            dir.join(name).display()
+        );
+    }
+}
+
+struct Env {
+    home: tempfile::TempDir,
+}
+
+impl Env {
+    fn new() -> Self {
+        Env {
+            home: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(ltops_bin());
+        c.args(args)
+            .env("LTOPS_HOME", self.home.path())
+            .stdin(Stdio::null());
+        c
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let out = self.cmd(args).output().unwrap();
+        eprintln!(
+            "$ ltops {}\n[exit {:?}]\n{}{}",
+            args.join(" "),
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    }
+
+    fn state(&self, name: &str) -> ClusterState {
+        Home::at(self.home.path()).load(name).unwrap()
+    }
+
+    /// A tiny workload: 20 users over 2 agents for a few seconds.
+    fn tiny_config(&self, duration: &str) -> PathBuf {
+        let p = self.home.path().join(format!("tiny-{duration}.toml"));
+        std::fs::write(
+            &p,
+            format!(
+                r#"preset = "quick"
+[dataset]
+teams = 1
+users = 40
+posts_per_channel = 2
+[[dataset.channels]]
+count = 4
+members = 10
+[users]
+count = 20
+ramp_up = "1s"
+duration = "{duration}"
+[behaviour]
+mode = "closed"
+mean_interval = "500ms"
+interval_jitter = "200ms"
+[run]
+interval = "1s"
+"#
+            ),
+        )
+        .unwrap();
+        p
+    }
+}
+
+fn text(o: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}
+
+fn pids(st: &ClusterState) -> Vec<u32> {
+    st.components.iter().filter_map(|c| c.pid).collect()
+}
+
+fn alive(pid: u32) -> bool {
+    // Zombies (not reaped yet) count as gone.
+    ltops::process::is_alive(pid, None)
+}
+
+/// Live processes whose working directory is under `dir` (our components run in theirs).
+fn running_under(dir: &Path) -> Vec<u32> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if let Ok(cwd) = std::fs::read_link(e.path().join("cwd")) {
+            if cwd.starts_with(dir) && alive(pid) {
+                found.push(pid);
+            }
+        }
+    }
+    found
+}
+
+fn wait_gone(pids: &[u32]) {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while pids.iter().any(|p| alive(*p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let left: Vec<_> = pids.iter().filter(|p| alive(**p)).collect();
+    assert!(left.is_empty(), "processes left running: {left:?}");
+}
+
+/// Users per agent from the results headers of a run directory.
+fn users_in(dir: &Path) -> Vec<u64> {
+    let mut users = Vec::new();
+    for f in ltparse::results_files_in(dir).unwrap() {
+        let r = ResultsReader::new(
+            std::io::BufReader::new(std::fs::File::open(&f).unwrap()),
+            f.display().to_string(),
+        );
+        for rec in r {
+            if let Ok(Item::Record(r)) = rec {
+                if let Record::Header(h) = *r {
+                    users.push(h.settings.users);
+                }
+            }
+        }
+    }
+    users
+}
+
+/// Plain HTTP GET with the agent token; returns the body.
+fn agent_get(addr: &str, path: &str, token: &str) -> Option<String> {
+    let mut s = std::net::TcpStream::connect(addr).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {token}\r\nConnection: close\r\n\r\n"
+    )
+    .ok()?;
+    let mut body = String::new();
+    s.read_to_string(&mut body).ok()?;
+    Some(body)
+}
+
+#[test]
+fn lifecycle_create_deploy_loadtest_status_delete() {
+    require_binaries();
+    let env = Env::new();
+    let cfg = env.tiny_config("5s");
+    let o = env.run(&["create", "--name", "e2e", "--agents", "2"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let mode = std::fs::metadata(env.home.path().join("clusters/e2e/cluster.toml"))
+        .unwrap()
+        .permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600
+    );
+
+    let o = env.run(&["deploy", "-c", "e2e"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let st = env.state("e2e");
+    assert_eq!(st.components(Role::Agent).count(), 2);
+    assert_eq!(st.components(Role::Server).count(), 1);
+    let started = pids(&st);
+    assert_eq!(started.len(), 3);
+
+    let o = env.run(&[
+        "loadtest",
+        "-c",
+        "e2e",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--progress",
+        "plain",
+    ]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(out.contains("ltparse results"), "{out}");
+
+    let st = env.state("e2e");
+    let last = st.last_run.clone().expect("last run recorded");
+    assert_eq!(last.verdict, "pass");
+    assert!(st.dataset.is_some());
+    let mut users = users_in(&last.results_dir);
+    users.sort();
+    assert_eq!(users, vec![10, 10], "each agent simulated its slice");
+    let summary = ltparse::run(&ltparse::Options {
+        files: ltparse::results_files_in(&last.results_dir).unwrap(),
+        aggregate: true,
+        ..Default::default()
+    })
+    .unwrap();
+    assert_eq!(summary.outcome, ltparse::Outcome::Pass);
+
+    let o = env.run(&["status", "e2e"]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(out.contains("agent-1") && out.contains("healthy"), "{out}");
+    assert!(out.contains(&last.run_id) && out.contains("pass"), "{out}");
+
+    // A second run reuses the prepared data set.
+    let o = env.run(&[
+        "loadtest",
+        "-c",
+        "e2e",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--users",
+        "6",
+        "--duration",
+        "2s",
+        "--progress",
+        "none",
+        "--baseline",
+        last.results_dir.to_str().unwrap(),
+    ]);
+    let out = text(&o);
+    assert!(out.contains("already prepared"), "{out}");
+    assert!(matches!(o.status.code(), Some(0) | Some(4)), "{out}");
+
+    let o = env.run(&["logs", "agent", "-c", "e2e", "-i", "1", "-n", "5"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = env.run(&["ssh", "server", "-c", "e2e", "--", "echo", "$LTOPS_CLUSTER"]);
+    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "e2e");
+
+    let o = env.run(&["delete", "e2e", "--yes"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    wait_gone(&started);
+    assert_eq!(running_under(env.home.path()), Vec::<u32>::new());
+    assert!(!env.home.path().join("clusters/e2e").exists());
+}
+
+#[test]
+fn agent_killed_mid_run_is_reported_and_the_others_results_kept() {
+    require_binaries();
+    let env = Env::new();
+    let cfg = env.tiny_config("30s");
+    assert_eq!(
+        env.run(&["create", "--name", "kill", "--agents", "2"])
+            .status
+            .code(),
+        Some(0)
+    );
+    assert_eq!(env.run(&["deploy", "-c", "kill"]).status.code(), Some(0));
+    let st = env.state("kill");
+    let started = pids(&st);
+    let victim = st.component(Role::Agent, 1).unwrap().clone();
+
+    let child = env
+        .cmd(&[
+            "loadtest",
+            "-c",
+            "kill",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--progress",
+            "plain",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Wait until agent-1 runs its users, then kill it hard.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let body =
+            agent_get(&victim.address, "/v1/run/status", &st.control_token).unwrap_or_default();
+        if body.contains("\"running\"") {
+            break;
+        }
+        assert!(Instant::now() < deadline, "agent-1 never started running");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(3));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(victim.pid.unwrap() as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+
+    let o = child.wait_with_output().unwrap();
+    let out = text(&o);
+    eprintln!("{out}");
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("agent-1 was lost"), "{out}");
+    assert!(out.contains("its process is gone"), "{out}");
+    let st = env.state("kill");
+    let last = st.last_run.clone().unwrap();
+    assert!(last.verdict.contains("agent-1"), "{}", last.verdict);
+    assert!(
+        last.results_dir.join("agent-0.jsonl").is_file(),
+        "the surviving agent's results are kept"
+    );
+
+    assert_eq!(env.run(&["delete", "kill", "--yes"]).status.code(), Some(0));
+    wait_gone(&started);
+}
+
+#[test]
+fn an_agent_that_fails_to_start_is_reported_and_nothing_is_left_running() {
+    require_binaries();
+    let env = Env::new();
+    let broken = env.home.path().join("broken-agent");
+    std::fs::write(
+        &broken,
+        "#!/bin/sh\necho \"boom: this agent cannot start\" >&2\nexit 3\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    assert_eq!(env.run(&["create", "--name", "b"]).status.code(), Some(0));
+    let o = env.run(&["deploy", "-c", "b", "--agent", broken.to_str().unwrap()]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(1), "{out}");
+    assert!(out.contains("agent-0 exited during start-up"), "{out}");
+    assert!(out.contains("boom: this agent cannot start"), "{out}");
+    // The server that did start was stopped again.
+    let st = env.state("b");
+    let server = st.component(Role::Server, 0).unwrap();
+    assert_eq!(server.pid, None, "recorded as stopped");
+    assert_eq!(running_under(env.home.path()), Vec::<u32>::new());
+    let o = env.run(&["status", "b"]);
+    assert!(text(&o).contains("not running"), "{}", text(&o));
+    assert_eq!(env.run(&["delete", "b", "--yes"]).status.code(), Some(0));
+}
+
+#[test]
+fn a_second_command_on_a_locked_cluster_is_refused() {
+    let env = Env::new();
+    assert_eq!(
+        env.run(&["create", "--name", "locked", "--agents", "1"])
+            .status
+            .code(),
+        Some(0)
+    );
+    let _held = ltops::lock::ClusterLock::acquire(
+        &env.home.path().join("clusters/locked"),
+        "locked",
+        "ltops loadtest -c locked",
+    )
+    .unwrap();
+    let o = env.run(&["delete", "locked", "--yes"]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(ltops::exit::LOCKED), "{out}");
+    assert!(
+        out.contains(&format!("pid {}", std::process::id())),
+        "{out}"
+    );
+    assert!(out.contains("ltops loadtest -c locked"), "{out}");
+    assert!(env
+        .home
+        .path()
+        .join("clusters/locked/cluster.toml")
+        .is_file());
+}
+
+#[test]
+fn bad_arguments_say_what_to_do() {
+    let env = Env::new();
+    let usage = Some(ltops::exit::USAGE);
+
+    let o = env.run(&["deploy", "-c", "nope"]);
+    assert_eq!(o.status.code(), usage);
+    assert!(
+        text(&o).contains("no cluster named \"nope\""),
+        "{}",
+        text(&o)
+    );
+
+    let o = env.run(&["create", "--name", "k", "--type", "kubernetes"]);
+    assert_eq!(o.status.code(), usage);
+    assert!(text(&o).contains("not yet supported"), "{}", text(&o));
+    assert!(text(&o).contains("--type local"), "{}", text(&o));
+    assert!(!env.home.path().join("clusters/k").exists());
+
+    let o = env.run(&["create", "--name", "two", "--app-count", "2"]);
+    assert_eq!(o.status.code(), usage);
+    assert!(text(&o).contains("--database postgres"), "{}", text(&o));
+
+    assert_eq!(env.run(&["create", "--name", "c"]).status.code(), Some(0));
+    let o = env.run(&["create", "--name", "c"]);
+    assert_eq!(o.status.code(), usage);
+    assert!(text(&o).contains("already exists"), "{}", text(&o));
+
+    let o = env.run(&["deploy", "-c", "c", "--server", "/nonexistent/chat-server"]);
+    assert_eq!(o.status.code(), usage);
+    assert!(text(&o).contains("chat-server not found"), "{}", text(&o));
+
+    let o = env.run(&["loadtest", "-c", "c", "--threshold", "nonsense"]);
+    assert_eq!(o.status.code(), usage);
+
+    let o = env.run(&["loadtest"]);
+    assert_eq!(o.status.code(), usage);
+    assert!(text(&o).contains("--quick"), "{}", text(&o));
+
+    let o = env.run(&["delete", "c"]);
+    assert_eq!(o.status.code(), usage);
+    assert!(text(&o).contains("--yes"), "{}", text(&o));
+
+    // A cluster of a type this version cannot drive.
+    let path = env.home.path().join("clusters/c/cluster.toml");
+    let t = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, t.replace("type = \"local\"", "type = \"aws\"")).unwrap();
+    let o = env.run(&["deploy", "-c", "c"]);
+    assert_eq!(o.status.code(), usage);
+    assert!(text(&o).contains("not yet supported"), "{}", text(&o));
+
+    let o = env.run(&["help", "loadtest"]);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(
+        text(&o).contains("Examples:") && text(&o).contains("ltops loadtest --quick"),
+        "{}",
+        text(&o)
+    );
+}

@@ -1,0 +1,396 @@
+//! The HTML report: one self-contained file (inline CSS and SVG, no scripts, no network
+//! fetches) with the summary tables and, per action, line charts of response-time p50/p99 and
+//! throughput over the run from the interval records, the baseline overlaid (dashed) when given.
+
+use std::fmt::Write as _;
+
+use crate::baseline::Change;
+use crate::render::{ms, ms_f, pct};
+use crate::summary::RunSummary;
+use crate::Report;
+
+fn esc(s: &str) -> String {
+    s.replace('&', "&amp;")
+        .replace('<', "&lt;")
+        .replace('>', "&gt;")
+        .replace('"', "&quot;")
+}
+
+/// One line on a chart.
+struct Series {
+    name: String,
+    color: &'static str,
+    dashed: bool,
+    points: Vec<(f64, f64)>,
+}
+
+const W: f64 = 640.0;
+const H: f64 = 220.0;
+const PAD_L: f64 = 56.0;
+const PAD_R: f64 = 12.0;
+const PAD_T: f64 = 24.0;
+const PAD_B: f64 = 34.0;
+
+/// A simple line chart: linear axes from 0, five ticks each, a legend on top.
+fn chart(title: &str, y_unit: &str, series: &[Series]) -> String {
+    let max_x = series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.0))
+        .fold(0.0_f64, f64::max)
+        .max(1.0);
+    let max_y = series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.1))
+        .fold(0.0_f64, f64::max);
+    let max_y = if max_y > 0.0 { max_y * 1.1 } else { 1.0 };
+    let pw = W - PAD_L - PAD_R;
+    let ph = H - PAD_T - PAD_B;
+    let x = |v: f64| PAD_L + v / max_x * pw;
+    let y = |v: f64| PAD_T + ph - v / max_y * ph;
+    let mut o = String::new();
+    let _ = write!(
+        o,
+        r#"<svg xmlns="http://www.w3.org/2000/svg" width="{W}" height="{H}" viewBox="0 0 {W} {H}" role="img"><title>{}</title>"#,
+        esc(title)
+    );
+    let _ = write!(
+        o,
+        r##"<rect x="{PAD_L}" y="{PAD_T}" width="{pw}" height="{ph}" fill="#fafafa" stroke="#ccc"/>"##
+    );
+    for i in 0..=4 {
+        let fy = f64::from(i) / 4.0;
+        let vy = max_y * fy;
+        let py = y(vy);
+        let _ = write!(
+            o,
+            r##"<line x1="{PAD_L}" y1="{py:.1}" x2="{:.1}" y2="{py:.1}" stroke="#e4e4e4"/><text x="{:.1}" y="{:.1}" font-size="10" text-anchor="end">{}</text>"##,
+            W - PAD_R,
+            PAD_L - 4.0,
+            py + 3.0,
+            fmt_tick(vy)
+        );
+        let vx = max_x * fy;
+        let _ = write!(
+            o,
+            r#"<text x="{:.1}" y="{:.1}" font-size="10" text-anchor="middle">{}</text>"#,
+            x(vx),
+            H - PAD_B + 14.0,
+            fmt_tick(vx)
+        );
+    }
+    let _ = write!(
+        o,
+        r#"<text x="{:.1}" y="{:.1}" font-size="10" text-anchor="middle">time (s)</text><text x="4" y="14" font-size="11">{} ({})</text>"#,
+        PAD_L + pw / 2.0,
+        H - 4.0,
+        esc(title),
+        esc(y_unit)
+    );
+    let mut lx = PAD_L + 180.0;
+    for s in series {
+        let pts: Vec<String> = s
+            .points
+            .iter()
+            .map(|&(a, b)| format!("{:.1},{:.1}", x(a), y(b)))
+            .collect();
+        let dash = if s.dashed {
+            r#" stroke-dasharray="5,4""#
+        } else {
+            ""
+        };
+        if pts.len() == 1 {
+            let _ = write!(
+                o,
+                r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{}"/>"#,
+                x(s.points[0].0),
+                y(s.points[0].1),
+                s.color
+            );
+        } else if !pts.is_empty() {
+            let _ = write!(
+                o,
+                r#"<polyline fill="none" stroke="{}" stroke-width="1.6"{dash} points="{}"/>"#,
+                s.color,
+                pts.join(" ")
+            );
+        }
+        let _ = write!(
+            o,
+            r#"<line x1="{lx:.1}" y1="10" x2="{:.1}" y2="10" stroke="{}" stroke-width="2"{dash}/><text x="{:.1}" y="14" font-size="10">{}</text>"#,
+            lx + 16.0,
+            s.color,
+            lx + 20.0,
+            esc(&s.name)
+        );
+        lx += 24.0 + 6.0 * s.name.len() as f64;
+    }
+    o.push_str("</svg>");
+    o
+}
+
+fn fmt_tick(v: f64) -> String {
+    if v >= 100.0 {
+        format!("{v:.0}")
+    } else if v >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+fn points(
+    r: &RunSummary,
+    action: &str,
+    f: impl Fn(&crate::summary::IntervalActionSummary) -> f64,
+) -> Vec<(f64, f64)> {
+    r.intervals
+        .iter()
+        .filter_map(|i| {
+            i.actions
+                .iter()
+                .find(|a| a.action == action)
+                .map(|a| (i.offset_s + i.length_s, f(a)))
+        })
+        .collect()
+}
+
+fn table(o: &mut String, head: &[&str], rows: &[Vec<String>]) {
+    o.push_str("<table><thead><tr>");
+    for h in head {
+        let _ = write!(o, "<th>{}</th>", esc(h));
+    }
+    o.push_str("</tr></thead><tbody>");
+    for r in rows {
+        o.push_str("<tr>");
+        for c in r {
+            let _ = write!(o, "<td>{}</td>", esc(c));
+        }
+        o.push_str("</tr>");
+    }
+    o.push_str("</tbody></table>\n");
+}
+
+/// The HTML report.
+pub fn html(report: &Report) -> String {
+    let mut o = String::new();
+    let title = report
+        .runs
+        .iter()
+        .map(RunSummary::label)
+        .collect::<Vec<_>>()
+        .join(", ");
+    let _ = write!(
+        o,
+        "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\"><title>Load test {}</title><style>\
+body{{font-family:system-ui,sans-serif;margin:2em;color:#222}}table{{border-collapse:collapse;margin:.5em 0}}\
+th,td{{border:1px solid #ccc;padding:2px 8px;text-align:right}}th:first-child,td:first-child{{text-align:left}}\
+th{{background:#f0f0f0}}.warn{{background:#fff3cd;border:1px solid #e0c060;padding:.5em}}\
+.fail{{color:#b00020;font-weight:bold}}.pass{{color:#1b7f3b}}svg{{margin:.3em 1em .3em 0}}</style></head><body>\n",
+        esc(&title)
+    );
+    for r in &report.runs {
+        let _ = writeln!(
+            o,
+            "<h1>Load test {}{}</h1>",
+            esc(&r.label()),
+            if r.cut_short { " (cut short)" } else { "" }
+        );
+        for w in &r.warnings {
+            let _ = writeln!(o, "<p class=\"warn\">⚠ {}</p>", esc(w));
+        }
+        if let Some(s) = &r.settings {
+            let _ = writeln!(
+                o,
+                "<p>{} users on {} agent(s) against {}, mode {}, ran {:.1} s; {} hits, {} errors, {:.2}/s.</p>",
+                s.users,
+                s.agents,
+                esc(&s.target),
+                esc(&s.mode),
+                r.elapsed_s,
+                r.totals.hits,
+                r.totals.errors,
+                r.totals.throughput_per_s
+            );
+        }
+        let _ = writeln!(o, "<h2>Response time (ms, from the intended start)</h2>");
+        let rows: Vec<Vec<String>> = r
+            .actions
+            .iter()
+            .map(|a| {
+                let l = &a.response_time;
+                vec![
+                    a.action.clone(),
+                    a.hits.to_string(),
+                    a.errors.to_string(),
+                    pct(a.error_rate),
+                    format!("{:.2}", a.throughput_per_s),
+                    ms_f(l.mean_us),
+                    ms(l.p50_us),
+                    ms(l.p90_us),
+                    ms(l.p95_us),
+                    ms(l.p99_us),
+                    ms(l.p999_us),
+                    ms(l.max_us),
+                ]
+            })
+            .collect();
+        table(
+            &mut o,
+            &[
+                "Action", "Hits", "Errors", "Error %", "Thrpt/s", "Mean", "p50", "p90", "p95",
+                "p99", "p99.9", "Max",
+            ],
+            &rows,
+        );
+        let d = &r.delivery;
+        let _ = writeln!(o, "<h2>Delivery</h2>");
+        table(
+            &mut o,
+            &[
+                "Expected",
+                "Received",
+                "Missing",
+                "Missing %",
+                "Duplicate",
+                "p50 ms",
+                "p99 ms",
+                "Max ms",
+            ],
+            &[vec![
+                d.expected.to_string(),
+                d.received.to_string(),
+                d.missing.to_string(),
+                pct(d.missing_rate),
+                d.duplicate.to_string(),
+                ms(d.latency.p50_us),
+                ms(d.latency.p99_us),
+                ms(d.latency.max_us),
+            ]],
+        );
+        let _ = writeln!(o, "<h2>Over time</h2>");
+        for a in &r.actions {
+            let _ = writeln!(o, "<h3>{}</h3><div>", esc(&a.action));
+            let mut lat = vec![
+                Series {
+                    name: "p50".into(),
+                    color: "#1f77b4",
+                    dashed: false,
+                    points: points(r, &a.action, |x| x.response_time.p50_us as f64 / 1000.0),
+                },
+                Series {
+                    name: "p99".into(),
+                    color: "#d62728",
+                    dashed: false,
+                    points: points(r, &a.action, |x| x.response_time.p99_us as f64 / 1000.0),
+                },
+            ];
+            let mut thr = vec![Series {
+                name: "throughput".into(),
+                color: "#2ca02c",
+                dashed: false,
+                points: points(r, &a.action, |x| x.throughput_per_s),
+            }];
+            if let Some(b) = &report.baseline {
+                lat.push(Series {
+                    name: "baseline p50".into(),
+                    color: "#1f77b4",
+                    dashed: true,
+                    points: points(b, &a.action, |x| x.response_time.p50_us as f64 / 1000.0),
+                });
+                lat.push(Series {
+                    name: "baseline p99".into(),
+                    color: "#d62728",
+                    dashed: true,
+                    points: points(b, &a.action, |x| x.response_time.p99_us as f64 / 1000.0),
+                });
+                thr.push(Series {
+                    name: "baseline".into(),
+                    color: "#2ca02c",
+                    dashed: true,
+                    points: points(b, &a.action, |x| x.throughput_per_s),
+                });
+            }
+            o.push_str(&chart("response time", "ms", &lat));
+            o.push_str(&chart("throughput", "hits/s", &thr));
+            o.push_str("</div>\n");
+        }
+    }
+    for c in &report.comparisons {
+        let _ = writeln!(
+            o,
+            "<h2>Baseline: {} against {}</h2><ul>",
+            esc(&c.run),
+            esc(&c.baseline_run)
+        );
+        for r in c.regressions() {
+            let _ = writeln!(
+                o,
+                "<li class=\"fail\">regression: {}</li>",
+                esc(&r.sentence())
+            );
+        }
+        for r in c.improvements() {
+            let _ = writeln!(
+                o,
+                "<li class=\"pass\">improvement: {}</li>",
+                esc(&r.sentence())
+            );
+        }
+        o.push_str("</ul>\n");
+        let rows: Vec<Vec<String>> = c
+            .rows
+            .iter()
+            .map(|r| {
+                vec![
+                    r.subject.clone(),
+                    r.metric.clone(),
+                    r.fmt_value(r.baseline),
+                    r.fmt_value(r.actual),
+                    r.fmt_delta(),
+                    r.fmt_delta_rel(),
+                    match r.change {
+                        Change::Regression => "regression",
+                        Change::Improvement => "improvement",
+                        Change::Noise => "",
+                    }
+                    .to_string(),
+                ]
+            })
+            .collect();
+        table(
+            &mut o,
+            &[
+                "Action", "Metric", "Baseline", "Actual", "Delta", "Delta %", "Change",
+            ],
+            &rows,
+        );
+    }
+    if !report.thresholds.is_empty() {
+        let _ = writeln!(o, "<h2>Thresholds</h2>");
+        let rows: Vec<Vec<String>> = report
+            .thresholds
+            .iter()
+            .map(|t| {
+                vec![
+                    t.expr.clone(),
+                    t.subject.clone(),
+                    t.actual_display.clone(),
+                    t.limit_display.clone(),
+                    if t.passed { "pass" } else { "FAIL" }.to_string(),
+                ]
+            })
+            .collect();
+        table(
+            &mut o,
+            &["Threshold", "Checked", "Actual", "Limit", "Result"],
+            &rows,
+        );
+    }
+    let _ = writeln!(
+        o,
+        "<p><b>Outcome: {:?} (exit {})</b></p>\n</body></html>",
+        report.outcome,
+        report.outcome.exit_code()
+    );
+    o
+}

@@ -1,0 +1,430 @@
+//! From loaded runs to the numbers a report shows: per-action counts, rates and latency
+//! percentiles, delivery, schedule keeping, settings, warnings and the per-interval timeline.
+//!
+//! Everything here is plain data (`Serialize`): the JSON display is this structure as is, and
+//! thresholds and baseline comparisons read their metrics from it, so every output agrees.
+
+use std::collections::BTreeMap;
+
+use loadtest_contract::results::{ErrorCounts, StopReason, LATE_THRESHOLD_MS};
+use loadtest_contract::LatencyHistogram;
+use serde::Serialize;
+
+use crate::load::{Coarse, RunData};
+
+/// Late-action share above which the generator is considered to have fallen behind.
+pub const BEHIND_LATE_RATIO: f64 = 0.01;
+/// Schedule-lag p99 above which the generator is considered to have fallen behind, µs.
+pub const BEHIND_LAG_P99_US: u64 = 100_000;
+
+/// Latency statistics of one histogram, microseconds (exact HDR values, 3 significant digits).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct LatencySummary {
+    /// Samples.
+    pub count: u64,
+    pub mean_us: f64,
+    pub p50_us: u64,
+    pub p90_us: u64,
+    pub p95_us: u64,
+    pub p99_us: u64,
+    pub p999_us: u64,
+    pub max_us: u64,
+}
+
+impl LatencySummary {
+    pub fn of(h: &LatencyHistogram) -> Self {
+        LatencySummary {
+            count: h.count(),
+            mean_us: h.mean_us(),
+            p50_us: h.quantile_us(0.50),
+            p90_us: h.quantile_us(0.90),
+            p95_us: h.quantile_us(0.95),
+            p99_us: h.quantile_us(0.99),
+            p999_us: h.quantile_us(0.999),
+            max_us: h.max_us(),
+        }
+    }
+
+    fn of_coarse(s: &Coarse, scratch: &mut LatencyHistogram) -> Self {
+        Self::of(s.fill(scratch))
+    }
+}
+
+/// One action over the whole run.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ActionSummary {
+    pub action: String,
+    /// Completed attempts: `ok + errors`.
+    pub hits: u64,
+    pub ok: u64,
+    pub errors: u64,
+    pub error_classes: ErrorCounts,
+    /// `errors / hits`, 0..1.
+    pub error_rate: f64,
+    /// `hits / elapsed_s`.
+    pub throughput_per_s: f64,
+    /// From the intended start (coordinated-omission correct), successes only.
+    pub response_time: LatencySummary,
+    /// From the actual send, successes only.
+    pub service_time: LatencySummary,
+}
+
+/// Delivery of posts to receivers over WebSocket.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct DeliverySummary {
+    pub expected: u64,
+    pub received: u64,
+    pub missing: u64,
+    pub duplicate: u64,
+    /// `missing / expected`, 0..1 (0 when nothing was expected).
+    pub missing_rate: f64,
+    pub latency: LatencySummary,
+}
+
+/// How well the generator kept to its schedule.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ScheduleSummary {
+    pub actions: u64,
+    /// Actions started more than `LATE_THRESHOLD_MS` (100 ms) after their intended time.
+    pub late: u64,
+    pub late_ratio: f64,
+    pub lag: LatencySummary,
+    /// Late ratio above 1 % or lag p99 above 100 ms.
+    pub behind: bool,
+}
+
+/// The workload settings, from the first agent header.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct SettingsSummary {
+    pub target: String,
+    pub tool: String,
+    pub tool_version: String,
+    /// Users across all agents.
+    pub users: u64,
+    /// Agents the run was configured with.
+    pub agents: u32,
+    pub duration_ms: u64,
+    pub ramp_up_ms: u64,
+    /// `closed` or `open`.
+    pub mode: String,
+    pub mean_interval_ms: u64,
+    pub interval_jitter_ms: u64,
+    pub posts_per_second: Option<f64>,
+    pub action_mix: BTreeMap<String, u32>,
+    pub preset: Option<String>,
+    pub seed: u64,
+    /// Length of an interval record, ms.
+    pub interval_ms: u64,
+}
+
+/// One agent of the run.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct AgentSummary {
+    pub run_id: String,
+    pub agent_id: String,
+    pub source: String,
+    pub users: Option<u64>,
+    pub intervals: u64,
+    /// `null` when the agent wrote no summary (cut short).
+    pub stop_reason: Option<StopReason>,
+    pub elapsed_s: f64,
+}
+
+/// Whole-run totals over all actions.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct TotalsSummary {
+    pub hits: u64,
+    pub ok: u64,
+    pub errors: u64,
+    pub error_rate: f64,
+    pub throughput_per_s: f64,
+}
+
+/// One action in one interval.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct IntervalActionSummary {
+    pub action: String,
+    pub hits: u64,
+    pub errors: u64,
+    pub throughput_per_s: f64,
+    pub response_time: LatencySummary,
+}
+
+/// One interval (all agents merged).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct IntervalSummary {
+    pub index: u64,
+    /// Start of the interval relative to the run's start, seconds (`index × interval length`).
+    pub offset_s: f64,
+    pub length_s: f64,
+    pub agents: u32,
+    pub active_users: u64,
+    pub websocket_connections: u64,
+    pub deliveries_received: u64,
+    pub reconnects: u64,
+    pub scheduled: u64,
+    pub late: u64,
+    pub actions: Vec<IntervalActionSummary>,
+    pub delivery_latency: LatencySummary,
+}
+
+/// The summary of one run, or of several runs aggregated.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct RunSummary {
+    /// Run ids summarized (several when aggregated).
+    pub run_ids: Vec<String>,
+    pub started_at_ms: Option<i64>,
+    /// Wall time throughput is divided by, seconds.
+    pub elapsed_s: f64,
+    /// At least one agent wrote no summary record; its totals were rebuilt from intervals.
+    pub cut_short: bool,
+    pub settings: Option<SettingsSummary>,
+    pub agents: Vec<AgentSummary>,
+    pub totals: TotalsSummary,
+    /// Sorted by action name.
+    pub actions: Vec<ActionSummary>,
+    pub delivery: DeliverySummary,
+    pub schedule: ScheduleSummary,
+    pub reconnects: u64,
+    pub peak_active_users: u64,
+    pub peak_websocket_connections: u64,
+    /// Human-readable warnings about the run (cut short, generator behind, missing agents).
+    pub warnings: Vec<String>,
+    /// Per-interval timeline; in JSON only with `--verbose`. Its latencies are rounded up by at
+    /// most 1.6 % to keep long runs small; the run totals above are exact.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub intervals: Vec<IntervalSummary>,
+}
+
+impl RunSummary {
+    /// `run-a` or `run-a + run-b`.
+    pub fn label(&self) -> String {
+        self.run_ids.join(" + ")
+    }
+
+    pub fn action(&self, name: &str) -> Option<&ActionSummary> {
+        self.actions.iter().find(|a| a.action == name)
+    }
+}
+
+fn ratio(n: u64, d: u64) -> f64 {
+    if d == 0 {
+        0.0
+    } else {
+        n as f64 / d as f64
+    }
+}
+
+fn per_s(n: u64, secs: f64) -> f64 {
+    if secs > 0.0 {
+        n as f64 / secs
+    } else {
+        0.0
+    }
+}
+
+/// Summarizes one run (or an aggregate made with [`crate::Loaded::aggregate`]).
+pub fn summarize(run: &RunData) -> RunSummary {
+    let elapsed_s = run.elapsed_ms as f64 / 1000.0;
+    let t = &run.totals;
+    let actions: Vec<ActionSummary> = t
+        .actions
+        .iter()
+        .map(|(name, s)| {
+            let errors = s.errors.total();
+            let hits = s.hits();
+            ActionSummary {
+                action: name.clone(),
+                hits,
+                ok: s.ok,
+                errors,
+                error_classes: s.errors,
+                error_rate: ratio(errors, hits),
+                throughput_per_s: per_s(hits, elapsed_s),
+                response_time: LatencySummary::of(&s.response_time),
+                service_time: LatencySummary::of(&s.service_time),
+            }
+        })
+        .collect();
+    let hits: u64 = actions.iter().map(|a| a.hits).sum();
+    let ok: u64 = actions.iter().map(|a| a.ok).sum();
+    let errors: u64 = actions.iter().map(|a| a.errors).sum();
+    let d = &t.delivery;
+    let delivery = DeliverySummary {
+        expected: d.expected,
+        received: d.received,
+        missing: d.missing,
+        duplicate: d.duplicate,
+        missing_rate: ratio(d.missing, d.expected),
+        latency: LatencySummary::of(&d.latency),
+    };
+    let lag = LatencySummary::of(&t.schedule.lag);
+    let late_ratio = ratio(t.schedule.late, t.schedule.actions);
+    let schedule = ScheduleSummary {
+        actions: t.schedule.actions,
+        late: t.schedule.late,
+        late_ratio,
+        behind: late_ratio > BEHIND_LATE_RATIO || lag.p99_us > BEHIND_LAG_P99_US,
+        lag,
+    };
+    let header = run.header();
+    let settings = header.map(|h| {
+        let s = &h.settings;
+        SettingsSummary {
+            target: s.target.clone(),
+            tool: h.tool.clone(),
+            tool_version: h.tool_version.clone(),
+            users: s.total_users,
+            agents: s.agents,
+            duration_ms: s.duration_ms,
+            ramp_up_ms: s.ramp_up_ms,
+            mode: s.mode.clone(),
+            mean_interval_ms: s.mean_interval_ms,
+            interval_jitter_ms: s.interval_jitter_ms,
+            posts_per_second: s.posts_per_second,
+            action_mix: s.action_mix.clone(),
+            preset: s.preset.clone(),
+            seed: s.seed,
+            interval_ms: h.interval_ms,
+        }
+    });
+    let agents: Vec<AgentSummary> = run
+        .agents
+        .iter()
+        .map(|a| AgentSummary {
+            run_id: a.run_id.clone(),
+            agent_id: a.agent_id.clone(),
+            source: a.source.clone(),
+            users: a.header.as_ref().map(|h| h.settings.users),
+            intervals: a.intervals,
+            stop_reason: a.stop_reason,
+            elapsed_s: a.elapsed_ms as f64 / 1000.0,
+        })
+        .collect();
+
+    let mut warnings = Vec::new();
+    let cut: Vec<&str> = run
+        .agents
+        .iter()
+        .filter(|a| a.cut_short())
+        .map(|a| a.agent_id.as_str())
+        .collect();
+    if !cut.is_empty() {
+        warnings.push(format!(
+            "run cut short: no summary record from agent(s) {} (killed?); their totals were rebuilt from interval records (missing deliveries are only counted in summaries)",
+            cut.join(", ")
+        ));
+    }
+    for a in &run.agents {
+        match a.stop_reason {
+            Some(StopReason::Interrupted) => warnings.push(format!(
+                "agent {} was interrupted before the configured duration",
+                a.agent_id
+            )),
+            Some(StopReason::Failed) => warnings.push(format!(
+                "agent {} gave up (stop reason: failed)",
+                a.agent_id
+            )),
+            _ => {}
+        }
+        if a.header.is_none() {
+            warnings.push(format!(
+                "agent {} has no header record (its file lost its start?)",
+                a.agent_id
+            ));
+        }
+        if let Some(n) = a.summary_intervals {
+            if n != a.intervals {
+                warnings.push(format!(
+                    "agent {}: its summary counts {n} intervals but {} were read",
+                    a.agent_id, a.intervals
+                ));
+            }
+        }
+    }
+    // Agents expected per run vs. present: only meaningful for a single run.
+    if let (Some(s), [_]) = (&settings, run.run_ids.as_slice()) {
+        let present = run.agents.len() as u64;
+        if present < u64::from(s.agents) {
+            warnings.push(format!(
+                "only {present} of the run's {} agents have results here; numbers cover those agents only",
+                s.agents
+            ));
+        }
+    }
+    if schedule.behind {
+        warnings.push(format!(
+            "the load generator fell behind its schedule ({:.1}% of actions started more than {LATE_THRESHOLD_MS} ms late, start lag p99 {:.1} ms): the agent was overloaded, the offered load was lower than configured and service times may be understated (response times include the lag)",
+            schedule.late_ratio * 100.0,
+            schedule.lag.p99_us as f64 / 1000.0
+        ));
+    }
+    if hits == 0 {
+        warnings.push("no actions were completed".into());
+    }
+
+    let interval_ms = header.map(|h| h.interval_ms).filter(|&ms| ms > 0);
+    let mut scratch = LatencyHistogram::new();
+    let intervals = run
+        .intervals
+        .values()
+        .map(|agg| {
+            let len_ms = interval_ms.unwrap_or(agg.length_ms);
+            let length_s = agg.length_ms as f64 / 1000.0;
+            IntervalSummary {
+                index: agg.index,
+                offset_s: agg.index as f64 * len_ms as f64 / 1000.0,
+                length_s,
+                agents: agg.agents,
+                active_users: agg.gauges.active_users,
+                websocket_connections: agg.gauges.websocket_connections,
+                deliveries_received: agg.gauges.deliveries_received,
+                reconnects: agg.gauges.reconnects,
+                scheduled: agg.scheduled,
+                late: agg.late,
+                actions: agg
+                    .actions
+                    .iter()
+                    .map(|(name, a)| {
+                        let errors = a.errors.total();
+                        IntervalActionSummary {
+                            action: name.clone(),
+                            hits: a.ok + errors,
+                            errors,
+                            throughput_per_s: per_s(a.ok + errors, length_s),
+                            response_time: LatencySummary::of_coarse(
+                                &a.response_time,
+                                &mut scratch,
+                            ),
+                        }
+                    })
+                    .collect(),
+                delivery_latency: LatencySummary::of_coarse(&agg.delivery_latency, &mut scratch),
+            }
+        })
+        .collect();
+
+    RunSummary {
+        run_ids: run.run_ids.clone(),
+        started_at_ms: run.started_at_ms,
+        elapsed_s,
+        cut_short: run.cut_short(),
+        settings,
+        agents,
+        totals: TotalsSummary {
+            hits,
+            ok,
+            errors,
+            error_rate: ratio(errors, hits),
+            throughput_per_s: per_s(hits, elapsed_s),
+        },
+        actions,
+        delivery,
+        schedule,
+        reconnects: t.reconnects,
+        peak_active_users: t.peak_active_users,
+        peak_websocket_connections: t.peak_websocket_connections,
+        warnings,
+        intervals,
+    }
+}

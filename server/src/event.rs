@@ -1,0 +1,197 @@
+//! WebSocket events, serialized once per broadcast and shared by every recipient.
+//!
+//! An [`Event`] holds the envelope `{"event":…,"data":…,"broadcast":…` as shared text *without*
+//! its closing brace. Each connection needs its own contiguous `seq`, so a frame is that shared
+//! prefix plus `,"seq":N}` appended at write time: one memcpy per recipient instead of one JSON
+//! encode per recipient, and the replay buffer just keeps another reference to the same text.
+
+use std::fmt::Write as _;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+/// Event types the server emits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    Hello,
+    Posted,
+    PostEdited,
+    PostDeleted,
+    ReactionAdded,
+    ReactionRemoved,
+    Typing,
+    StatusChange,
+    ChannelViewed,
+}
+
+impl EventKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            EventKind::Hello => "hello",
+            EventKind::Posted => "posted",
+            EventKind::PostEdited => "post_edited",
+            EventKind::PostDeleted => "post_deleted",
+            EventKind::ReactionAdded => "reaction_added",
+            EventKind::ReactionRemoved => "reaction_removed",
+            EventKind::Typing => "typing",
+            EventKind::StatusChange => "status_change",
+            EventKind::ChannelViewed => "channel_viewed",
+        }
+    }
+
+    /// Events a congested connection may lose without the client's state going wrong
+    /// (Mattermost drops the same two at half-full queues).
+    pub fn droppable(self) -> bool {
+        matches!(self, EventKind::Typing | EventKind::StatusChange)
+    }
+}
+
+/// Who an event is addressed to, as the `broadcast` object of the envelope.
+#[derive(Debug, Default, Serialize)]
+pub struct Broadcast<'a> {
+    #[serde(serialize_with = "omit_users")]
+    pub omit_users: Option<&'a str>,
+    pub user_id: &'a str,
+    pub channel_id: &'a str,
+    pub team_id: &'a str,
+}
+
+fn omit_users<S: serde::Serializer>(v: &Option<&str>, s: S) -> Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    match v {
+        None => s.serialize_none(),
+        Some(u) => {
+            let mut m = s.serialize_map(Some(1))?;
+            m.serialize_entry(u, &true)?;
+            m.end()
+        }
+    }
+}
+
+#[derive(Serialize)]
+struct Envelope<'a, D: Serialize> {
+    event: &'static str,
+    data: D,
+    broadcast: Broadcast<'a>,
+}
+
+/// A serialized event shared by all its recipients.
+#[derive(Clone, Debug)]
+pub struct Event {
+    pub kind: EventKind,
+    /// The envelope without its closing `}`.
+    body: Arc<str>,
+}
+
+impl Event {
+    pub fn new<D: Serialize>(kind: EventKind, data: D, broadcast: Broadcast<'_>) -> Event {
+        let env = Envelope {
+            event: kind.name(),
+            data,
+            broadcast,
+        };
+        let mut text = serde_json::to_string(&env).unwrap_or_else(|e| {
+            // Our data types always serialize; keep the stream well-formed regardless.
+            tracing::error!("serializing {} event: {e}", kind.name());
+            format!(r#"{{"event":"{}","data":{{}}}}"#, kind.name())
+        });
+        text.pop(); // the closing brace; `frame` puts it back after `seq`
+        Event {
+            kind,
+            body: Arc::from(text),
+        }
+    }
+
+    /// The frame for one connection: the shared envelope with this connection's `seq` spliced in.
+    pub fn frame(&self, seq: u64) -> String {
+        let mut s = String::with_capacity(self.body.len() + 24);
+        s.push_str(&self.body);
+        // Writing into a String cannot fail.
+        let _ = write!(s, ",\"seq\":{seq}}}");
+        s
+    }
+
+    /// Size of the shared part, for tests and capacity planning.
+    pub fn shared_len(&self) -> usize {
+        self.body.len()
+    }
+}
+
+/// A reply to a client action: `{"status":…,"seq_reply":N[,"data":…][,"error":…]}`; no `seq`.
+pub fn reply<D: Serialize>(seq_reply: i64, status: &str, data: Option<D>) -> String {
+    #[derive(Serialize)]
+    struct Reply<'a, D: Serialize> {
+        status: &'a str,
+        seq_reply: i64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        data: Option<D>,
+    }
+    serde_json::to_string(&Reply {
+        status,
+        seq_reply,
+        data,
+    })
+    .unwrap_or_else(|_| format!(r#"{{"status":"FAIL","seq_reply":{seq_reply}}}"#))
+}
+
+/// A failed action's reply, with Mattermost's `error` object.
+pub fn error_reply(seq_reply: i64, id: &str, message: &str) -> String {
+    serde_json::json!({
+        "status": "FAIL",
+        "seq_reply": seq_reply,
+        "error": {"id": id, "message": message},
+    })
+    .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn seq_is_spliced_into_shared_body() {
+        let ev = Event::new(
+            EventKind::Typing,
+            serde_json::json!({"parent_id": "", "user_id": "u1"}),
+            Broadcast {
+                omit_users: Some("u1"),
+                channel_id: "c1",
+                ..Broadcast::default()
+            },
+        );
+        for seq in [0u64, 7, 123_456] {
+            let v: serde_json::Value = serde_json::from_str(&ev.frame(seq)).expect("valid json");
+            assert_eq!(v["seq"], seq);
+            assert_eq!(v["event"], "typing");
+            assert_eq!(v["broadcast"]["omit_users"]["u1"], true);
+            assert_eq!(v["broadcast"]["channel_id"], "c1");
+            assert_eq!(v["data"]["user_id"], "u1");
+        }
+        assert!(ev.frame(1).len() > ev.shared_len());
+    }
+
+    #[test]
+    fn omit_users_null_when_unset_and_replies_have_no_seq() {
+        let ev = Event::new(
+            EventKind::Posted,
+            serde_json::json!({}),
+            Broadcast::default(),
+        );
+        let v: serde_json::Value = serde_json::from_str(&ev.frame(3)).expect("json");
+        assert!(v["broadcast"]["omit_users"].is_null());
+        let r: serde_json::Value =
+            serde_json::from_str(&reply(4, "OK", Some(serde_json::json!({"text": "pong"}))))
+                .expect("json");
+        assert_eq!(r["seq_reply"], 4);
+        assert_eq!(r["data"]["text"], "pong");
+        assert!(r.get("seq").is_none());
+    }
+
+    #[test]
+    fn only_typing_and_status_are_droppable() {
+        assert!(EventKind::Typing.droppable());
+        assert!(EventKind::StatusChange.droppable());
+        assert!(!EventKind::Posted.droppable());
+        assert!(!EventKind::Hello.droppable());
+    }
+}

@@ -1,0 +1,151 @@
+//! Prometheus metrics (`chat_*`), one registry per running server so that several servers in one
+//! test process do not share counters, and the `/metrics` endpoint that exposes them.
+
+use std::sync::Arc;
+
+use axum::http::header;
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
+};
+
+/// Every metric the server exports.
+#[derive(Clone)]
+pub struct Metrics {
+    pub registry: Registry,
+    pub http_requests: IntCounterVec,
+    pub http_errors: IntCounterVec,
+    pub http_duration: HistogramVec,
+    pub ws_connections: IntGauge,
+    pub posts_created: IntCounter,
+    pub events_broadcast: IntCounterVec,
+    pub events_delivered: IntCounter,
+    pub events_dropped: IntCounterVec,
+    pub slow_closed: IntCounter,
+    pub db_duration: HistogramVec,
+}
+
+fn must<T>(r: prometheus::Result<T>) -> T {
+    // Only reachable with a malformed metric definition below, which is a programming error
+    // caught by every test run.
+    r.unwrap_or_else(|e| panic!("metric definition: {e}"))
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Metrics> {
+        let registry = Registry::new();
+        let latency = vec![
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+        ];
+        let m = Metrics {
+            http_requests: must(IntCounterVec::new(
+                Opts::new(
+                    "chat_http_requests_total",
+                    "HTTP requests by route template, method and status",
+                ),
+                &["handler", "method", "status"],
+            )),
+            http_errors: must(IntCounterVec::new(
+                Opts::new(
+                    "chat_http_errors_total",
+                    "HTTP responses with status >= 400 by route template and status",
+                ),
+                &["handler", "status"],
+            )),
+            http_duration: must(HistogramVec::new(
+                HistogramOpts::new(
+                    "chat_http_request_duration_seconds",
+                    "HTTP request duration by route template",
+                )
+                .buckets(latency.clone()),
+                &["handler"],
+            )),
+            ws_connections: must(IntGauge::new(
+                "chat_websocket_connections",
+                "Open WebSocket connections",
+            )),
+            posts_created: must(IntCounter::new(
+                "chat_posts_created_total",
+                "Posts committed",
+            )),
+            events_broadcast: must(IntCounterVec::new(
+                Opts::new(
+                    "chat_events_broadcast_total",
+                    "Events published to the hub, by event type",
+                ),
+                &["event"],
+            )),
+            events_delivered: must(IntCounter::new(
+                "chat_events_delivered_total",
+                "Events queued to a WebSocket connection (one per recipient connection)",
+            )),
+            events_dropped: must(IntCounterVec::new(
+                Opts::new(
+                    "chat_events_dropped_total",
+                    "Events not queued to a connection, by reason",
+                ),
+                &["reason"],
+            )),
+            slow_closed: must(IntCounter::new(
+                "chat_websocket_slow_closed_total",
+                "WebSocket connections closed because their send queue was full",
+            )),
+            db_duration: must(HistogramVec::new(
+                HistogramOpts::new(
+                    "chat_db_query_duration_seconds",
+                    "Database operation duration by operation",
+                )
+                .buckets(latency),
+                &["op"],
+            )),
+            registry,
+        };
+        for c in [
+            Box::new(m.http_requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.http_errors.clone()),
+            Box::new(m.http_duration.clone()),
+            Box::new(m.ws_connections.clone()),
+            Box::new(m.posts_created.clone()),
+            Box::new(m.events_broadcast.clone()),
+            Box::new(m.events_delivered.clone()),
+            Box::new(m.events_dropped.clone()),
+            Box::new(m.slow_closed.clone()),
+            Box::new(m.db_duration.clone()),
+        ] {
+            must(m.registry.register(c));
+        }
+        // Pre-create the label sets tests and dashboards look for, so they read 0 instead of missing.
+        m.events_dropped.with_label_values(&["queue_half_full"]);
+        m.events_dropped.with_label_values(&["queue_full"]);
+        Arc::new(m)
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::warn!("encoding metrics: {e}");
+        }
+        String::from_utf8_lossy(&buf).into_owned()
+    }
+
+    /// Router serving `GET /metrics`.
+    pub fn router(self: Arc<Self>) -> Router {
+        Router::new().route(
+            "/metrics",
+            get(move || {
+                let m = self.clone();
+                async move {
+                    (
+                        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                        m.render(),
+                    )
+                        .into_response()
+                }
+            }),
+        )
+    }
+}

@@ -1,0 +1,290 @@
+//! One logical WebSocket connection: its `seq` counter, bounded send queue and replay buffer.
+//!
+//! A [`Conn`] outlives the socket it is attached to: after a disconnect it stays registered for
+//! `replay_keep` so a client that reconnects with `connection_id` + `sequence_number` gets the
+//! events it missed. `seq` is assigned under the connection's own mutex at enqueue time, so it is
+//! contiguous per connection no matter which task broadcasts, and the replay buffer holds exactly
+//! the frames that were (or would have been) sent.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::Mutex;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use crate::event::Event;
+
+/// What the socket writer sends.
+#[derive(Debug)]
+pub enum Outbound {
+    Event { seq: u64, event: Event },
+    Reply(String),
+}
+
+/// Result of offering an event to a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Offer {
+    Queued,
+    /// Dropped by policy: a droppable event while the queue is at least half full.
+    Dropped,
+    /// The queue was full: the connection is being closed.
+    ClosedSlow,
+    /// No socket attached right now; the event is kept for replay only.
+    Detached,
+    /// No socket attached and the event is not worth replaying (typing, status).
+    Skipped,
+}
+
+/// What the queue policy decides for one event; pure so it can be unit tested.
+pub fn queue_decision(droppable: bool, free_slots: usize, capacity: usize) -> Offer {
+    if free_slots == 0 {
+        Offer::ClosedSlow
+    } else if droppable && free_slots <= capacity / 2 {
+        Offer::Dropped
+    } else {
+        Offer::Queued
+    }
+}
+
+/// A live socket's side of a connection.
+pub struct Attachment {
+    pub rx: mpsc::Receiver<Outbound>,
+    /// Cancelled when the server gives up on this socket (queue full or taken over).
+    pub kick: CancellationToken,
+    pub generation: u64,
+}
+
+struct Inner {
+    next_seq: u64,
+    ring: VecDeque<(u64, Event)>,
+    tx: Option<mpsc::Sender<Outbound>>,
+    kick: CancellationToken,
+    generation: u64,
+    detached_at: Option<Instant>,
+}
+
+pub struct Conn {
+    pub id: String,
+    pub user_id: Arc<str>,
+    queue_cap: usize,
+    ring_cap: usize,
+    inner: Mutex<Inner>,
+}
+
+impl Conn {
+    pub fn new(id: String, user_id: Arc<str>, queue_cap: usize, ring_cap: usize) -> Conn {
+        Conn {
+            id,
+            user_id,
+            queue_cap,
+            ring_cap,
+            inner: Mutex::new(Inner {
+                next_seq: 0,
+                ring: VecDeque::new(),
+                tx: None,
+                kick: CancellationToken::new(),
+                generation: 0,
+                detached_at: Some(Instant::now()),
+            }),
+        }
+    }
+
+    /// Queues `event` with the next `seq`, applying the slow-consumer policy.
+    pub fn offer(&self, event: &Event) -> Offer {
+        let mut g = self.inner.lock();
+        let inner = &mut *g;
+        let decision = match &inner.tx {
+            None => Offer::Detached,
+            Some(tx) => queue_decision(event.kind.droppable(), tx.capacity(), self.queue_cap),
+        };
+        match decision {
+            Offer::Dropped => return Offer::Dropped,
+            Offer::ClosedSlow => {
+                inner.tx = None;
+                inner.kick.cancel();
+                inner.detached_at = Some(Instant::now());
+                return Offer::ClosedSlow;
+            }
+            Offer::Detached if event.kind.droppable() => return Offer::Skipped,
+            _ => {}
+        }
+        let seq = inner.next_seq;
+        inner.next_seq += 1;
+        if inner.ring.len() == self.ring_cap {
+            inner.ring.pop_front();
+        }
+        inner.ring.push_back((seq, event.clone()));
+        if let Some(tx) = &inner.tx {
+            if tx
+                .try_send(Outbound::Event {
+                    seq,
+                    event: event.clone(),
+                })
+                .is_err()
+            {
+                // Capacity was checked under this lock, so only a vanished receiver gets here.
+                inner.tx = None;
+                inner.detached_at = Some(Instant::now());
+                return Offer::Detached;
+            }
+        }
+        decision
+    }
+
+    /// Queues an action reply; `false` if the socket is gone or hopelessly behind.
+    pub fn reply(&self, text: String) -> bool {
+        let g = self.inner.lock();
+        match &g.tx {
+            Some(tx) => tx.try_send(Outbound::Reply(text)).is_ok(),
+            None => false,
+        }
+    }
+
+    /// Attaches a new socket. `resume_from` is the client's `sequence_number` (the next seq it
+    /// expects); the missed events are queued first. Returns `None` if they are no longer all in
+    /// the replay buffer, in which case the caller starts a fresh connection.
+    pub fn attach(&self, resume_from: Option<u64>) -> Option<Attachment> {
+        let mut g = self.inner.lock();
+        let inner = &mut *g;
+        let (tx, rx) = mpsc::channel(self.queue_cap);
+        if let Some(from) = resume_from {
+            if from > inner.next_seq {
+                return None;
+            }
+            if from < inner.next_seq {
+                match inner.ring.front() {
+                    Some((first, _)) if *first <= from => {}
+                    _ => return None,
+                }
+            }
+            for (seq, ev) in inner.ring.iter().filter(|(s, _)| *s >= from) {
+                if tx
+                    .try_send(Outbound::Event {
+                        seq: *seq,
+                        event: ev.clone(),
+                    })
+                    .is_err()
+                {
+                    return None;
+                }
+            }
+        }
+        // A socket still attached (the client reconnected before we noticed) is superseded.
+        inner.kick.cancel();
+        inner.kick = CancellationToken::new();
+        inner.generation += 1;
+        inner.tx = Some(tx);
+        inner.detached_at = None;
+        Some(Attachment {
+            rx,
+            kick: inner.kick.clone(),
+            generation: inner.generation,
+        })
+    }
+
+    /// Marks the socket of `generation` gone (no-op if a newer socket took over).
+    pub fn detach(&self, generation: u64) {
+        let mut g = self.inner.lock();
+        if g.generation == generation && g.detached_at.is_none() {
+            g.tx = None;
+            g.detached_at = Some(Instant::now());
+        }
+    }
+
+    /// How long the connection has been without a socket, if it has none.
+    pub fn detached_since(&self) -> Option<Instant> {
+        self.inner.lock().detached_at
+    }
+
+    pub fn is_attached(&self) -> bool {
+        self.inner.lock().tx.is_some()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Broadcast, EventKind};
+
+    fn ev(kind: EventKind) -> Event {
+        Event::new(kind, serde_json::json!({}), Broadcast::default())
+    }
+
+    #[test]
+    fn policy_drops_typing_at_half_and_closes_when_full() {
+        assert_eq!(queue_decision(true, 200, 256), Offer::Queued);
+        assert_eq!(queue_decision(true, 128, 256), Offer::Dropped);
+        assert_eq!(queue_decision(false, 128, 256), Offer::Queued);
+        assert_eq!(queue_decision(false, 0, 256), Offer::ClosedSlow);
+        assert_eq!(queue_decision(true, 0, 256), Offer::ClosedSlow);
+    }
+
+    #[test]
+    fn seq_contiguous_and_full_queue_kicks() {
+        let c = Conn::new("c".into(), Arc::from("u"), 4, 4);
+        let mut a = c.attach(None).expect("attach");
+        for _ in 0..4 {
+            assert_eq!(c.offer(&ev(EventKind::Posted)), Offer::Queued);
+        }
+        assert_eq!(c.offer(&ev(EventKind::Posted)), Offer::ClosedSlow);
+        assert!(a.kick.is_cancelled());
+        let mut seqs = vec![];
+        while let Ok(Outbound::Event { seq, .. }) = a.rx.try_recv() {
+            seqs.push(seq);
+        }
+        assert_eq!(seqs, vec![0, 1, 2, 3]);
+    }
+
+    #[test]
+    fn typing_dropped_at_half_full_without_consuming_seq() {
+        let c = Conn::new("c".into(), Arc::from("u"), 4, 4);
+        let mut a = c.attach(None).expect("attach");
+        c.offer(&ev(EventKind::Posted));
+        c.offer(&ev(EventKind::Posted));
+        assert_eq!(c.offer(&ev(EventKind::Typing)), Offer::Dropped);
+        assert_eq!(c.offer(&ev(EventKind::Posted)), Offer::Queued);
+        let mut seqs = vec![];
+        while let Ok(Outbound::Event { seq, .. }) = a.rx.try_recv() {
+            seqs.push(seq);
+        }
+        assert_eq!(seqs, vec![0, 1, 2]);
+    }
+
+    #[test]
+    fn resume_replays_missed_or_refuses_gap() {
+        let c = Conn::new("c".into(), Arc::from("u"), 8, 3);
+        let a = c.attach(None).expect("attach");
+        c.detach(a.generation);
+        for _ in 0..5 {
+            assert_eq!(c.offer(&ev(EventKind::Posted)), Offer::Detached);
+        }
+        // Ring holds seq 2,3,4.
+        assert!(c.attach(Some(1)).is_none());
+        assert!(c.attach(Some(6)).is_none());
+        let mut a = c.attach(Some(3)).expect("resume");
+        let mut seqs = vec![];
+        while let Ok(Outbound::Event { seq, .. }) = a.rx.try_recv() {
+            seqs.push(seq);
+        }
+        assert_eq!(seqs, vec![3, 4]);
+        c.offer(&ev(EventKind::Posted));
+        assert!(matches!(
+            a.rx.try_recv(),
+            Ok(Outbound::Event { seq: 5, .. })
+        ));
+    }
+
+    #[test]
+    fn replay_larger_than_queue_starts_over() {
+        let c = Conn::new("c".into(), Arc::from("u"), 2, 4);
+        let a = c.attach(None).expect("attach");
+        c.detach(a.generation);
+        for _ in 0..4 {
+            c.offer(&ev(EventKind::Posted));
+        }
+        assert!(c.attach(Some(0)).is_none());
+        assert!(c.attach(Some(2)).is_some());
+    }
+}

@@ -1,0 +1,380 @@
+//! The WebSocket gateway against a real server: hello/seq, fan-out, typing, ping, the
+//! authentication challenge, resume/replay, slow consumers and shutdown.
+#![allow(clippy::unwrap_used)]
+
+mod support;
+
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use support::{Harness, Ws};
+use tokio_tungstenite::tungstenite::Message;
+
+const SHORT: Duration = Duration::from_millis(300);
+
+/// Reads events, asserting `seq` is contiguous from `*next`, until one named `name`.
+async fn expect_seq_event(ws: &mut Ws, next: &mut i64, name: &str) -> Value {
+    loop {
+        let v = ws.event().await;
+        assert_eq!(v["seq"], *next, "seq must be contiguous: {v}");
+        *next += 1;
+        if v["event"] == name {
+            return v;
+        }
+    }
+}
+
+#[tokio::test]
+async fn hello_then_posted_fans_out_to_members_only() {
+    let h = Harness::start().await;
+    let a = h.user("alice").await;
+    let b = h.user("bob").await;
+    let x = h.user("xavier").await;
+    let t = h.team(&a, "team1").await;
+    h.join_team(&a, &t, &b).await;
+    h.join_team(&a, &t, &x).await;
+    let c = h.channel(&a, &t, "chan", "P").await;
+    h.join_channel(&a, &c, &b).await;
+
+    let mut a1 = h.ws(&a).await;
+    let mut a2 = h.ws(&a).await;
+    let mut b1 = h.ws(&b).await;
+    let mut x1 = h.ws(&x).await;
+    let mut seqs = [0i64; 4];
+    for (ws, next) in [&mut a1, &mut a2, &mut b1, &mut x1]
+        .into_iter()
+        .zip(seqs.iter_mut())
+    {
+        let hello = ws.event().await;
+        assert_eq!(hello["event"], "hello");
+        assert_eq!(hello["seq"], 0);
+        assert_eq!(hello["data"]["connection_id"].as_str().unwrap().len(), 26);
+        assert!(hello["data"]["server_version"].is_string());
+        *next = 1;
+    }
+
+    for i in 0..3 {
+        let post = h.create_post(&a, &c, &format!("message {i}")).await;
+        for (ws, next) in [&mut a1, &mut a2, &mut b1].into_iter().zip(seqs.iter_mut()) {
+            let ev = expect_seq_event(ws, next, "posted").await;
+            let inner: Value =
+                serde_json::from_str(ev["data"]["post"].as_str().expect("post is a JSON string"))
+                    .unwrap();
+            assert_eq!(inner["id"], post["id"]);
+            assert_eq!(inner["message"], format!("message {i}"));
+            assert_eq!(ev["broadcast"]["channel_id"], c.as_str());
+            assert_eq!(ev["data"]["channel_type"], "P");
+            assert_eq!(ev["data"]["sender_name"], "@alice");
+        }
+    }
+    assert!(
+        !x1.sees("posted", SHORT).await,
+        "non-member must not receive posted"
+    );
+}
+
+#[tokio::test]
+async fn typing_omits_sender_and_other_events_arrive() {
+    let h = Harness::start().await;
+    let a = h.user("alice").await;
+    let b = h.user("bob").await;
+    let t = h.team(&a, "team1").await;
+    h.join_team(&a, &t, &b).await;
+    let c = h.channel(&a, &t, "chan", "O").await;
+    h.join_channel(&a, &c, &b).await;
+    let mut wa = h.ws(&a).await;
+    let mut wb = h.ws(&b).await;
+    wa.event_named("hello").await;
+    wb.event_named("hello").await;
+
+    let r = wb
+        .action(7, "user_typing", json!({"channel_id": c, "parent_id": ""}))
+        .await;
+    assert_eq!(r["seq_reply"], 7);
+    assert_eq!(r["status"], "OK");
+    assert!(r.get("seq").is_none());
+    let ty = wa.event_named("typing").await;
+    assert_eq!(ty["data"]["user_id"], b.id.as_str());
+    assert_eq!(ty["broadcast"]["omit_users"][&b.id], true);
+    h.post(
+        &format!("/users/{}/typing", a.id),
+        &a.token,
+        json!({"channel_id": c}),
+    )
+    .await;
+    assert!(wb.sees("typing", Duration::from_secs(2)).await);
+    assert!(
+        !wb.sees("typing", SHORT).await,
+        "bob must not see his own typing"
+    );
+    assert!(
+        !wa.sees("typing", SHORT).await,
+        "alice must not see her own typing"
+    );
+
+    let post = h.create_post(&a, &c, "hi").await;
+    let pid = post["id"].as_str().unwrap();
+    h.put(
+        &format!("/posts/{pid}/patch"),
+        &a.token,
+        json!({"message": "edited"}),
+    )
+    .await;
+    h.post(
+        "/reactions",
+        &b.token,
+        json!({"user_id": b.id, "post_id": pid, "emoji_name": "tada"}),
+    )
+    .await;
+    h.delete(
+        &format!("/users/{}/posts/{pid}/reactions/tada", b.id),
+        &b.token,
+    )
+    .await;
+    h.delete(&format!("/posts/{pid}"), &a.token).await;
+    for name in [
+        "posted",
+        "post_edited",
+        "reaction_added",
+        "reaction_removed",
+        "post_deleted",
+    ] {
+        let ev = wb.event_named(name).await;
+        assert_eq!(ev["broadcast"]["channel_id"], c.as_str(), "{name}");
+    }
+    h.post(
+        "/channels/members/me/view",
+        &b.token,
+        json!({"channel_id": c}),
+    )
+    .await;
+    let v = wb.event_named("channel_viewed").await;
+    assert_eq!(v["data"]["channel_id"], c.as_str());
+}
+
+#[tokio::test]
+async fn status_change_goes_to_the_user_and_ping_pongs() {
+    let h = Harness::start().await;
+    let a = h.user("alice").await;
+    let mut w = h.ws(&a).await;
+    w.event_named("hello").await;
+    let s = w.event_named("status_change").await;
+    assert_eq!(s["data"]["status"], "online");
+    assert_eq!(s["data"]["user_id"], a.id.as_str());
+    let st = h.get(&format!("/users/{}/status", a.id), &a.token).await;
+    assert_eq!(st.body["status"], "online");
+
+    let pong = w.action(3, "ping", Value::Null).await;
+    assert_eq!(pong["seq_reply"], 3);
+    assert_eq!(pong["data"]["text"], "pong");
+    let statuses = w.action(4, "get_statuses", Value::Null).await;
+    assert_eq!(statuses["data"][&a.id], "online");
+
+    // Protocol-level ping and unsolicited pong.
+    w.s.send(Message::Pong(Vec::new().into())).await.unwrap();
+    w.s.send(Message::Ping(b"hi".to_vec().into()))
+        .await
+        .unwrap();
+    let got_pong = tokio::time::timeout(Duration::from_secs(5), async {
+        while let Some(Ok(m)) = w.s.next().await {
+            if let Message::Pong(p) = m {
+                return p.to_vec() == b"hi";
+            }
+        }
+        false
+    })
+    .await
+    .unwrap();
+    assert!(got_pong);
+
+    drop(w);
+    let mut offline = false;
+    for _ in 0..50 {
+        if h.get(&format!("/users/{}/status", a.id), &a.token)
+            .await
+            .body["status"]
+            == "offline"
+        {
+            offline = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(offline, "offline after the last socket closed");
+}
+
+#[tokio::test]
+async fn authentication_challenge_flow() {
+    let h = Harness::start().await;
+    let a = h.user("alice").await;
+
+    let mut w = h.ws_anonymous("").await;
+    let bad = w
+        .action(1, "authentication_challenge", json!({"token": "nope"}))
+        .await;
+    assert_eq!(bad["status"], "FAIL");
+    let ok = w
+        .action(2, "authentication_challenge", json!({"token": a.token}))
+        .await;
+    assert_eq!(ok, json!({"status": "OK", "seq_reply": 2}));
+    let hello = w.event().await;
+    assert_eq!(hello["event"], "hello");
+    assert_eq!(hello["seq"], 0);
+
+    // An invalid token at upgrade is refused with 401.
+    let mut req = tokio_tungstenite::tungstenite::client::IntoClientRequest::into_client_request(
+        h.server.ws_url(),
+    )
+    .unwrap();
+    req.headers_mut()
+        .insert("Authorization", "Bearer invalid".parse().unwrap());
+    match tokio_tungstenite::connect_async(req).await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => assert_eq!(resp.status(), 401),
+        other => panic!("expected 401, got {:?}", other.map(|_| ())),
+    }
+}
+
+#[tokio::test]
+async fn reconnect_replays_missed_events_or_starts_over() {
+    let h = Harness::start_with(|c| c.limits.replay_buffer = 6).await;
+    let a = h.user("alice").await;
+    let b = h.user("bob").await;
+    let t = h.team(&a, "team1").await;
+    h.join_team(&a, &t, &b).await;
+    let c = h.channel(&a, &t, "chan", "O").await;
+    h.join_channel(&a, &c, &b).await;
+
+    let mut w = h.ws(&b).await;
+    let hello = w.event().await;
+    let conn_id = hello["data"]["connection_id"].as_str().unwrap().to_string();
+    let mut next = 1;
+    h.create_post(&a, &c, "seen").await;
+    expect_seq_event(&mut w, &mut next, "posted").await;
+    w.s.close(None).await.unwrap();
+    drop(w);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    let mut missed = vec![];
+    for i in 0..3 {
+        missed.push(h.create_post(&a, &c, &format!("missed {i}")).await["id"].clone());
+    }
+    let mut w = h
+        .ws_query(
+            &b,
+            &format!("?connection_id={conn_id}&sequence_number={next}"),
+        )
+        .await;
+    let mut got = vec![];
+    while got.len() < 3 {
+        let ev = w.event().await;
+        assert_ne!(
+            ev["event"], "hello",
+            "a resumed connection gets no new hello"
+        );
+        assert_eq!(ev["seq"], next, "replay continues the sequence: {ev}");
+        next += 1;
+        if ev["event"] == "posted" {
+            let p: Value = serde_json::from_str(ev["data"]["post"].as_str().unwrap()).unwrap();
+            got.push(p["id"].clone());
+        }
+    }
+    assert_eq!(got, missed);
+    // Live events continue on the resumed connection.
+    h.create_post(&a, &c, "live").await;
+    expect_seq_event(&mut w, &mut next, "posted").await;
+    w.s.close(None).await.unwrap();
+    drop(w);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+
+    // More missed events than the buffer holds: a fresh hello with a new connection id.
+    for i in 0..10 {
+        h.create_post(&a, &c, &format!("overflow {i}")).await;
+    }
+    let mut w = h
+        .ws_query(
+            &b,
+            &format!("?connection_id={conn_id}&sequence_number={next}"),
+        )
+        .await;
+    let hello = w.event().await;
+    assert_eq!(hello["event"], "hello");
+    assert_eq!(hello["seq"], 0);
+    assert_ne!(hello["data"]["connection_id"], conn_id.as_str());
+
+    // Someone else's connection id is not resumable either.
+    let mut wa = h
+        .ws_query(&a, &format!("?connection_id={conn_id}&sequence_number=0"))
+        .await;
+    let hello = wa.event().await;
+    assert_eq!(hello["event"], "hello");
+    assert_ne!(hello["data"]["connection_id"], conn_id.as_str());
+}
+
+#[tokio::test]
+async fn slow_consumer_is_disconnected_and_counted() {
+    let h = Harness::start_with(|c| {
+        c.limits.send_queue = 8;
+        c.limits.replay_buffer = 8;
+        c.limits.max_post_chars = 65_000;
+    })
+    .await;
+    let a = h.user("alice").await;
+    let b = h.user("bob").await;
+    let t = h.team(&a, "team1").await;
+    h.join_team(&a, &t, &b).await;
+    let c = h.channel(&a, &t, "chan", "O").await;
+    h.join_channel(&a, &c, &b).await;
+
+    // Bob connects and then never reads: kernel buffers fill, then his queue of 8.
+    let mut slow = h.ws(&b).await;
+    let big = "z".repeat(60_000);
+    let mut closed = false;
+    for _ in 0..2000 {
+        h.create_post(&a, &c, &big).await;
+        let m = h.metrics().await;
+        if support::metric_sum(&m, "chat_websocket_slow_closed_total") >= 1.0 {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "the slow connection was never closed");
+    let m = h.metrics().await;
+    assert!(support::metric_sum(&m, r#"chat_events_dropped_total{reason="queue_full"}"#) >= 1.0);
+
+    // Draining what was buffered ends with the server's close frame.
+    let end = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(msg) = slow.s.next().await {
+            match msg {
+                Ok(Message::Close(f)) => return f.map(|f| u16::from(f.code)),
+                Ok(_) => continue,
+                Err(_) => return None,
+            }
+        }
+        None
+    })
+    .await
+    .unwrap();
+    assert_eq!(end, Some(4002));
+}
+
+#[tokio::test]
+async fn shutdown_sends_close_frames() {
+    let h = Harness::start().await;
+    let a = h.user("alice").await;
+    let mut w = h.ws(&a).await;
+    w.event_named("hello").await;
+    let stopping = tokio::spawn(h.stop());
+    let code = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(msg) = w.s.next().await {
+            if let Ok(Message::Close(f)) = msg {
+                return f.map(|f| u16::from(f.code));
+            }
+        }
+        None
+    })
+    .await
+    .unwrap();
+    assert_eq!(code, Some(1001));
+    stopping.await.unwrap();
+}
