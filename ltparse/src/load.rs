@@ -123,6 +123,13 @@ impl Sparse {
     pub fn count(&self) -> u64 {
         self.0.iter().map(|(_, n)| n).sum()
     }
+
+    /// Adds the buckets to a dense histogram.
+    pub fn add_to(&self, h: &mut LatencyHistogram) {
+        for &(v, n) in &self.0 {
+            h.record_n_us(v, n);
+        }
+    }
 }
 
 /// Sub-buckets per power of two kept by [`Coarse`]: values are rounded up to within 1/64
@@ -195,13 +202,45 @@ impl Coarse {
         self.0 = out;
     }
 
-    /// Re-records the buckets into `scratch` (reset first) and returns it.
-    pub fn fill<'h>(&self, scratch: &'h mut LatencyHistogram) -> &'h LatencyHistogram {
-        scratch.reset();
-        for &(v, n) in &self.0 {
-            scratch.record_n_us(u64::from(v), u64::from(n));
+    /// Samples.
+    pub fn count(&self) -> u64 {
+        self.0.iter().map(|&(_, n)| u64::from(n)).sum()
+    }
+
+    /// Value at quantile `q` (the smallest bucket whose cumulative count reaches `q × count`),
+    /// µs; 0 when empty. Computed on the few buckets directly rather than through a dense HDR
+    /// histogram, which would walk ~23,000 buckets per quantile.
+    pub fn quantile_us(&self, q: f64) -> u64 {
+        let total = self.count();
+        if total == 0 {
+            return 0;
         }
-        scratch
+        let rank = ((q.clamp(0.0, 1.0) * total as f64).ceil() as u64).max(1);
+        let mut seen = 0;
+        for &(v, n) in &self.0 {
+            seen += u64::from(n);
+            if seen >= rank {
+                return u64::from(v);
+            }
+        }
+        self.max_us()
+    }
+
+    pub fn max_us(&self) -> u64 {
+        self.0.last().map_or(0, |&(v, _)| u64::from(v))
+    }
+
+    pub fn mean_us(&self) -> f64 {
+        let total = self.count();
+        if total == 0 {
+            return 0.0;
+        }
+        let sum: f64 = self
+            .0
+            .iter()
+            .map(|&(v, n)| f64::from(v) * f64::from(n))
+            .sum();
+        sum / total as f64
     }
 }
 
@@ -330,76 +369,42 @@ impl SparseInterval {
     }
 }
 
-/// An agent's totals accumulated from its intervals, in sparse form (adding a dense histogram
-/// per interval costs a pass over ~23,000 buckets; a sparse merge touches only the few hundred
-/// that hold samples). Made dense only if the agent never writes its summary.
+/// An agent's totals accumulated from its intervals, kept only until its summary arrives.
+/// Histograms are dense but fed from the sparse form, touching only the buckets that hold
+/// samples (adding two dense histograms would walk all ~23,000 buckets per interval).
 #[derive(Default)]
 struct Pending {
-    actions: BTreeMap<String, IntervalAction>,
-    delivery: (u64, u64, u64, u64),
-    delivery_latency: Sparse,
-    schedule: (u64, u64),
-    lag: Sparse,
-    reconnects: u64,
-    peak_active_users: u64,
-    peak_websocket_connections: u64,
+    totals: Totals,
 }
 
 impl Pending {
     fn add(&mut self, r: &SparseInterval) {
+        let t = &mut self.totals;
         for (name, s) in &r.actions {
-            let a = self.actions.entry(name.clone()).or_default();
+            let a = t.actions.entry(name.clone()).or_default();
             a.ok += s.ok;
             a.errors.add(&s.errors);
-            a.response_time.merge(&s.response_time);
-            a.service_time.merge(&s.service_time);
+            s.response_time.add_to(&mut a.response_time);
+            s.service_time.add_to(&mut a.service_time);
         }
-        self.delivery.0 += r.delivery_expected;
-        self.delivery.1 += r.delivery_received;
-        self.delivery.2 += r.delivery_missing;
-        self.delivery.3 += r.delivery_duplicate;
-        self.delivery_latency.merge(&r.delivery_latency);
-        self.schedule.0 += r.scheduled;
-        self.schedule.1 += r.late;
-        self.lag.merge(&r.lag);
-        self.reconnects += r.gauges.reconnects;
-        self.peak_active_users = self.peak_active_users.max(r.gauges.active_users);
-        self.peak_websocket_connections = self
+        t.delivery.expected += r.delivery_expected;
+        t.delivery.received += r.delivery_received;
+        t.delivery.missing += r.delivery_missing;
+        t.delivery.duplicate += r.delivery_duplicate;
+        r.delivery_latency.add_to(&mut t.delivery.latency);
+        t.schedule.actions += r.scheduled;
+        t.schedule.late += r.late;
+        r.lag.add_to(&mut t.schedule.lag);
+        t.reconnects += r.gauges.reconnects;
+        t.peak_active_users = t.peak_active_users.max(r.gauges.active_users);
+        t.peak_websocket_connections = t
             .peak_websocket_connections
             .max(r.gauges.websocket_connections);
     }
 
     /// The same totals `Totals::add_interval` would have built from the records.
     fn into_totals(self) -> Totals {
-        let dense = |s: &Sparse| {
-            let mut h = LatencyHistogram::new();
-            s.fill(&mut h);
-            h
-        };
-        let mut t = Totals::default();
-        for (name, a) in self.actions {
-            t.actions.insert(
-                name,
-                loadtest_contract::results::ActionStats {
-                    ok: a.ok,
-                    errors: a.errors,
-                    service_time: dense(&a.service_time),
-                    response_time: dense(&a.response_time),
-                },
-            );
-        }
-        t.delivery.expected = self.delivery.0;
-        t.delivery.received = self.delivery.1;
-        t.delivery.missing = self.delivery.2;
-        t.delivery.duplicate = self.delivery.3;
-        t.delivery.latency = dense(&self.delivery_latency);
-        t.schedule.actions = self.schedule.0;
-        t.schedule.late = self.schedule.1;
-        t.schedule.lag = dense(&self.lag);
-        t.reconnects = self.reconnects;
-        t.peak_active_users = self.peak_active_users;
-        t.peak_websocket_connections = self.peak_websocket_connections;
-        t
+        self.totals
     }
 }
 

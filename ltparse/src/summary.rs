@@ -45,8 +45,17 @@ impl LatencySummary {
         }
     }
 
-    fn of_coarse(s: &Coarse, scratch: &mut LatencyHistogram) -> Self {
-        Self::of(s.fill(scratch))
+    fn of_coarse(s: &Coarse) -> Self {
+        LatencySummary {
+            count: s.count(),
+            mean_us: s.mean_us(),
+            p50_us: s.quantile_us(0.50),
+            p90_us: s.quantile_us(0.90),
+            p95_us: s.quantile_us(0.95),
+            p99_us: s.quantile_us(0.99),
+            p999_us: s.quantile_us(0.999),
+            max_us: s.max_us(),
+        }
     }
 }
 
@@ -364,7 +373,6 @@ pub fn summarize(run: &RunData) -> RunSummary {
     }
 
     let interval_ms = header.map(|h| h.interval_ms).filter(|&ms| ms > 0);
-    let mut scratch = LatencyHistogram::new();
     let intervals = run
         .intervals
         .values()
@@ -392,14 +400,11 @@ pub fn summarize(run: &RunData) -> RunSummary {
                             hits: a.ok + errors,
                             errors,
                             throughput_per_s: per_s(a.ok + errors, length_s),
-                            response_time: LatencySummary::of_coarse(
-                                &a.response_time,
-                                &mut scratch,
-                            ),
+                            response_time: LatencySummary::of_coarse(&a.response_time),
                         }
                     })
                     .collect(),
-                delivery_latency: LatencySummary::of_coarse(&agg.delivery_latency, &mut scratch),
+                delivery_latency: LatencySummary::of_coarse(&agg.delivery_latency),
             }
         })
         .collect();

@@ -13,9 +13,9 @@ pub fn admin_url() -> Option<String> {
         Ok(u) if !u.is_empty() => Some(u),
         _ => {
             if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("{ENV} is not set but CI=true: PostgreSQL tests must run in CI (start one with server/tests/start-postgres.sh)");
+                panic!("{ENV} is not set but CI=true: PostgreSQL tests must run in CI (scripts/test.sh starts one; or: scripts/postgres.sh start DIR)");
             }
-            eprintln!("note: skipping PostgreSQL test: {ENV} not set (export {ENV}=$(bash server/tests/start-postgres.sh))");
+            eprintln!("note: skipping PostgreSQL test: {ENV} not set (scripts/test.sh starts one; or export {ENV}=$(scripts/postgres.sh start $(mktemp -d)))");
             None
         }
     }
