@@ -44,7 +44,11 @@ fn template(seed: u64) -> IntervalRecord {
         };
         for _ in 0..300 {
             let v = 500 + lcg(&mut rng) % 40_000;
-            let v = if lcg(&mut rng) % 100 == 0 { v * 20 } else { v };
+            let v = if lcg(&mut rng).is_multiple_of(100) {
+                v * 20
+            } else {
+                v
+            };
             s.service_time.record_us(v);
             s.response_time.record_us(v + lcg(&mut rng) % 2_000);
             s.ok += 1;
@@ -135,7 +139,11 @@ fn scaled(t: &Totals, n: u64) -> Totals {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     let out = args.get(1).ok_or("usage: gen_large OUT RECORDS [AGENTS]")?;
-    let records: u64 = args.get(2).map(|s| s.parse()).transpose()?.unwrap_or(200_000);
+    let records: u64 = args
+        .get(2)
+        .map(|s| s.parse())
+        .transpose()?
+        .unwrap_or(200_000);
     let agents: u64 = args.get(3).map(|s| s.parse()).transpose()?.unwrap_or(8);
     let per_agent = (records / agents).max(1);
 
@@ -143,7 +151,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let templates: Vec<(serde_json::Value, IntervalRecord)> = (0..TEMPLATES)
         .map(|i| {
             let t = template(i);
-            (serde_json::to_value(Record::Interval(t.clone())).expect("encodes"), t)
+            (
+                serde_json::to_value(Record::Interval(t.clone())).expect("encodes"),
+                t,
+            )
         })
         .collect();
     // Each agent's totals are the sum of the templates it uses.
@@ -177,7 +188,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                 mean_interval_ms: 1_000,
                 interval_jitter_ms: 100,
                 posts_per_second: None,
-                action_mix: Action::MIXABLE.iter().map(|x| (x.name().to_string(), 1)).collect(),
+                action_mix: Action::MIXABLE
+                    .iter()
+                    .map(|x| (x.name().to_string(), 1))
+                    .collect(),
                 preset: None,
                 seed: a,
             },
@@ -220,6 +234,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }))?;
     }
     w.flush()?;
-    eprintln!("wrote {} interval records for {agents} agents to {out}", per_agent * agents);
+    eprintln!(
+        "wrote {} interval records for {agents} agents to {out}",
+        per_agent * agents
+    );
     Ok(())
 }

@@ -70,6 +70,10 @@ impl MetricDelta {
     }
 
     pub fn fmt_delta(&self) -> String {
+        // A difference of two rates is in percentage points, not percent.
+        if self.kind == Kind::Rate {
+            return format!("{:+.2} pp", self.delta * 100.0);
+        }
         let s = format_value(self.kind, self.delta.abs());
         if self.delta < 0.0 {
             format!("-{s}")

@@ -122,7 +122,7 @@ fn chart(title: &str, y_unit: &str, series: &[Series]) -> String {
             lx + 20.0,
             esc(&s.name)
         );
-        lx += 24.0 + 6.0 * s.name.len() as f64;
+        lx += 28.0 + 6.5 * s.name.len() as f64;
     }
     o.push_str("</svg>");
     o

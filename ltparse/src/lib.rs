@@ -362,3 +362,23 @@ pub fn run_with_inputs<'a>(
         warnings,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn outcomes_map_to_documented_exit_codes() {
+        assert_eq!(Outcome::new(false, false).exit_code(), 0);
+        assert_eq!(Outcome::new(true, false).exit_code(), 3);
+        assert_eq!(Outcome::new(false, true).exit_code(), 4);
+        assert_eq!(Outcome::new(true, true).exit_code(), 5);
+        assert_eq!(Error::Empty("x".into()).exit_code(), 2);
+    }
+
+    #[test]
+    fn several_runs_need_aggregate_except_in_text() {
+        let e = Error::SeveralRuns(vec!["a".into(), "b".into()]).to_string();
+        assert!(e.contains("--aggregate") && e.contains("a, b"), "{e}");
+    }
+}

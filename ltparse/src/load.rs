@@ -252,15 +252,6 @@ pub struct TimelineAction {
     pub response_time: Coarse,
 }
 
-/// One action in one interval, summed over the run's agents.
-#[derive(Clone, Debug, Default)]
-pub struct IntervalAction {
-    pub ok: u64,
-    pub errors: ErrorCounts,
-    pub response_time: Sparse,
-    pub service_time: Sparse,
-}
-
 /// One interval index of a run, summed over its agents.
 #[derive(Clone, Debug, Default)]
 pub struct IntervalAgg {
@@ -280,19 +271,18 @@ pub struct IntervalAgg {
 }
 
 impl IntervalAgg {
-    fn add(&mut self, r: &SparseInterval) {
+    fn add(&mut self, r: &TimelineInterval) {
         self.agents += 1;
         self.length_ms = self.length_ms.max(r.length_ms);
         for (name, s) in &r.actions {
             let a = self.actions.entry(name.clone()).or_default();
             a.ok += s.ok;
             a.errors.add(&s.errors);
-            a.response_time.merge(&Coarse::of(&s.response_time));
+            a.response_time.merge(&s.response_time);
         }
         self.delivery_expected += r.delivery_expected;
         self.delivery_received += r.delivery_received;
-        self.delivery_latency
-            .merge(&Coarse::of(&r.delivery_latency));
+        self.delivery_latency.merge(&r.delivery_latency);
         self.scheduled += r.scheduled;
         self.late += r.late;
         self.add_gauges(&r.gauges);
@@ -323,88 +313,42 @@ impl IntervalAgg {
     }
 }
 
-/// An interval record with its histograms reduced to [`Sparse`] once, then shared by the
-/// timeline and the agent's pending totals.
-struct SparseInterval {
+/// What the timeline keeps of one interval record: counters, and response-time and delivery
+/// histograms in [`Coarse`] form (the only latencies the per-interval views show).
+struct TimelineInterval {
     length_ms: u64,
-    actions: Vec<(String, IntervalAction)>,
+    actions: Vec<(String, TimelineAction)>,
     delivery_expected: u64,
     delivery_received: u64,
-    delivery_missing: u64,
-    delivery_duplicate: u64,
-    delivery_latency: Sparse,
+    delivery_latency: Coarse,
     scheduled: u64,
     late: u64,
-    lag: Sparse,
     gauges: Gauges,
 }
 
-impl SparseInterval {
-    fn of(r: IntervalRecord) -> Self {
-        SparseInterval {
+impl TimelineInterval {
+    fn of(r: &IntervalRecord) -> Self {
+        TimelineInterval {
             length_ms: u64::try_from(r.end_ms.saturating_sub(r.start_ms)).unwrap_or(0),
             actions: r
                 .actions
-                .into_iter()
+                .iter()
                 .map(|(name, s)| {
-                    let a = IntervalAction {
+                    let a = TimelineAction {
                         ok: s.ok,
                         errors: s.errors,
-                        response_time: Sparse::of(&s.response_time),
-                        service_time: Sparse::of(&s.service_time),
+                        response_time: Coarse::of(&Sparse::of(&s.response_time)),
                     };
-                    (name, a)
+                    (name.clone(), a)
                 })
                 .collect(),
             delivery_expected: r.delivery.expected,
             delivery_received: r.delivery.received,
-            delivery_missing: r.delivery.missing,
-            delivery_duplicate: r.delivery.duplicate,
-            delivery_latency: Sparse::of(&r.delivery.latency),
+            delivery_latency: Coarse::of(&Sparse::of(&r.delivery.latency)),
             scheduled: r.schedule.actions,
             late: r.schedule.late,
-            lag: Sparse::of(&r.schedule.lag),
             gauges: r.gauges,
         }
-    }
-}
-
-/// An agent's totals accumulated from its intervals, kept only until its summary arrives.
-/// Histograms are dense but fed from the sparse form, touching only the buckets that hold
-/// samples (adding two dense histograms would walk all ~23,000 buckets per interval).
-#[derive(Default)]
-struct Pending {
-    totals: Totals,
-}
-
-impl Pending {
-    fn add(&mut self, r: &SparseInterval) {
-        let t = &mut self.totals;
-        for (name, s) in &r.actions {
-            let a = t.actions.entry(name.clone()).or_default();
-            a.ok += s.ok;
-            a.errors.add(&s.errors);
-            s.response_time.add_to(&mut a.response_time);
-            s.service_time.add_to(&mut a.service_time);
-        }
-        t.delivery.expected += r.delivery_expected;
-        t.delivery.received += r.delivery_received;
-        t.delivery.missing += r.delivery_missing;
-        t.delivery.duplicate += r.delivery_duplicate;
-        r.delivery_latency.add_to(&mut t.delivery.latency);
-        t.schedule.actions += r.scheduled;
-        t.schedule.late += r.late;
-        r.lag.add_to(&mut t.schedule.lag);
-        t.reconnects += r.gauges.reconnects;
-        t.peak_active_users = t.peak_active_users.max(r.gauges.active_users);
-        t.peak_websocket_connections = t
-            .peak_websocket_connections
-            .max(r.gauges.websocket_connections);
-    }
-
-    /// The same totals `Totals::add_interval` would have built from the records.
-    fn into_totals(self) -> Totals {
-        self.totals
     }
 }
 
@@ -513,7 +457,8 @@ struct AgentState {
     header: Option<RunHeader>,
     summary: Option<(i64, i64, StopReason, u64)>,
     /// Interval totals, kept only until the agent's summary arrives (then they are redundant).
-    pending: Option<Pending>,
+    /// Dense: adding same-layout HDR histograms is a tight loop, cheaper than any sparse form.
+    pending: Option<Totals>,
     seen: BTreeSet<u64>,
     first_start_ms: Option<i64>,
     last_end_ms: Option<i64>,
@@ -651,14 +596,16 @@ pub fn load<'a>(inputs: impl IntoIterator<Item = Input<'a>>) -> Result<Loaded, E
                     );
                     agent.last_end_ms =
                         Some(agent.last_end_ms.map_or(i.end_ms, |s| s.max(i.end_ms)));
-                    let index = i.index;
-                    let sparse = SparseInterval::of(i);
                     if agent.summary.is_none() {
-                        agent.pending.get_or_insert_with(Pending::default).add(&sparse);
+                        agent
+                            .pending
+                            .get_or_insert_with(Totals::default)
+                            .add_interval(&i)
+                            .map_err(hist_err)?;
                     }
-                    let agg = run.intervals.entry(index).or_default();
-                    agg.index = index;
-                    agg.add(&sparse);
+                    let agg = run.intervals.entry(i.index).or_default();
+                    agg.index = i.index;
+                    agg.add(&TimelineInterval::of(&i));
                 }
                 Record::Summary(s) => {
                     if agent.summary.is_some() {
@@ -695,8 +642,8 @@ pub fn load<'a>(inputs: impl IntoIterator<Item = Input<'a>>) -> Result<Loaded, E
             ..RunData::default()
         };
         for (agent_id, a) in std::mem::take(&mut run.agents) {
-            if let Some(p) = a.pending {
-                run.totals.merge(&p.into_totals()).map_err(hist_err)?;
+            if let Some(p) = &a.pending {
+                run.totals.merge(p).map_err(hist_err)?;
             }
             let start = a
                 .header
@@ -852,11 +799,17 @@ mod tests {
     #[test]
     fn coarse_rounds_up_by_at_most_one_64th_and_keeps_order() {
         let mut prev = 0;
-        for v in (0..5_000_000u64).step_by(97).chain([u64::from(u32::MAX), u64::MAX]) {
+        for v in (0..5_000_000u64)
+            .step_by(97)
+            .chain([u64::from(u32::MAX), u64::MAX])
+        {
             let q = u64::from(Coarse::quantize(v));
             let v = v.min(u64::from(u32::MAX));
             assert!(q >= v, "{v} -> {q}");
-            assert!(q as f64 <= v as f64 * (1.0 + 1.0 / 64.0) + 1.0, "{v} -> {q}");
+            assert!(
+                q as f64 <= v as f64 * (1.0 + 1.0 / 64.0) + 1.0,
+                "{v} -> {q}"
+            );
             assert!(q >= prev);
             prev = q;
         }

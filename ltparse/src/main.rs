@@ -63,16 +63,18 @@ struct ResultsArgs {
     /// Add the per-interval view (text, markdown) and the intervals (json).
     #[arg(long, short = 'v')]
     verbose: bool,
-    /// Baseline noise floor for latencies: smaller changes are noise (unless above --noise-rel).
+    /// Baseline noise floor for latencies: a change this small is noise, however large in percent
+    /// (a change must exceed both this floor and --noise-rel to count).
     #[arg(long, value_name = "DURATION", default_value = "1ms", value_parser = parse_duration_us)]
     noise_abs: f64,
-    /// Baseline relative tolerance: smaller changes are noise (unless above the absolute floor).
+    /// Baseline relative tolerance: a change this small relative to the baseline is noise, however
+    /// large in absolute terms.
     #[arg(long, value_name = "PERCENT", default_value = "5%", value_parser = parse_fraction)]
     noise_rel: f64,
-    /// Baseline noise floor for error rates, in percentage points.
+    /// Baseline noise floor for error rates, in percentage points (like --noise-abs).
     #[arg(long, value_name = "PERCENT", default_value = "0.1%", value_parser = parse_fraction)]
     noise_rate: f64,
-    /// Baseline noise floor for throughput, per second.
+    /// Baseline noise floor for throughput, per second (like --noise-abs).
     #[arg(long, value_name = "PER_S", default_value = "0.5")]
     noise_throughput: f64,
 }

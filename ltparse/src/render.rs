@@ -32,12 +32,14 @@ pub(crate) fn dur(ms_: u64) -> String {
 }
 
 pub(crate) fn timestamp(ms_: i64) -> String {
+    // humantime cannot format years past 9999 (its Display fails, and `to_string` would panic).
+    const YEAR_10000_MS: u64 = 253_402_300_800_000;
     match u64::try_from(ms_) {
-        Ok(m) => humantime::format_rfc3339_seconds(
+        Ok(m) if m < YEAR_10000_MS => humantime::format_rfc3339_seconds(
             std::time::UNIX_EPOCH + std::time::Duration::from_millis(m),
         )
         .to_string(),
-        Err(_) => format!("{ms_} ms"),
+        _ => format!("{ms_} ms since the epoch"),
     }
 }
 

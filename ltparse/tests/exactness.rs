@@ -142,7 +142,10 @@ fn aggregated_runs_equal_one_histogram_of_all_samples() {
     ] {
         let exact = exact as f64;
         let got = got as f64;
-        assert!(got >= exact * 0.999 && got <= exact * (1.0 + 1.0 / 64.0) + 1.0, "{got} vs {exact}");
+        assert!(
+            got >= exact * 0.999 && got <= exact * (1.0 + 1.0 / 64.0) + 1.0,
+            "{got} vs {exact}"
+        );
     }
 }
 

@@ -128,3 +128,39 @@ fn huge_counts_are_rejected_not_overflowed() {
     assert!(err.to_string().contains("implausible"), "{err}");
     exercise(&bytes);
 }
+
+#[test]
+fn extreme_times_and_sizes_do_not_panic() {
+    use loadtest_contract::Record;
+    let mut s = RunSpec::new("t");
+    s.agents = 1;
+    for (start, interval) in [
+        (i64::MAX, u64::MAX),
+        (i64::MIN, 0),
+        (253_402_300_800_000, 1),
+    ] {
+        let mut recs: Vec<Record> = support::generate(&s)
+            .into_iter()
+            .flat_map(|(_, r)| r)
+            .collect();
+        for r in &mut recs {
+            match r {
+                Record::Header(h) => {
+                    h.started_at_ms = start;
+                    h.interval_ms = interval;
+                    h.settings.duration_ms = u64::MAX;
+                    h.settings.mean_interval_ms = u64::MAX;
+                }
+                Record::Interval(i) => {
+                    i.start_ms = start;
+                    i.end_ms = i64::MIN;
+                }
+                Record::Summary(x) => {
+                    x.started_at_ms = i64::MIN;
+                    x.ended_at_ms = i64::MAX;
+                }
+            }
+        }
+        exercise(&support::jsonl(&recs));
+    }
+}
