@@ -137,6 +137,8 @@ pub enum Error {
     Config(#[from] crate::config::ConfigError),
     #[error("database: {0}")]
     Store(#[from] StoreError),
+    #[error(transparent)]
+    Bus(#[from] crate::bus::BusError),
     #[error("serving: {0}")]
     Io(#[from] std::io::Error),
 }

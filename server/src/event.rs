@@ -39,6 +39,23 @@ impl EventKind {
         }
     }
 
+    /// The inverse of [`EventKind::name`].
+    pub fn from_name(name: &str) -> Option<EventKind> {
+        [
+            EventKind::Hello,
+            EventKind::Posted,
+            EventKind::PostEdited,
+            EventKind::PostDeleted,
+            EventKind::ReactionAdded,
+            EventKind::ReactionRemoved,
+            EventKind::Typing,
+            EventKind::StatusChange,
+            EventKind::ChannelViewed,
+        ]
+        .into_iter()
+        .find(|k| k.name() == name)
+    }
+
     /// Events a congested connection may lose without the client's state going wrong
     /// (Mattermost drops the same two at half-full queues).
     pub fn droppable(self) -> bool {
@@ -99,6 +116,19 @@ impl Event {
         Event {
             kind,
             body: Arc::from(text),
+        }
+    }
+
+    /// The shared envelope without its closing brace, as relayed to other instances by the bus.
+    pub fn body(&self) -> &str {
+        &self.body
+    }
+
+    /// An event from another instance's [`Event::body`], used as is (no re-encoding).
+    pub fn from_body(kind: EventKind, body: String) -> Event {
+        Event {
+            kind,
+            body: Arc::from(body),
         }
     }
 

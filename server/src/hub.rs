@@ -73,6 +73,41 @@ impl Hub {
         });
     }
 
+    /// Replaces the whole membership index (startup, and after the cross-instance bus lost
+    /// messages). Built aside and swapped in, so lookups never see a half-filled index.
+    pub fn replace_membership(
+        &self,
+        channels: Vec<(String, String, String)>,
+        channel_members: Vec<(String, String)>,
+        team_members: Vec<(String, String)>,
+    ) {
+        let mut chans: HashMap<String, Arc<ChannelEntry>> = channels
+            .into_iter()
+            .map(|(id, team_id, kind)| {
+                let entry = ChannelEntry {
+                    team_id,
+                    kind,
+                    members: RwLock::new(HashSet::new()),
+                };
+                (id, Arc::new(entry))
+            })
+            .collect();
+        for (channel, user) in channel_members {
+            if let Some(c) = chans.get_mut(&channel) {
+                c.members.write().insert(Arc::from(user.as_str()));
+            }
+        }
+        let mut teams: HashMap<String, HashSet<Arc<str>>> = HashMap::new();
+        for (team, user) in team_members {
+            teams
+                .entry(team)
+                .or_default()
+                .insert(Arc::from(user.as_str()));
+        }
+        *self.channels.write() = chans;
+        *self.teams.write() = teams;
+    }
+
     pub fn channel(&self, channel_id: &str) -> Option<Arc<ChannelEntry>> {
         self.channels.read().get(channel_id).cloned()
     }

@@ -5,11 +5,13 @@
 //! The caller binds the listeners and passes them to [`run`] together with a [`Config`] and a
 //! shutdown future (tests bind `127.0.0.1:0`; see [`testing`]). Module map:
 //! [`config`] settings, [`store`] persistence, [`auth`] passwords and sessions, [`api`] REST
-//! handlers, [`ws`] the WebSocket gateway, [`hub`] membership index and fan-out, [`event`]
-//! serialized events, [`metrics`] Prometheus, [`error`] error bodies, [`ids`] ids and clock.
+//! handlers, [`ws`] the WebSocket gateway, [`hub`] membership index and fan-out, [`bus`] the
+//! cross-instance event bus (PostgreSQL), [`event`] serialized events, [`metrics`] Prometheus,
+//! [`error`] error bodies, [`ids`] ids and clock.
 
 pub mod api;
 pub mod auth;
+pub mod bus;
 pub mod config;
 pub mod error;
 pub mod event;
@@ -46,6 +48,14 @@ pub async fn run(
         .await?
         .with_timings(metrics.db_duration.clone());
     let hub = hub::Hub::new(metrics.clone());
+    // Several instances share a PostgreSQL database: LISTEN before loading membership, so a
+    // change committed by another instance meanwhile arrives as a notification, not lost.
+    let bus = match (&config.database, store.pg_pool()) {
+        (Database::Postgres { url }, Some(pool)) => {
+            Some(bus::Bus::connect(url, pool, metrics.clone()).await?)
+        }
+        _ => None,
+    };
     load_membership(&store, &hub).await?;
 
     let state = Arc::new(api::AppState {
@@ -57,11 +67,13 @@ pub async fn run(
         config,
         store: store.clone(),
         hub,
+        bus: bus.as_ref().map(|b| b.publisher.clone()),
         metrics: metrics.clone(),
         shutdown: CancellationToken::new(),
         ws_tasks: TaskTracker::new(),
     });
     let token = state.shutdown.clone();
+    let bus_tasks = bus.map(|b| b.spawn(state.clone(), token.clone()));
 
     // Forget disconnected connections once their replay window has passed.
     let reaper = {
@@ -118,6 +130,9 @@ pub async fn run(
         tracing::warn!("WebSockets still open after {grace:?}; abandoning them");
     }
     let _ = reaper.await;
+    for task in bus_tasks.into_iter().flatten() {
+        let _ = tokio::time::timeout(grace, task).await;
+    }
     if let Some(m) = metrics_task {
         let _ = tokio::time::timeout(grace, m).await;
     }
@@ -125,16 +140,11 @@ pub async fn run(
     result.map_err(Error::Io)
 }
 
-/// Fills the hub's membership index from the database.
-async fn load_membership(store: &store::Store, hub: &hub::Hub) -> Result<(), Error> {
-    for (id, team, kind) in store.all_channels().await? {
-        hub.upsert_channel(&id, &team, &kind);
-    }
-    for (channel, user) in store.all_channel_members().await? {
-        hub.add_channel_member(&channel, &user);
-    }
-    for (team, user) in store.all_team_members().await? {
-        hub.add_team_member(&team, &user);
-    }
+/// Fills (or refills) the hub's membership index from the database.
+async fn load_membership(store: &store::Store, hub: &hub::Hub) -> Result<(), store::StoreError> {
+    let channels = store.all_channels().await?;
+    let channel_members = store.all_channel_members().await?;
+    let team_members = store.all_team_members().await?;
+    hub.replace_membership(channels, channel_members, team_members);
     Ok(())
 }

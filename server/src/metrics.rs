@@ -26,6 +26,10 @@ pub struct Metrics {
     pub events_dropped: IntCounterVec,
     pub slow_closed: IntCounter,
     pub db_duration: HistogramVec,
+    pub bus_published: IntCounter,
+    pub bus_received: IntCounter,
+    pub bus_reconnects: IntCounter,
+    pub bus_dropped: IntCounterVec,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -101,6 +105,25 @@ impl Metrics {
                 .buckets(latency),
                 &["op"],
             )),
+            bus_published: must(IntCounter::new(
+                "chat_bus_published_total",
+                "Messages this instance sent to the other instances over the PostgreSQL bus",
+            )),
+            bus_received: must(IntCounter::new(
+                "chat_bus_received_total",
+                "Bus messages received from other instances",
+            )),
+            bus_reconnects: must(IntCounter::new(
+                "chat_bus_reconnects_total",
+                "Times the bus listener lost its connection (messages of the gap are lost; membership is reloaded)",
+            )),
+            bus_dropped: must(IntCounterVec::new(
+                Opts::new(
+                    "chat_bus_dropped_total",
+                    "Bus messages not sent or not applied, by reason",
+                ),
+                &["reason"],
+            )),
             registry,
         };
         for c in [
@@ -114,12 +137,26 @@ impl Metrics {
             Box::new(m.events_dropped.clone()),
             Box::new(m.slow_closed.clone()),
             Box::new(m.db_duration.clone()),
+            Box::new(m.bus_published.clone()),
+            Box::new(m.bus_received.clone()),
+            Box::new(m.bus_reconnects.clone()),
+            Box::new(m.bus_dropped.clone()),
         ] {
             must(m.registry.register(c));
         }
         // Pre-create the label sets tests and dashboards look for, so they read 0 instead of missing.
         m.events_dropped.with_label_values(&["queue_half_full"]);
         m.events_dropped.with_label_values(&["queue_full"]);
+        for reason in [
+            "queue_full",
+            "too_large",
+            "stopped",
+            "publish_failed",
+            "malformed",
+            "post_missing",
+        ] {
+            m.bus_dropped.with_label_values(&[reason]);
+        }
         Arc::new(m)
     }
 

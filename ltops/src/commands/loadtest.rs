@@ -251,16 +251,9 @@ pub fn loadtest(home: &Home, opts: &LoadtestOptions, rt: &tokio::runtime::Handle
             config.dataset.users,
             home.cluster_dir(&name).join("logs/setup.log").display()
         );
+        // With several server instances, setup goes through one of them; the chat server's
+        // PostgreSQL bus propagates the new memberships to the others, so no restart is needed.
         p.setup_dataset(&st, &config_file)?;
-        if st.app_count > 1 {
-            // The chat server caches memberships per instance: instances that were running
-            // while setup went through another one would answer 403 for the new members.
-            // Restarting them is cheap and makes every instance see the data set.
-            if let Some(binaries) = st.binaries.clone() {
-                eprintln!("restarting the cluster so every server instance sees the new data set…");
-                deploy::deploy_locked(home, &mut st, p.as_ref(), &binaries)?;
-            }
-        }
         st.dataset = Some(DatasetState {
             hash,
             prepared_at_ms: loadtest_contract::now_ms(),

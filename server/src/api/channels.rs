@@ -1,5 +1,6 @@
 //! `/channels` and per-user channel views: creation, lookup, membership and unread tracking.
-//! Every membership change updates the hub's in-memory index right after it commits.
+//! Every membership change updates the hub's in-memory index (and, through the bus, the other
+//! instances') right after it commits.
 
 use axum::extract::State;
 use axum::http::StatusCode;
@@ -9,6 +10,7 @@ use super::{
     check_id, json, load_channel, model, ok, require_member, require_read, status_ok, ApiResult,
     Body, Paging, Session, Shared, P, Q,
 };
+use crate::bus::Message;
 use crate::error::ApiError;
 use crate::event::{Broadcast, Event, EventKind};
 use crate::ids::{new_id, now_ms};
@@ -78,8 +80,15 @@ pub async fn create_channel(
         total_msg_count: 0,
     };
     st.store.create_channel(&row).await?;
-    st.hub.upsert_channel(&row.id, &row.team_id, &row.kind);
-    st.hub.add_channel_member(&row.id, &s.user_id);
+    st.change(Message::ChannelCreated {
+        channel_id: row.id.clone(),
+        team_id: row.team_id.clone(),
+        kind: row.kind.clone(),
+    });
+    st.change(Message::ChannelMemberAdded {
+        channel_id: row.id.clone(),
+        user_id: s.user_id.to_string(),
+    });
     json(StatusCode::CREATED, &model::channel(&row))
 }
 
@@ -152,7 +161,10 @@ pub async fn add_member(
         .store
         .add_channel_member(&ch.id, &target, now_ms())
         .await?;
-    st.hub.add_channel_member(&ch.id, &target);
+    st.change(Message::ChannelMemberAdded {
+        channel_id: ch.id.clone(),
+        user_id: target,
+    });
     json(StatusCode::CREATED, &model::channel_member(&member))
 }
 
@@ -197,7 +209,10 @@ pub async fn remove_member(
     if !st.store.remove_channel_member(&ch.id, &target).await? {
         return Err(ApiError::not_found("Channel member"));
     }
-    st.hub.remove_channel_member(&ch.id, &target);
+    st.change(Message::ChannelMemberRemoved {
+        channel_id: ch.id.clone(),
+        user_id: target,
+    });
     status_ok()
 }
 
@@ -261,7 +276,7 @@ pub async fn view(
                 ..Broadcast::default()
             },
         );
-        st.hub.send_user(&s.user_id, &ev);
+        st.send_user(&s.user_id, &ev);
     }
     ok(&serde_json::json!({"status": "OK", "last_viewed_at_times": times}))
 }

@@ -2,7 +2,9 @@
 //! records metrics and guarantees every error is a Mattermost error body.
 //!
 //! Handlers live in one module per resource. They authorize with the in-memory membership index
-//! of the [`Hub`] (the same index fan-out uses) and read or write through the [`Store`].
+//! of the [`Hub`] (the same index fan-out uses) and read or write through the [`Store`]. After a
+//! commit they change membership and fan events out through [`AppState`]'s helpers, which also
+//! tell the other instances when there is a [`bus`](crate::bus).
 
 pub mod channels;
 pub mod model;
@@ -28,8 +30,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::auth::{token_from_request, Auth};
+use crate::bus::{Message, Publisher, Target};
 use crate::config::Config;
 use crate::error::{error_response, ApiError, JSON};
+use crate::event::Event;
 use crate::hub::Hub;
 use crate::ids::is_valid_id;
 use crate::metrics::Metrics;
@@ -41,6 +45,8 @@ pub struct AppState {
     pub store: Store,
     pub auth: Auth,
     pub hub: Hub,
+    /// Relays changes and events to other instances (PostgreSQL only).
+    pub bus: Option<Publisher>,
     pub metrics: Arc<Metrics>,
     /// Cancelled when the server shuts down; WebSocket tasks watch it to send their close frame.
     pub shutdown: CancellationToken,
@@ -49,6 +55,39 @@ pub struct AppState {
 }
 
 pub type Shared = Arc<AppState>;
+
+impl AppState {
+    /// Applies a committed membership (or manual status) change here and on other instances.
+    pub fn change(&self, m: Message) {
+        m.apply_to(&self.hub);
+        if let Some(b) = &self.bus {
+            b.publish(&m);
+        }
+    }
+
+    /// Fans `ev` out to a channel's members here and on other instances. `post_id` names the
+    /// post of a post event, which lets the bus send a reference when the event is too large.
+    pub fn broadcast_channel(
+        &self,
+        channel_id: &str,
+        ev: &Event,
+        omit: Option<&str>,
+        post_id: Option<&str>,
+    ) {
+        self.hub.broadcast_channel(channel_id, ev, omit);
+        if let Some(b) = &self.bus {
+            b.publish_event(Target::Channel(channel_id.to_string()), omit, ev, post_id);
+        }
+    }
+
+    /// Sends `ev` to every connection of a user, here and on other instances.
+    pub fn send_user(&self, user_id: &str, ev: &Event) {
+        self.hub.send_user(user_id, ev);
+        if let Some(b) = &self.bus {
+            b.publish_event(Target::User(user_id.to_string()), None, ev, None);
+        }
+    }
+}
 
 /// Handler result: a JSON response or an [`ApiError`].
 pub type ApiResult = Result<Response, ApiError>;

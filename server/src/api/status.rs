@@ -47,7 +47,10 @@ pub async fn put_status(
     if !["online", "away", "dnd", "offline"].contains(&b.status.as_str()) {
         return Err(ApiError::invalid_param("status"));
     }
-    st.hub.set_status(&s.user_id, &b.status);
+    st.change(crate::bus::Message::ManualStatus {
+        user_id: s.user_id.to_string(),
+        status: b.status,
+    });
     ok(&status_json(&st, &s.user_id))
 }
 
@@ -86,7 +89,7 @@ pub fn publish_typing(st: &AppState, user_id: &str, channel_id: &str, parent_id:
             ..Broadcast::default()
         },
     );
-    st.hub.broadcast_channel(channel_id, &ev, Some(user_id));
+    st.broadcast_channel(channel_id, &ev, Some(user_id), None);
 }
 
 pub async fn typing(

@@ -5,6 +5,7 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 
 use super::{check_id, json, model, ok, ApiResult, AppState, Body, Paging, Session, Shared, P, Q};
+use crate::bus::Message;
 use crate::error::ApiError;
 use crate::ids::{new_id, now_ms};
 use crate::store::{ChannelRow, TeamRow};
@@ -82,10 +83,20 @@ pub async fn create_team(
         })
         .collect();
     st.store.create_team(&team, &defaults).await?;
-    st.hub.add_team_member(&team.id, &s.user_id);
+    st.change(Message::TeamMemberAdded {
+        team_id: team.id.clone(),
+        user_id: s.user_id.to_string(),
+    });
     for c in &defaults {
-        st.hub.upsert_channel(&c.id, &c.team_id, &c.kind);
-        st.hub.add_channel_member(&c.id, &s.user_id);
+        st.change(Message::ChannelCreated {
+            channel_id: c.id.clone(),
+            team_id: c.team_id.clone(),
+            kind: c.kind.clone(),
+        });
+        st.change(Message::ChannelMemberAdded {
+            channel_id: c.id.clone(),
+            user_id: s.user_id.to_string(),
+        });
     }
     json(StatusCode::CREATED, &model::team(&team))
 }
@@ -146,9 +157,15 @@ pub async fn add_member(
         .store
         .add_team_member(&team.id, &target, now_ms())
         .await?;
-    st.hub.add_team_member(&team.id, &target);
+    st.change(Message::TeamMemberAdded {
+        team_id: team.id.clone(),
+        user_id: target.clone(),
+    });
     if let Some(town) = town {
-        st.hub.add_channel_member(&town, &target);
+        st.change(Message::ChannelMemberAdded {
+            channel_id: town,
+            user_id: target,
+        });
     }
     json(StatusCode::CREATED, &model::team_member(&member))
 }

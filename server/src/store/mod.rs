@@ -174,6 +174,18 @@ pub struct PostRow {
     pub reply_count: i64,
 }
 
+/// A post with what its WebSocket event needs: channel fields and the sender's username.
+#[derive(Debug, Clone, sqlx::FromRow)]
+pub struct PostEventRow {
+    #[sqlx(flatten)]
+    pub post: PostRow,
+    pub ch_team_id: String,
+    pub ch_name: String,
+    pub ch_display_name: String,
+    pub ch_kind: String,
+    pub sender_username: String,
+}
+
 #[derive(Debug, Clone, sqlx::FromRow)]
 pub struct ReactionRow {
     pub user_id: String,
@@ -307,6 +319,14 @@ impl Store {
             hist: self.timings.as_ref(),
             op,
             start: Instant::now(),
+        }
+    }
+
+    /// The PostgreSQL pool, for the cross-instance bus; `None` on SQLite.
+    pub fn pg_pool(&self) -> Option<PgPool> {
+        match &*self.backend {
+            Backend::Sqlite { .. } => None,
+            Backend::Postgres(p) => Some(p.clone()),
         }
     }
 
@@ -743,6 +763,28 @@ impl Store {
         let _t = self.timer("post_by_id");
         read!(self, p => Ok(sqlx::query_as(&format!("SELECT {POST_COLS} FROM posts p WHERE p.id = $1"))
             .bind(id).fetch_optional(p).await?))
+    }
+
+    /// Posts by id with their channel and sender, in one query (events relayed by reference).
+    pub async fn post_events(&self, ids: &[String]) -> Result<Vec<PostEventRow>> {
+        if ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let _t = self.timer("post_events");
+        let sql = format!(
+            "SELECT {POST_COLS}, c.team_id AS ch_team_id, c.name AS ch_name, c.display_name AS ch_display_name, \
+             c.kind AS ch_kind, COALESCE(u.username, '') AS sender_username \
+             FROM posts p JOIN channels c ON c.id = p.channel_id LEFT JOIN users u ON u.id = p.user_id \
+             WHERE p.id IN ({})",
+            placeholders(1, ids.len())
+        );
+        read!(self, p => {
+            let mut q = sqlx::query_as(&sql);
+            for id in ids {
+                q = q.bind(id);
+            }
+            Ok(q.fetch_all(p).await?)
+        })
     }
 
     pub async fn update_post(&self, post: &PostRow) -> Result<()> {
