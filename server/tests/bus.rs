@@ -23,14 +23,14 @@ async fn pair(db_url: &str) -> (Harness, Harness) {
             }
         })
     };
-    // One after the other: the first applies the migrations (concurrent first starts on an
-    // empty database race on them; deployments start one instance first too).
-    let a = start().await;
-    let r = a
-        .req(reqwest::Method::GET, "/system/ping", None, None)
-        .await;
-    assert_eq!(r.status, 200, "{}", r.text);
-    let b = start().await;
+    // Both at once on an empty database: migrations are serialized by an advisory lock.
+    let (a, b) = tokio::join!(start(), start());
+    for h in [&a, &b] {
+        let r = h
+            .req(reqwest::Method::GET, "/system/ping", None, None)
+            .await;
+        assert_eq!(r.status, 200, "{}", r.text);
+    }
     (a, b)
 }
 

@@ -17,6 +17,7 @@ use sqlx::postgres::{PgPool, PgPoolOptions};
 use sqlx::sqlite::{
     SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
 };
+use sqlx::Connection as _;
 
 use crate::config::Database;
 
@@ -272,6 +273,9 @@ macro_rules! insert_channel_member {
     };
 }
 
+/// Advisory-lock key that serializes schema migrations across instances (arbitrary, fixed).
+const MIGRATION_LOCK_KEY: i64 = 0x6368_6174_6d69_67;
+
 impl Store {
     /// Opens (creating if needed) the database and applies pending migrations.
     pub async fn open(db: &Database, max_connections: u32) -> Result<Store> {
@@ -304,7 +308,30 @@ impl Store {
             backend: std::sync::Arc::new(backend),
             timings: None,
         };
-        store.migrate().await?;
+        // Several instances may start at once on an empty PostgreSQL database; concurrent
+        // `CREATE TABLE`s would fail in all but one. A session-level advisory lock on a dedicated
+        // connection (not from the pool, which may have a single slot) serializes migrations.
+        let migration_lock = match db {
+            Database::Postgres { url } => {
+                let mut conn = sqlx::PgConnection::connect(url).await?;
+                sqlx::query("SELECT pg_advisory_lock($1)")
+                    .bind(MIGRATION_LOCK_KEY)
+                    .execute(&mut conn)
+                    .await?;
+                Some(conn)
+            }
+            Database::Sqlite { .. } => None,
+        };
+        let migrated = store.migrate().await;
+        if let Some(mut conn) = migration_lock {
+            // Closing the session releases the lock even if the unlock fails.
+            let _ = sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(MIGRATION_LOCK_KEY)
+                .execute(&mut conn)
+                .await;
+            let _ = conn.close().await;
+        }
+        migrated?;
         Ok(store)
     }
 
