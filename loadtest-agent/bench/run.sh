@@ -3,6 +3,7 @@
 #
 #   loadtest-agent/bench/run.sh [USERS ...]        # default: 1000 10000
 #   STEADY=30 loadtest-agent/bench/run.sh 20000    # steady window in seconds (default 30)
+#   RAMP_RATE=125 ...                               # users started per second (default 125)
 #
 # For each user count it builds release binaries (once), starts chat-server on 127.0.0.1 with a
 # fresh SQLite data dir, creates the data set with `loadtest-agent setup`, runs the agent with
@@ -40,7 +41,8 @@ RESULTS_TABLE=()
 
 for N in "${USERS_LIST[@]}"; do
   TMP="$(mktemp -d)"
-  RAMP=$(( N / 250 > 5 ? N / 250 : 5 ))
+  # Logins (password hashing on the server) dominate the ramp: RAMP_RATE users/s (default 125).
+  RAMP=$(( N / ${RAMP_RATE:-125} > 5 ? N / ${RAMP_RATE:-125} : 5 ))
   DURATION=$(( RAMP + 15 + STEADY + 5 ))
   LOCALS=""
   if [ "$N" -gt 28000 ]; then
@@ -120,7 +122,6 @@ TOML
   target/release/loadtest-agent run --skip-setup --config "$TMP/bench.toml" \
     --results "$TMP/results.jsonl" --run-id "bench-$N" >"$TMP/agent.out" 2>"$TMP/agent.log" &
   AGENT=$!
-  START_MS=$(( $(date +%s%N) / 1000000 ))
   sleep $(( RAMP + 15 ))
   STEADY_FROM_MS=$(( $(date +%s%N) / 1000000 ))
   a0=$(cpu_ticks "$AGENT"); s0=$(cpu_ticks "$SERVER")
@@ -132,22 +133,9 @@ TOML
   kill "$SERVER" 2>/dev/null || true
   wait "$SERVER" 2>/dev/null || true
 
-  read -r HELD DPS <<<"$(python3 - "$TMP/results.jsonl" "$STEADY_FROM_MS" "$STEADY_TO_MS" <<'PY'
-import json, sys
-path, lo, hi = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-held, received, span = 0, 0, 0
-for line in open(path):
-    r = json.loads(line)
-    if r.get("kind") != "interval":
-        continue
-    if r["start_ms"] >= lo and r["end_ms"] <= hi + 5000:
-        held = max(held, r["gauges"]["websocket_connections"])
-        received += r["delivery"]["received"]
-        span += r["end_ms"] - r["start_ms"]
-print(held, round(received / max(span, 1) * 1000))
-PY
-)"
-  P99=$(sed -n 's/.*deliveries:.*p99 \([0-9.]*\) ms.*/\1/p' "$TMP/agent.out")
+  # Steady window only: connections held, deliveries/s, exact delivery and response percentiles.
+  read -r HELD DPS P99 P50 RESP99 LATE <<<"$(python3 "$ROOT/loadtest-agent/bench/steady.py" \
+    "$TMP/results.jsonl" "$STEADY_FROM_MS" "$STEADY_TO_MS")"
   if [ "$HAVE_LTPARSE" = 1 ]; then
     target/release/ltparse results -f "$TMP/results.jsonl" >"$TMP/ltparse.txt" 2>&1 || true
     echo "   ltparse results -f results.jsonl:"; sed -n '1,30p' "$TMP/ltparse.txt" | sed 's/^/   > /'
@@ -157,6 +145,7 @@ PY
   ROW=$(python3 -c "
 n=$N; held=$HELD
 print(f'{n:<8} {held:<10} {$AGENT_RSS/n:<14.1f} {($CPU_SECS/$STEADY)*100/(n/1000):<18.2f} {($SERVER_RSS-$SERVER_BASE)/max(held,1):<16.1f} {$DPS:<14} ${P99:-?} ms')")
+  echo "   steady window: delivery p50 ${P50} ms, p99 ${P99} ms; response p99 ${RESP99} ms; late share ${LATE}"
   echo "   agent: RSS $AGENT_RSS KiB, CPU ${CPU_SECS}s over ${STEADY}s; server: RSS $SERVER_BASE -> $SERVER_RSS KiB, CPU ${SCPU_SECS}s"
   echo "   (CPU column: percent of one core per 1,000 users)"
   sed -n '1,40p' "$TMP/agent.out" | sed 's/^/   | /'

@@ -26,6 +26,17 @@ pub struct ApiError {
 }
 
 impl ApiError {
+    /// An answer (or a request) that does not fit the protocol.
+    pub fn protocol(method: &str, path: &str, message: impl Into<String>) -> Self {
+        Self {
+            class: ErrorClass::Protocol,
+            status: None,
+            method: method.into(),
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+
     pub fn is_not_found(&self) -> bool {
         self.status == Some(404)
     }
@@ -123,19 +134,16 @@ impl Api {
                 .timeout(timeout)
                 .connect_timeout(timeout)
                 .tcp_nodelay(true)
-                // Keep connections for reuse; the pool is shared by all users of this process.
-                .pool_max_idle_per_host(4096)
+                // Keep connections for reuse (the pool is shared by all users of this process),
+                // but only as many idle ones as steady traffic needs: each idle connection costs
+                // a file descriptor on both ends and buffers in the agent, and after a burst
+                // (the ramp-up's logins) thousands would otherwise linger.
+                .pool_max_idle_per_host(256)
                 .pool_idle_timeout(Duration::from_secs(60))
                 .local_address(local)
                 .user_agent(concat!("loadtest-agent/", env!("CARGO_PKG_VERSION")))
                 .build()
-                .map_err(|e| ApiError {
-                    class: ErrorClass::Protocol,
-                    status: None,
-                    method: "-".into(),
-                    path: "-".into(),
-                    message: format!("cannot build HTTP client: {e}"),
-                })
+                .map_err(|e| ApiError::protocol("-", "-", format!("cannot build HTTP client: {e}")))
         };
         let clients = if local_addrs.is_empty() {
             vec![build(None)?]
@@ -216,12 +224,8 @@ impl Api {
         body: Option<&Value>,
     ) -> Result<T, ApiError> {
         let (_, bytes) = self.send(slot, method.clone(), path, token, body).await?;
-        serde_json::from_slice(&bytes).map_err(|e| ApiError {
-            class: ErrorClass::Protocol,
-            status: None,
-            method: method.to_string(),
-            path: path.to_string(),
-            message: format!("unexpected answer: {e}"),
+        serde_json::from_slice(&bytes).map_err(|e| {
+            ApiError::protocol(method.as_str(), path, format!("unexpected answer: {e}"))
         })
     }
 
@@ -248,13 +252,7 @@ impl Api {
         let (headers, bytes) = self
             .send(slot, Method::POST, "/users/login", None, Some(&body))
             .await?;
-        let protocol = |m: String| ApiError {
-            class: ErrorClass::Protocol,
-            status: None,
-            method: "POST".into(),
-            path: "/users/login".into(),
-            message: m,
-        };
+        let protocol = |m: String| ApiError::protocol("POST", "/users/login", m);
         let token = headers
             .get("Token")
             .and_then(|v| v.to_str().ok())
@@ -416,13 +414,8 @@ impl Api {
         token: &str,
         post: &NewPost<'_>,
     ) -> Result<Post, ApiError> {
-        let body = serde_json::to_value(post).map_err(|e| ApiError {
-            class: ErrorClass::Protocol,
-            status: None,
-            method: "POST".into(),
-            path: "/posts".into(),
-            message: e.to_string(),
-        })?;
+        let body = serde_json::to_value(post)
+            .map_err(|e| ApiError::protocol("POST", "/posts", e.to_string()))?;
         self.call(slot, Method::POST, "/posts", Some(token), Some(&body))
             .await
     }

@@ -67,7 +67,7 @@ fn error(status: StatusCode, msg: impl Into<String>) -> (StatusCode, Json<ErrorR
 
 fn body<T>(b: Result<Json<T>, JsonRejection>) -> Result<T, (StatusCode, Json<ErrorReply>)> {
     b.map(|Json(t)| t)
-        .map_err(|e| error(StatusCode::BAD_REQUEST, e.body_text()))
+        .map_err(|e| error(e.status(), e.body_text()))
 }
 
 /// Constant-time comparison, so the token cannot be guessed byte by byte from timings.

@@ -37,11 +37,13 @@ pub fn raise_nofile(needed: u64) -> Result<u64, FdLimitError> {
     if soft >= needed {
         return Ok(soft);
     }
-    // Root may raise the hard limit too; everyone else may go up to the hard limit.
-    let new_hard = hard.max(needed);
-    if setrlimit(Resource::RLIMIT_NOFILE, needed, new_hard).is_ok()
-        || (needed <= hard && setrlimit(Resource::RLIMIT_NOFILE, needed, hard).is_ok())
-    {
+    // Take everything the hard limit allows (bursts of reconnects and requests need slack), and
+    // when even that is short try raising the hard limit (possible with CAP_SYS_RESOURCE).
+    if needed <= hard {
+        if setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+            return Ok(hard);
+        }
+    } else if setrlimit(Resource::RLIMIT_NOFILE, needed, needed).is_ok() {
         return Ok(needed);
     }
     Err(FdLimitError { needed, soft, hard })
@@ -160,6 +162,10 @@ mod tests {
     fn raising_to_current_limit_is_a_no_op() {
         let (soft, _) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
         assert_eq!(raise_nofile(soft.min(64)).expect("within limit"), soft);
+        let err = raise_nofile(u64::MAX / 2);
+        if let Err(e) = err {
+            assert!(e.to_string().contains("ulimit -n"), "{e}");
+        }
     }
 
     #[tokio::test]

@@ -329,10 +329,13 @@ async fn engine_inner(
         tokio::spawn(async move {
             let mut arrivals = Arrivals::new(seed, stream, rate);
             let mut next = Instant::now() + arrivals.next_gap();
+            // Posts in flight, awaited at the end so that each is recorded before the summary.
+            let mut posts = JoinSet::new();
             loop {
                 tokio::select! {
                     _ = env.actions_stop.cancelled() => break,
                     _ = sleep_until(next) => {}
+                    Some(_) = posts.join_next() => continue,
                 }
                 let intended = next;
                 next += arrivals.next_gap();
@@ -340,9 +343,10 @@ async fn engine_inner(
                 if let Some(s) = env.pick_session(r) {
                     let reply = arrivals.pick(1000)
                         < (env.config.behaviour.reply_fraction * 1000.0) as usize;
-                    tokio::spawn(user::post(env.clone(), s, intended, reply));
+                    posts.spawn(user::post(env.clone(), s, intended, reply));
                 }
             }
+            while posts.join_next().await.is_some() {}
         })
     });
 

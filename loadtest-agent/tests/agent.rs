@@ -357,6 +357,17 @@ mod control {
         format!("http://{addr}")
     }
 
+    async fn status(http: &reqwest::Client, base: &str) -> RunStatus {
+        http.get(format!("{base}/v1/run/status"))
+            .bearer_auth(TOKEN)
+            .send()
+            .await
+            .expect("status")
+            .json()
+            .await
+            .expect("status json")
+    }
+
     #[tokio::test]
     async fn rejects_missing_and_wrong_tokens() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -471,6 +482,16 @@ mod control {
             .send()
             .await
             .expect("bad body");
+        // Wrong shape: 422; not JSON at all: 400; both with an ErrorReply naming the problem.
+        assert_eq!(r.status(), 422);
+        let e: ErrorReply = r.json().await.expect("error body");
+        assert!(e.error.contains("run_id"), "{}", e.error);
+        let r = post("/v1/run")
+            .header("content-type", "application/json")
+            .body("{not json")
+            .send()
+            .await
+            .expect("bad json");
         assert_eq!(r.status(), 400);
 
         let s: RunStatus = post("/v1/run/start")
@@ -483,15 +504,7 @@ mod control {
             .expect("json");
         assert_eq!(s.state, RunState::Running);
         tokio::time::sleep(Duration::from_millis(2000)).await;
-        let s: RunStatus = http
-            .get(format!("{base}/v1/run/status"))
-            .bearer_auth(TOKEN)
-            .send()
-            .await
-            .expect("status")
-            .json()
-            .await
-            .expect("json");
+        let s = status(&http, &base).await;
         assert_eq!(s.state, RunState::Running);
         assert_eq!(s.active_users, 8);
         assert!(s.requests_total > 0);
@@ -525,15 +538,7 @@ mod control {
         post("/v1/run/stop").send().await.expect("stop");
         let mut finished = false;
         for _ in 0..200 {
-            let s: RunStatus = http
-                .get(format!("{base}/v1/run/status"))
-                .bearer_auth(TOKEN)
-                .send()
-                .await
-                .expect("status")
-                .json()
-                .await
-                .expect("json");
+            let s = status(&http, &base).await;
             if s.state == RunState::Finished {
                 finished = true;
                 break;

@@ -39,6 +39,20 @@ pub enum StoreError {
     Migration { version: i64, source: sqlx::Error },
 }
 
+impl StoreError {
+    /// Whether the database refused a text value because of its characters: PostgreSQL cannot
+    /// store NUL (`\u0000`) in `text` (SQLSTATE 22021), nor a character missing from the database
+    /// encoding (22P05). The value came from the client, so this is its mistake, not ours.
+    pub fn is_invalid_text(&self) -> bool {
+        match self {
+            StoreError::Sqlx(sqlx::Error::Database(d)) => {
+                matches!(d.code().as_deref(), Some("22021" | "22P05"))
+            }
+            _ => false,
+        }
+    }
+}
+
 type Result<T> = std::result::Result<T, StoreError>;
 
 fn conflict(what: &'static str) -> impl FnOnce(sqlx::Error) -> StoreError {
@@ -274,7 +288,7 @@ macro_rules! insert_channel_member {
 }
 
 /// Advisory-lock key that serializes schema migrations across instances (arbitrary, fixed).
-const MIGRATION_LOCK_KEY: i64 = 0x6368_6174_6d69_67;
+const MIGRATION_LOCK_KEY: i64 = 0x0063_6861_746d_6967;
 
 impl Store {
     /// Opens (creating if needed) the database and applies pending migrations.
