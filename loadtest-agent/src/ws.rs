@@ -15,12 +15,12 @@ use tokio::net::TcpStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
+use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
 
 use crate::net::connect_tcp;
 
-/// One authenticated WebSocket.
-pub type Ws = WebSocketStream<TcpStream>;
+/// One authenticated WebSocket: plain for `ws://`, rustls (web PKI roots) for `wss://`.
+pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
 
 /// Why a WebSocket could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -33,7 +33,7 @@ pub enum WsError {
     Auth(String),
     #[error("no answer within {0:?}")]
     Timeout(Duration),
-    #[error("unsupported URL {0}: only ws:// is supported by this build")]
+    #[error("unsupported URL {0}: use ws:// or wss://")]
     Unsupported(String),
 }
 
@@ -104,7 +104,7 @@ async fn connect_inner(
     token: &str,
     resume: Option<&Resume>,
 ) -> Result<Connected, WsError> {
-    if !target.url.starts_with("ws://") {
+    if !(target.url.starts_with("ws://") || target.url.starts_with("wss://")) {
         return Err(WsError::Unsupported(target.url.clone()));
     }
     let url = match resume {
@@ -120,7 +120,7 @@ async fn connect_inner(
         .map_err(|e| WsError::Handshake(e.to_string()))?;
     let stream = connect_tcp(target.addr, local).await?;
     let (mut ws, _) =
-        tokio_tungstenite::client_async_with_config(request, stream, Some(small_config()))
+        tokio_tungstenite::client_async_tls_with_config(request, stream, Some(small_config()), None)
             .await
             .map_err(|e| WsError::Handshake(e.to_string()))?;
     let challenge = serde_json::json!({

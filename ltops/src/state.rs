@@ -101,6 +101,15 @@ impl Home {
         ClusterState::read(&path)
     }
 
+    /// [`Home::load`] plus [`ClusterState::check`]: for commands that act on the definition
+    /// (deploy, loadtest). Status, logs and delete use plain `load`, so a cluster whose numbers
+    /// were edited wrongly can still be inspected and deleted.
+    pub fn load_checked(&self, name: &str) -> Result<ClusterState> {
+        let st = self.load(name)?;
+        st.check(&self.cluster_dir(name).join(CLUSTER_FILE), name)?;
+        Ok(st)
+    }
+
     pub fn exists(&self, name: &str) -> bool {
         self.cluster_dir(name).join(CLUSTER_FILE).is_file()
     }
@@ -323,15 +332,99 @@ impl Binaries {
 }
 
 impl ClusterState {
+    /// Reads a definition. A file that is not one (edited by hand, damaged) is bad input named
+    /// `file:line: key: problem`; other commands' checks come from [`ClusterState::check`].
     pub fn read(path: &Path) -> Result<Self> {
-        let text =
-            std::fs::read_to_string(path).context(|| format!("reading {}", path.display()))?;
-        toml::from_str(&text).map_err(|e| {
-            Error::Runtime(format!(
-                "{} is not a valid cluster definition ({e}); fix or delete that directory",
-                path.display()
+        let invalid = |line: Option<usize>, key: &str, msg: &str| {
+            let at = match line {
+                Some(l) => format!("{}:{l}", path.display()),
+                None => path.display().to_string(),
+            };
+            Error::Usage(format!(
+                "{at}: {key}: {msg}\n{HAND_EDIT_HINT}",
+                HAND_EDIT_HINT = hand_edit_hint(path)
             ))
+        };
+        let bytes = std::fs::read(path).context(|| format!("reading {}", path.display()))?;
+        let text = String::from_utf8(bytes)
+            .map_err(|e| invalid(None, "(encoding)", &format!("not UTF-8 text ({e})")))?;
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            let line = e
+                .span()
+                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            invalid(line, "(syntax)", e.message())
+        })?;
+        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let key = e.path().to_string();
+            let key_line = text
+                .lines()
+                .position(|l| {
+                    let t = l.trim_start();
+                    t.starts_with(key.as_str()) && t[key.len()..].trim_start().starts_with('=')
+                })
+                .map(|i| i + 1);
+            let key = if key == "." {
+                "(top level)".into()
+            } else {
+                key
+            };
+            invalid(key_line, &key, e.inner().message())
         })
+    }
+
+    /// Checks what the TOML types cannot: the same rules as `ltops create`, so a hand-edited
+    /// definition cannot make `deploy` start 100,000 agents or two servers on one SQLite file.
+    /// `dir_name` is the cluster's directory, which the recorded name must match.
+    pub fn check(&self, path: &Path, dir_name: &str) -> Result<()> {
+        let bad = |key: &str, msg: String| {
+            Err(Error::Usage(format!(
+                "{}: {key}: {msg}\n{}",
+                path.display(),
+                hand_edit_hint(path)
+            )))
+        };
+        if self.name != dir_name {
+            return bad(
+                "name",
+                format!("{:?} does not match the directory {dir_name:?}", self.name),
+            );
+        }
+        if self.agents == 0 || self.agents > crate::commands::create::MAX_AGENTS {
+            return bad(
+                "agents",
+                format!(
+                    "must be between 1 and {} (got {})",
+                    crate::commands::create::MAX_AGENTS,
+                    self.agents
+                ),
+            );
+        }
+        if self.app_count == 0 || self.app_count > crate::commands::create::MAX_APP_COUNT {
+            return bad(
+                "app_count",
+                format!(
+                    "must be between 1 and {} (got {})",
+                    crate::commands::create::MAX_APP_COUNT,
+                    self.app_count
+                ),
+            );
+        }
+        if self.app_count > 1 && self.database == Database::Sqlite {
+            return bad(
+                "app_count",
+                format!(
+                    "{} server instances cannot share SQLite; use 1 or database = \"postgres\"",
+                    self.app_count
+                ),
+            );
+        }
+        if self.control_token.len() < 32 {
+            return bad(
+                "control_token",
+                "must be at least 32 characters (ltops writes 64 random hex digits)".into(),
+            );
+        }
+        Ok(())
     }
 
     pub fn components(&self, role: Role) -> impl Iterator<Item = &Component> {
@@ -360,6 +453,16 @@ impl ClusterState {
             }
         }
     }
+}
+
+/// What to do about a damaged `cluster.toml`.
+fn hand_edit_hint(path: &Path) -> String {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    format!(
+        "Fix that file by hand, or stop the cluster's processes and remove {} to start over \
+         (then `ltops create` it again).",
+        dir.display()
+    )
 }
 
 /// Writes `bytes` to `path` atomically: a temporary file in the same directory with `mode`,
@@ -485,6 +588,61 @@ mod tests {
         let e = home.load("beta").unwrap_err().to_string();
         assert!(e.contains("\"beta\"") && e.contains("alpha"), "{e}");
         assert!(home.load("../etc").is_err());
+    }
+
+    #[test]
+    fn damaged_definition_is_bad_input_naming_file_line_and_key() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = Home::at(tmp.path());
+        let good = sample("c1");
+        home.save(&good).unwrap();
+        let path = home.cluster_dir("c1").join(CLUSTER_FILE);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let cases = [
+            (
+                text.replace("agents = 2", "agents = \"two\""),
+                ":3: agents: invalid type",
+            ),
+            (
+                text.replace("agents = 2\n", ""),
+                "(top level): missing field `agents`",
+            ),
+            (text.replace("type = \"local\"", "type = "), ":2: (syntax)"),
+        ];
+        for (bad, want) in cases {
+            std::fs::write(&path, bad).unwrap();
+            let e = home.load("c1").unwrap_err();
+            assert_eq!(e.exit_code(), crate::error::exit::USAGE, "{e}");
+            let msg = e.to_string();
+            assert!(msg.contains("cluster.toml") && msg.contains(want), "{msg}");
+            assert!(msg.contains("Fix that file"), "{msg}");
+        }
+        std::fs::write(&path, [0xff, 0xfe, 0x00]).unwrap();
+        assert_eq!(
+            home.load("c1").unwrap_err().exit_code(),
+            crate::error::exit::USAGE
+        );
+
+        // Parseable but impossible: loads (status, delete still work), but deploy refuses.
+        type Edit = fn(&mut ClusterState);
+        let edits: [(&str, Edit); 6] = [
+            ("agents", |s| s.agents = 0),
+            ("agents", |s| s.agents = 100_000),
+            ("app_count", |s| s.app_count = 0),
+            ("app_count", |s| s.app_count = 3),
+            ("name", |s| s.name = "other".into()),
+            ("control_token", |s| s.control_token.clear()),
+        ];
+        for (key, edit) in edits {
+            let mut s = good.clone();
+            edit(&mut s);
+            let text = toml::to_string(&s).unwrap();
+            std::fs::write(&path, text).unwrap();
+            assert!(home.load("c1").is_ok(), "{key}");
+            let e = home.load_checked("c1").unwrap_err();
+            assert_eq!(e.exit_code(), crate::error::exit::USAGE, "{e}");
+            assert!(e.to_string().contains(&format!(": {key}: ")), "{e}");
+        }
     }
 
     #[test]

@@ -33,6 +33,11 @@ impl<'a> Input<'a> {
     /// Opens a file (buffered); the error names the path.
     pub fn file(path: &Path) -> Result<Input<'static>, Error> {
         let name = path.display().to_string();
+        if path.is_dir() {
+            return Err(Error::Usage(format!(
+                "{name} is a directory; pass the results files in it, e.g. --file {name}/*.jsonl"
+            )));
+        }
         let f = std::fs::File::open(path).map_err(|source| Error::Io {
             path: name.clone(),
             source,
@@ -632,6 +637,12 @@ pub fn load<'a>(inputs: impl IntoIterator<Item = Input<'a>>) -> Result<Loaded, E
             "<no input>".to_string()
         } else {
             loaded.sources.join(", ")
+        };
+        // The only line may have been dropped as incomplete: say so, or the reason is lost.
+        let names = if loaded.warnings.is_empty() {
+            names
+        } else {
+            format!("{names} ({})", loaded.warnings.join("; "))
         };
         return Err(Error::Empty(names));
     }

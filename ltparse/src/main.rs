@@ -75,7 +75,7 @@ struct ResultsArgs {
     #[arg(long, value_name = "PERCENT", default_value = "0.1%", value_parser = parse_fraction)]
     noise_rate: f64,
     /// Baseline noise floor for throughput, per second (like --noise-abs).
-    #[arg(long, value_name = "PER_S", default_value = "0.5")]
+    #[arg(long, value_name = "PER_S", default_value = "0.5", value_parser = parse_non_negative)]
     noise_throughput: f64,
 }
 
@@ -83,6 +83,31 @@ fn parse_duration_us(s: &str) -> Result<f64, String> {
     humantime::parse_duration(s.trim())
         .map(|d| d.as_secs_f64() * 1_000_000.0)
         .map_err(|e| format!("{s:?} is not a duration like 1ms or 500us: {e}"))
+}
+
+fn parse_non_negative(s: &str) -> Result<f64, String> {
+    s.trim()
+        .parse::<f64>()
+        .ok()
+        .filter(|v| v.is_finite() && *v >= 0.0)
+        .ok_or_else(|| format!("{s:?} is not a number >= 0 like 0.5"))
+}
+
+/// `e` and its causes, each once: several errors repeat their source in their own message, and
+/// printing the whole chain would then say the same thing two or three times.
+fn render(e: &anyhow::Error) -> String {
+    let mut out = String::new();
+    for cause in e.chain() {
+        let s = cause.to_string();
+        if out.contains(&s) {
+            continue;
+        }
+        if !out.is_empty() {
+            out.push_str(": ");
+        }
+        out.push_str(&s);
+    }
+    out
 }
 
 fn parse_fraction(s: &str) -> Result<f64, String> {
@@ -140,7 +165,7 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(e) => {
-            eprintln!("ltparse: error: {e:#}");
+            eprintln!("ltparse: error: {}", render(&e));
             ExitCode::from(ltparse::EXIT_USAGE as u8)
         }
     }

@@ -151,7 +151,8 @@ pub fn parse_threshold(expr: &str) -> Result<Threshold, Error> {
     })?;
     let lhs = expr[..pos].trim();
     let rhs = expr[pos + op_len..].trim();
-    let (target, metric) = match lhs.rsplit_once('.') {
+    // Split at the first dot: no target has one, and `p99.9` must read as an unknown metric.
+    let (target, metric) = match lhs.split_once('.') {
         Some((t, m)) => {
             let t = t.trim();
             let target = match t {
@@ -240,6 +241,12 @@ fn parse_value(s: &str, kind: Kind) -> Result<f64, String> {
     if !n.is_finite() {
         return Err(format!("{s:?} is not a finite number"));
     }
+    if n < 0.0 {
+        return Err(format!(
+            "{s:?} is negative; every metric is 0 or more, so this threshold could never \
+             (or would always) hold"
+        ));
+    }
     let bad_unit =
         |expected: &str| format!("unit {unit:?} does not fit this metric; use {expected}");
     match kind {
@@ -249,11 +256,20 @@ fn parse_value(s: &str, kind: Kind) -> Result<f64, String> {
             "s" => Ok(n * 1_000_000.0),
             _ => Err(bad_unit("us, ms or s")),
         },
-        Kind::Rate => match unit {
-            "%" => Ok(n / 100.0),
-            "" => Ok(n),
-            _ => Err(bad_unit("% (or a bare fraction such as 0.01)")),
-        },
+        Kind::Rate => {
+            let v = match unit {
+                "%" => n / 100.0,
+                "" => n,
+                _ => return Err(bad_unit("% (or a bare fraction such as 0.01)")),
+            };
+            if v > 1.0 {
+                return Err(format!(
+                    "{s:?} is more than 100%; a bare number is a fraction (0.05 = 5%), \
+                     so write {n}% if that is what you meant"
+                ));
+            }
+            Ok(v)
+        }
         Kind::Throughput => match unit {
             "" | "/s" => Ok(n),
             _ => Err(bad_unit("/s")),
@@ -423,6 +439,30 @@ mod tests {
         assert_eq!(p("create_post.errors==0").op, Op::Eq);
         assert_eq!(p("create_post.errors != 3").op, Op::Ne);
         assert_eq!(p("create_post.throughput>=1e1/s").value, 10.0);
+    }
+
+    #[test]
+    fn rejects_negative_values_rates_over_100_percent_and_names_dotted_metrics() {
+        for bad in [
+            "create_post.p99<-5ms",
+            "*.error_rate<-1%",
+            "create_post.count>-1",
+        ] {
+            let e = parse_threshold(bad).expect_err(bad).to_string();
+            assert!(e.contains("negative"), "{bad}: {e}");
+        }
+        // A bare rate is a fraction: `<5` would be 500% and always hold.
+        let e = parse_threshold("*.error_rate<5")
+            .expect_err("500%")
+            .to_string();
+        assert!(e.contains("5%"), "{e}");
+        assert!(parse_threshold("*.error_rate<150%").is_err());
+        assert_eq!(p("*.error_rate<=1").value, 1.0);
+        assert_eq!(p("*.error_rate<100%").value, 1.0);
+        let e = parse_threshold("create_post.p99.9<1ms")
+            .expect_err("p99.9")
+            .to_string();
+        assert!(e.contains("unknown metric \"p99.9\""), "{e}");
     }
 
     #[test]

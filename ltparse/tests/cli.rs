@@ -321,3 +321,39 @@ fn thresholds_from_a_workload_config() {
     let o = run_files(&run, &["--config", cfg.to_str().expect("utf8")]);
     assert_eq!(code(&o), 3, "{}{}", stdout(&o), stderr(&o));
 }
+
+#[test]
+fn unreadable_inputs_are_named_once_with_what_to_do() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (run, _) = fixture(dir.path());
+    // A missing file: the OS reason once, not repeated by every layer of the error.
+    let missing = dir.path().join("nope.jsonl");
+    for extra in [&["--baseline"][..], &["-o"][..]] {
+        let (files, arg) = if extra[0] == "-o" {
+            (run.clone(), dir.path().join("no/such/dir/out.txt"))
+        } else {
+            (run.clone(), missing.clone())
+        };
+        let arg = arg.display().to_string();
+        let o = run_files(&files, &[extra[0], &arg]);
+        assert_eq!(code(&o), 2);
+        let e = stderr(&o);
+        assert_eq!(e.matches("No such file or directory").count(), 1, "{e}");
+    }
+    // A directory instead of a file says so and what to pass instead.
+    let o = run_files(&[dir.path().to_path_buf()], &[]);
+    assert_eq!(code(&o), 2);
+    assert!(stderr(&o).contains("is a directory"), "{}", stderr(&o));
+    // A file whose only line is incomplete: the error keeps the reason and the line.
+    let p = dir.path().join("cut.jsonl");
+    std::fs::write(&p, b"{\"kind\":\"header\",\"sche").expect("write");
+    let o = run_files(&[p], &[]);
+    assert_eq!(code(&o), 2);
+    let e = stderr(&o);
+    assert!(e.contains("cut.jsonl:1: incomplete last line"), "{e}");
+    // A noise floor must be a finite number >= 0.
+    for bad in ["NaN", "inf"] {
+        let o = run_files(&run, &["--noise-throughput", bad]);
+        assert_eq!(code(&o), 2, "{bad}: {}", stderr(&o));
+    }
+}

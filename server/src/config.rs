@@ -38,12 +38,13 @@ pub fn redact_url(url: &str) -> String {
         return url.to_string();
     };
     let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find('/').unwrap_or(rest.len());
-    let authority = &rest[..authority_end];
-    let Some(at) = authority.rfind('@') else {
+    // The last `@` before the query ends the user info. Not the first `/`: a password someone
+    // typed without percent-encoding may contain `/`, and must not leak because of it.
+    let query = rest.find(['?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..query].rfind('@') else {
         return url.to_string();
     };
-    let userinfo = &authority[..at];
+    let userinfo = &rest[..at];
     match userinfo.find(':') {
         Some(colon) => format!(
             "{}{}:***{}",
@@ -147,6 +148,11 @@ impl Default for Config {
     }
 }
 
+/// Largest accepted Argon2id memory cost (1 GiB): every concurrent login allocates it.
+pub const MAX_ARGON2_MEMORY_KIB: u32 = 1024 * 1024;
+/// Largest accepted Argon2id parallelism (lanes).
+pub const MAX_ARGON2_PARALLELISM: u32 = 64;
+
 /// A configuration value that cannot work, with the key that holds it.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration `{key}`: {problem}")]
@@ -208,11 +214,22 @@ impl Config {
         if self.db_max_connections == 0 {
             return Err(bad("db-max-connections", "must be at least 1"));
         }
+        if self.limits.replay_keep.is_zero() {
+            return Err(bad("replay-keep", "must be longer than 0, e.g. 60s"));
+        }
         let c = &self.password_cost;
-        if c.memory_kib < 8 * c.parallelism.max(1) || c.iterations == 0 || c.parallelism == 0 {
+        if c.iterations == 0
+            || c.parallelism == 0
+            || c.parallelism > MAX_ARGON2_PARALLELISM
+            || c.memory_kib < 8 * c.parallelism
+            || c.memory_kib > MAX_ARGON2_MEMORY_KIB
+        {
             return Err(bad(
                 "argon2-memory-kib/argon2-iterations/argon2-parallelism",
-                "need iterations >= 1, parallelism >= 1 and memory >= 8 KiB per lane",
+                format!(
+                    "need iterations >= 1, parallelism 1..={MAX_ARGON2_PARALLELISM} and memory \
+                     from 8 KiB per lane up to {MAX_ARGON2_MEMORY_KIB} KiB"
+                ),
             ));
         }
         Ok(())
@@ -234,6 +251,22 @@ mod tests {
             "postgres://bob@db/chat"
         );
         assert_eq!(redact_url("postgres://db/chat"), "postgres://db/chat");
+        assert_eq!(
+            redact_url("postgres://db:5432/chat?sslmode=disable"),
+            "postgres://db:5432/chat?sslmode=disable"
+        );
+    }
+
+    #[test]
+    fn redacts_passwords_with_unencoded_slash_or_at() {
+        assert_eq!(
+            redact_url("postgres://bob:s3c/ret@db:5432/chat"),
+            "postgres://bob:***@db:5432/chat"
+        );
+        assert_eq!(
+            redact_url("postgres://bob:a@b/c@db/chat?x=y@z"),
+            "postgres://bob:***@db/chat?x=y@z"
+        );
     }
 
     #[test]
@@ -250,5 +283,19 @@ mod tests {
             ..Config::default()
         };
         assert_eq!(c.validate().err().map(|e| e.key), Some("database-url"));
+    }
+
+    #[test]
+    fn extreme_values_are_config_errors_not_panics() {
+        let argon = "argon2-memory-kib/argon2-iterations/argon2-parallelism";
+        let mut c = Config::default();
+        c.password_cost.parallelism = u32::MAX;
+        assert_eq!(c.validate().err().map(|e| e.key), Some(argon));
+        let mut c = Config::default();
+        c.password_cost.memory_kib = u32::MAX;
+        assert_eq!(c.validate().err().map(|e| e.key), Some(argon));
+        let mut c = Config::default();
+        c.limits.replay_keep = Duration::ZERO;
+        assert_eq!(c.validate().err().map(|e| e.key), Some("replay-keep"));
     }
 }

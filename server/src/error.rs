@@ -69,6 +69,7 @@ impl ApiError {
             ApiError::PayloadTooLarge(..) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unsupported(..) => StatusCode::NOT_IMPLEMENTED,
             ApiError::Store(StoreError::Conflict(_)) => StatusCode::BAD_REQUEST,
+            ApiError::Store(e) if e.is_invalid_text() => StatusCode::BAD_REQUEST,
             ApiError::Store(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -83,6 +84,7 @@ impl ApiError {
             | ApiError::PayloadTooLarge(id, _)
             | ApiError::Unsupported(id, _) => id,
             ApiError::Store(StoreError::Conflict(_)) => "store.sql.unique_constraint",
+            ApiError::Store(e) if e.is_invalid_text() => "api.context.invalid_param.app_error",
             ApiError::Store(_) => "app.store.error",
             ApiError::Internal(_) => "app.internal.error",
         }
@@ -91,6 +93,9 @@ impl ApiError {
     fn public_message(&self) -> String {
         match self {
             ApiError::Store(StoreError::Conflict(what)) => format!("{what} already exists."),
+            ApiError::Store(e) if e.is_invalid_text() => {
+                "Text must not contain NUL (\\u0000) characters; remove them and retry.".into()
+            }
             ApiError::Store(_) | ApiError::Internal(_) => {
                 "An internal error occurred; it has been logged.".into()
             }

@@ -217,6 +217,55 @@ fn build(args: Args) -> Result<(Config, String), Usage> {
     Ok((c, log))
 }
 
+/// Checks what can be checked before binding: a PostgreSQL URL that cannot be parsed, or a data
+/// directory that cannot be created or written, is a configuration mistake (exit 2), not a
+/// runtime failure. Messages name the setting and never show the password.
+fn preflight(c: &Config) -> Result<(), Usage> {
+    match &c.database {
+        Database::Postgres { url } => {
+            <sqlx::postgres::PgConnectOptions as std::str::FromStr>::from_str(url).map_err(
+                |e| {
+                    Usage(format!(
+                        "`database-url` {}: {e}; use postgres://USER:PASSWORD@HOST:PORT/DB \
+                         (percent-encode special characters in the password)",
+                        chat_server::config::redact_url(url)
+                    ))
+                },
+            )?;
+        }
+        Database::Sqlite { data_dir } => {
+            let unusable = |e: std::io::Error| {
+                Usage(format!(
+                    "`data-dir` {}: {e}; choose a writable directory with --data-dir",
+                    data_dir.display()
+                ))
+            };
+            std::fs::create_dir_all(data_dir).map_err(unusable)?;
+            // SQLite creates the file on open; fail here, naming the directory, rather than with
+            // SQLite's "unable to open database file" later.
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(data_dir.join(chat_server::store::SQLITE_FILE))
+                .map_err(unusable)?;
+        }
+    }
+    Ok(())
+}
+
+/// The message for a failure of [`serve`]: the server's own errors already say everything in
+/// their top-level message (their sources would only repeat it), and a database failure says
+/// which database.
+fn describe_failure(e: &anyhow::Error, database: &Database) -> String {
+    match e.downcast_ref::<chat_server::Error>() {
+        Some(chat_server::Error::Store(inner)) => {
+            format!("database {}: {inner}", database.describe())
+        }
+        Some(other) => other.to_string(),
+        None => format!("{e:#}"),
+    }
+}
+
 async fn shutdown_signal() {
     let ctrl_c = async {
         if tokio::signal::ctrl_c().await.is_err() {
@@ -270,7 +319,7 @@ async fn serve(config: Config) -> anyhow::Result<()> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let (config, log) = match build(args) {
+    let (config, log) = match build(args).and_then(|(c, log)| preflight(&c).map(|()| (c, log))) {
         Ok(v) => v,
         Err(Usage(msg)) => {
             eprintln!("chat-server: {msg}");
@@ -292,11 +341,13 @@ fn main() -> ExitCode {
             return ExitCode::from(1);
         }
     };
+    let database = config.database.clone();
     match rt.block_on(serve(config)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            tracing::error!("{e:#}");
-            eprintln!("chat-server: {e:#}");
+            let msg = describe_failure(&e, &database);
+            tracing::error!("{msg}");
+            eprintln!("chat-server: {msg}");
             ExitCode::from(1)
         }
     }

@@ -728,5 +728,48 @@ async fn works_on_postgres_too() {
     db.drop_db().await;
 }
 
+/// PostgreSQL cannot store NUL in `text`; a client sending one gets a 400, not a 500.
+#[tokio::test]
+async fn nul_characters_are_a_client_error_on_postgres() {
+    let Some(url) = support_pg::admin_url() else {
+        return;
+    };
+    let db = support_pg::fresh_database(&url).await;
+    let h = Harness::start_with(|c| {
+        c.database = chat_server::Database::Postgres {
+            url: db.url.clone(),
+        }
+    })
+    .await;
+    let a = h.user("alice").await;
+    let t = h.team(&a, "team1").await;
+    let c = h.channel(&a, &t, "chan", "O").await;
+    let r = h
+        .post(
+            "/posts",
+            &a.token,
+            json!({"channel_id": c, "message": "a\u{0}b"}),
+        )
+        .await;
+    r.assert_error(400);
+    assert_eq!(r.body["id"], "api.context.invalid_param.app_error");
+    h.req(
+        Method::POST,
+        "/users",
+        None,
+        Some(json!({"username": "bob", "email": "b@x.io", "password": "secret1", "nickname": "\u{0}"})),
+    )
+    .await
+    .assert_error(400);
+    h.get("/users/username/a%00b", &a.token)
+        .await
+        .assert_error(400);
+    // Nothing was stored by the refused post.
+    let list = h.get(&format!("/channels/{c}/posts"), &a.token).await;
+    assert_eq!(list.body["order"].as_array().map(Vec::len), Some(0));
+    h.stop().await;
+    db.drop_db().await;
+}
+
 #[path = "support/pg.rs"]
 mod support_pg;

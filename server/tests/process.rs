@@ -275,3 +275,50 @@ fn bad_configuration_exits_2_and_names_the_key() {
     assert!(help.status.success());
     assert!(String::from_utf8_lossy(&help.stdout).contains("Exit status"));
 }
+
+/// A bad database URL, an unusable data directory or an extreme value is a configuration error:
+/// exit 2, a message naming the setting, no panic, and never the password.
+#[test]
+fn bad_database_or_data_dir_exits_2_without_leaking_the_password() {
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN)
+            .args(["--listen", "127.0.0.1:0", "--metrics-listen", "off"])
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).to_string(),
+        )
+    };
+    for url in [
+        "postgres://u:s3cr/et@127.0.0.1:1/db",
+        "postgres://u:s3cret@127.0.0.1:notaport/db",
+        "postgres://u:s3cret@127.0.0.1:1/db?sslmode=bogus",
+    ] {
+        let (code, err) = run(&["--database-url", url]);
+        assert_eq!(code, Some(2), "{url}: {err}");
+        assert!(err.contains("database-url"), "{err}");
+        assert!(!err.contains("s3cr"), "password leaked: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("not-a-dir");
+    std::fs::write(&file, "").unwrap();
+    let (code, err) = run(&["--data-dir", file.to_str().unwrap()]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("data-dir") && err.contains("not-a-dir"),
+        "{err}"
+    );
+    for args in [
+        ["--argon2-parallelism", "4294967295"],
+        ["--argon2-memory-kib", "4294967295"],
+        ["--replay-keep", "0s"],
+    ] {
+        let d = dir.path().join("data");
+        let (code, err) = run(&[args[0], args[1], "--data-dir", d.to_str().unwrap()]);
+        assert_eq!(code, Some(2), "{args:?}: {err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}

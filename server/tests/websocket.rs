@@ -378,3 +378,69 @@ async fn shutdown_sends_close_frames() {
     assert_eq!(code, Some(1001));
     stopping.await.unwrap();
 }
+
+/// The close code the server sends next, skipping other frames (`None` if it sends none).
+async fn close_code(w: &mut Ws) -> Option<u16> {
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(msg) = w.s.next().await {
+            match msg {
+                Ok(Message::Close(f)) => return f.map(|f| u16::from(f.code)),
+                Ok(_) => {}
+                Err(_) => return None,
+            }
+        }
+        None
+    })
+    .await
+    .unwrap()
+}
+
+#[tokio::test]
+async fn bad_frames_get_a_close_code_and_client_close_is_echoed() {
+    let h = Harness::start_with(|c| c.limits.max_ws_frame_bytes = 4096).await;
+    let a = h.user("alice").await;
+
+    // Too large a message: 1009, not a silent drop.
+    let mut w = h.ws(&a).await;
+    w.event_named("hello").await;
+    w.s.send(Message::text("x".repeat(10_000))).await.unwrap();
+    assert_eq!(close_code(&mut w).await, Some(1009));
+
+    // A text frame that is not UTF-8: 1007.
+    use tokio_tungstenite::tungstenite::protocol::frame::{coding::Data, coding::OpCode, Frame};
+    let mut w = h.ws(&a).await;
+    w.event_named("hello").await;
+    let bad = Frame::message(vec![0xff, 0xfe, b'x'], OpCode::Data(Data::Text), true);
+    w.s.send(Message::Frame(bad)).await.unwrap();
+    assert_eq!(close_code(&mut w).await, Some(1007));
+
+    // Also before authenticating.
+    let mut w = h.ws_anonymous("").await;
+    w.s.send(Message::text("y".repeat(10_000))).await.unwrap();
+    assert_eq!(close_code(&mut w).await, Some(1009));
+
+    // The client closes: the server completes the handshake by echoing the close frame, so the
+    // client ends cleanly instead of with "reset without closing handshake".
+    for anonymous in [false, true] {
+        let mut w = if anonymous {
+            h.ws_anonymous("").await
+        } else {
+            let mut w = h.ws(&a).await;
+            w.event_named("hello").await;
+            w
+        };
+        w.s.close(None).await.unwrap();
+        let end = tokio::time::timeout(Duration::from_secs(10), async {
+            loop {
+                match w.s.next().await {
+                    Some(Ok(Message::Close(_))) | None => return Ok(()),
+                    Some(Ok(_)) => {}
+                    Some(Err(e)) => return Err(e.to_string()),
+                }
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(end, Ok(()), "anonymous: {anonymous}");
+    }
+}

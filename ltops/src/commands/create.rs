@@ -16,6 +16,8 @@ pub struct CreateOptions {
 
 /// Most agents a cluster may have (a sanity bound, not a technical limit).
 pub const MAX_AGENTS: u32 = 64;
+/// Most server instances a cluster may have.
+pub const MAX_APP_COUNT: u32 = 16;
 
 pub fn validate(opts: &CreateOptions) -> Result<()> {
     state::validate_name(&opts.name)?;
@@ -25,9 +27,9 @@ pub fn validate(opts: &CreateOptions) -> Result<()> {
             opts.agents
         )));
     }
-    if opts.app_count == 0 || opts.app_count > 16 {
+    if opts.app_count == 0 || opts.app_count > MAX_APP_COUNT {
         return Err(Error::Usage(format!(
-            "--app-count must be between 1 and 16 (got {})",
+            "--app-count must be between 1 and {MAX_APP_COUNT} (got {})",
             opts.app_count
         )));
     }

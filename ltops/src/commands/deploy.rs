@@ -42,7 +42,7 @@ pub fn deploy(home: &Home, opts: &DeployOptions) -> Result<i32> {
         None => None,
     };
     let _lock = lock(home, &opts.cluster)?;
-    let mut st = home.load(&opts.cluster)?;
+    let mut st = home.load_checked(&opts.cluster)?;
     if let Some(text) = config_text {
         let dest = home.cluster_dir(&st.name).join("workload.toml");
         state::write_atomic(&dest, &text, 0o600)?;

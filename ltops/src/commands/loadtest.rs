@@ -51,6 +51,9 @@ pub struct LoadtestOptions {
 }
 
 /// Applies `--users` / `--duration` and re-validates.
+/// Longest `--duration` accepted: a soak test runs for days, not for years (a typo).
+pub const MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
+
 pub fn apply_overrides(
     config: &mut WorkloadConfig,
     users: Option<u64>,
@@ -60,6 +63,13 @@ pub fn apply_overrides(
         config.users.count = u;
     }
     if let Some(d) = duration {
+        if d > MAX_DURATION {
+            return Err(Error::Usage(format!(
+                "--duration {}: longer than the {} a run may last; pass e.g. 30m or 24h",
+                humantime::format_duration(d),
+                humantime::format_duration(MAX_DURATION)
+            )));
+        }
         config.users.duration = d;
         if config.users.ramp_up > d {
             // A shorter run keeps a proportionate ramp-up rather than failing validation.
@@ -99,7 +109,34 @@ fn expand_baseline(paths: &[PathBuf]) -> Result<Vec<PathBuf>> {
             )));
         }
     }
+    // Read it now: an unreadable baseline found only after the run would cost the verdict.
+    if !out.is_empty() {
+        out.iter()
+            .map(|p| ltparse::Input::file(p))
+            .collect::<Result<Vec<_>, _>>()
+            .and_then(ltparse::load)
+            .map_err(|e| {
+                Error::Usage(format!(
+                    "--baseline: {e}; pass the results of a previous run (its directory, or its .jsonl files)"
+                ))
+            })?;
+    }
     Ok(out)
+}
+
+/// Checks that `--markdown` can be appended to before the run, not after it.
+fn check_markdown(path: &Path) -> Result<()> {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map(drop)
+        .map_err(|e| {
+            Error::Usage(format!(
+                "--markdown {}: cannot append to it ({e}); pass a writable file",
+                path.display()
+            ))
+        })
 }
 
 fn healthy(p: &dyn Provider, st: &ClusterState) -> bool {
@@ -134,6 +171,9 @@ pub fn loadtest(home: &Home, opts: &LoadtestOptions, rt: &tokio::runtime::Handle
         ltparse::parse_threshold(t).map_err(|e| Error::Usage(format!("--threshold: {e}")))?;
     }
     let baseline = expand_baseline(&opts.baseline)?;
+    if let Some(md) = &opts.markdown {
+        check_markdown(md)?;
+    }
     let mut config = match (&opts.config, opts.quick) {
         (Some(path), _) => Some(WorkloadConfig::from_file(path)?),
         (None, true) => Some(WorkloadConfig::preset("quick")?),
@@ -143,7 +183,7 @@ pub fn loadtest(home: &Home, opts: &LoadtestOptions, rt: &tokio::runtime::Handle
         apply_overrides(c, opts.users, opts.duration)?;
     }
     if !opts.quick {
-        let st = home.load(&name)?;
+        let st = home.load_checked(&name)?;
         provider::for_type(st.kind, home)?;
     }
 
@@ -161,7 +201,7 @@ pub fn loadtest(home: &Home, opts: &LoadtestOptions, rt: &tokio::runtime::Handle
             },
         )?
     } else {
-        home.load(&name)?
+        home.load_checked(&name)?
     };
     let p = provider::for_type(st.kind, home)?;
 
@@ -417,6 +457,28 @@ mod tests {
         let e = apply_overrides(&mut c, Some(1_000_000), None).unwrap_err();
         assert!(e.to_string().contains("users.count"), "{e}");
         assert_eq!(e.exit_code(), exit::USAGE);
+    }
+
+    #[test]
+    fn inputs_that_would_only_fail_after_the_run_are_refused_before_it() {
+        // A duration typo of years is refused, not run.
+        let mut c = WorkloadConfig::preset("quick").unwrap();
+        let e = apply_overrides(&mut c, None, Some(Duration::from_secs(99_999_999_999_999)))
+            .unwrap_err();
+        assert_eq!(e.exit_code(), exit::USAGE);
+        assert!(e.to_string().contains("--duration"), "{e}");
+        // A baseline that exists but is not results: named with its line, exit 2.
+        let dir = tempfile::tempdir().unwrap();
+        let garbage = dir.path().join("old.jsonl");
+        std::fs::write(&garbage, b"\xff\xfe not results\n").unwrap();
+        let e = expand_baseline(std::slice::from_ref(&garbage)).unwrap_err();
+        assert_eq!(e.exit_code(), exit::USAGE);
+        assert!(e.to_string().contains("old.jsonl:1"), "{e}");
+        // A --markdown file that cannot be written.
+        let e = check_markdown(&dir.path().join("no/such/dir/report.md")).unwrap_err();
+        assert_eq!(e.exit_code(), exit::USAGE);
+        assert!(e.to_string().contains("--markdown"), "{e}");
+        assert!(check_markdown(&dir.path().join("report.md")).is_ok());
     }
 
     #[test]

@@ -210,8 +210,16 @@ pub fn resolve_binaries(server: Option<PathBuf>, agent: Option<PathBuf>) -> Resu
                 format!("pass its path with {flag}"),
             ),
         };
-        if path.is_file() {
+        let executable = std::fs::metadata(&path).is_ok_and(|m| {
+            m.is_file() && std::os::unix::fs::PermissionsExt::mode(&m.permissions()) & 0o111 != 0
+        });
+        if executable {
             Ok(std::fs::canonicalize(&path).unwrap_or(path))
+        } else if path.is_file() {
+            Err(Error::Usage(format!(
+                "{} is not executable, so it cannot be the `{name}` to start; {hint}",
+                path.display()
+            )))
         } else {
             Err(Error::MissingBinary {
                 what: name,
@@ -224,4 +232,22 @@ pub fn resolve_binaries(server: Option<PathBuf>, agent: Option<PathBuf>) -> Resu
         server: pick(server, "chat-server", "--server")?,
         agent: pick(agent, "loadtest-agent", "--agent")?,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_binary_that_is_not_executable_is_bad_input() {
+        let dir = tempfile::tempdir().unwrap();
+        let plain = dir.path().join("chat-server");
+        std::fs::write(&plain, b"not a program").unwrap();
+        let e = resolve_binaries(Some(plain.clone()), Some(plain)).unwrap_err();
+        assert_eq!(e.exit_code(), crate::error::exit::USAGE);
+        assert!(e.to_string().contains("not executable"), "{e}");
+        let e = resolve_binaries(Some(dir.path().join("nope")), None).unwrap_err();
+        assert_eq!(e.exit_code(), crate::error::exit::USAGE);
+    }
 }

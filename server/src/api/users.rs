@@ -30,6 +30,22 @@ pub fn valid_username(u: &str) -> bool {
             .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || ".-_".contains(c))
 }
 
+/// A plausible single address (Mattermost rejects what Go's `mail.ParseAddress` cannot read as
+/// one bare address): at most 128 bytes, one `@` with text on both sides, and no whitespace,
+/// control characters or address-list punctuation.
+pub fn valid_email(e: &str) -> bool {
+    let Some((local, domain)) = e.split_once('@') else {
+        return false;
+    };
+    e.len() <= 128
+        && !local.is_empty()
+        && !domain.is_empty()
+        && !domain.contains('@')
+        && !e
+            .chars()
+            .any(|c| c.is_whitespace() || c.is_control() || "\"<>(),;:[]\\".contains(c))
+}
+
 fn invalid(field: &'static str, msg: &str) -> ApiError {
     ApiError::bad_request(field, msg.to_string())
 }
@@ -43,7 +59,7 @@ pub async fn create_user(State(st): State<Shared>, Body(nu): Body<NewUser>) -> A
             "Username must be 3-22 characters: lowercase letters, digits, '.', '-', '_', starting with a letter.",
         ));
     }
-    if email.len() > 128 || !email.contains('@') || email.starts_with('@') || email.ends_with('@') {
+    if !valid_email(&email) {
         return Err(invalid(
             "model.user.is_valid.email.app_error",
             "Invalid email.",
@@ -224,5 +240,27 @@ mod tests {
         assert!(!super::valid_username("1alice"));
         assert!(!super::valid_username("Alice"));
         assert!(!super::valid_username("a".repeat(23).as_str()));
+    }
+
+    #[test]
+    fn email_rule() {
+        assert!(super::valid_email("a.b+c@x.io"));
+        assert!(super::valid_email("\u{e9}@x.io"));
+        for bad in [
+            "",
+            "@",
+            "a@",
+            "@a",
+            "no-at",
+            "a b@c d",
+            "a@b@c",
+            "a\t@x.io",
+            "\"a\"@x.io",
+            "a@x.io, b@x.io",
+            "<a@x.io>",
+        ] {
+            assert!(!super::valid_email(bad), "{bad:?}");
+        }
+        assert!(!super::valid_email(&format!("{}@x.io", "a".repeat(124))));
     }
 }

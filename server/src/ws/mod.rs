@@ -89,13 +89,31 @@ async fn send_text(socket: &mut WebSocket, text: String) -> bool {
         .is_ok()
 }
 
+/// Sends a close frame, or, when the client closed first, flushes the echo of its close frame
+/// that the protocol layer queued, so the closing handshake completes either way.
 async fn close(socket: &mut WebSocket, code: u16, reason: &'static str) {
-    let _ = socket
+    let sent = socket
         .send(Message::Close(Some(CloseFrame {
             code,
             reason: Utf8Bytes::from_static(reason),
         })))
         .await;
+    if sent.is_err() {
+        let _ = socket.flush().await;
+    }
+}
+
+/// The close code and reason for a frame the client should not have sent (RFC 6455 §7.4.1);
+/// `None` when the connection itself failed and nothing can be sent.
+fn close_for(e: axum::Error) -> Option<(u16, &'static str)> {
+    use tokio_tungstenite::tungstenite::Error as WsError;
+    let inner = e.into_inner();
+    match inner.downcast_ref::<WsError>()? {
+        WsError::Capacity(_) => Some((1009, "message too big")),
+        WsError::Utf8(_) => Some((1007, "invalid UTF-8 in a text message")),
+        WsError::Protocol(_) => Some((1002, "protocol error")),
+        _ => None,
+    }
 }
 
 /// Waits for a valid `authentication_challenge`; answers it and returns the user.
@@ -110,7 +128,13 @@ async fn challenge(st: &Shared, socket: &mut WebSocket) -> Option<Arc<str>> {
         };
         let text = match msg {
             Ok(Message::Text(t)) => t,
-            Ok(Message::Close(_)) | Err(_) => return None,
+            Ok(Message::Close(_)) => return None,
+            Err(e) => {
+                if let Some((code, reason)) = close_for(e) {
+                    close(socket, code, reason).await;
+                }
+                return None;
+            }
             Ok(_) => continue,
         };
         let Ok(a) = serde_json::from_str::<Action>(&text) else {
@@ -243,7 +267,17 @@ async fn pump(st: &Shared, socket: &mut WebSocket, conn: &Arc<Conn>, a: Attachme
                 silent_ticks = 0;
                 match msg {
                     Some(Ok(Message::Text(t))) => handle_action(st, conn, &t),
-                    Some(Ok(Message::Close(_))) | Some(Err(_)) | None => break,
+                    Some(Ok(Message::Close(_))) => {
+                        close(socket, 1000, "").await;
+                        break;
+                    }
+                    Some(Err(e)) => {
+                        if let Some((code, reason)) = close_for(e) {
+                            close(socket, code, reason).await;
+                        }
+                        break;
+                    }
+                    None => break,
                     // Pings are answered by the protocol layer; pongs just prove liveness.
                     Some(Ok(_)) => {}
                 }
