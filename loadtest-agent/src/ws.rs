@@ -119,10 +119,14 @@ async fn connect_inner(
         .into_client_request()
         .map_err(|e| WsError::Handshake(e.to_string()))?;
     let stream = connect_tcp(target.addr, local).await?;
-    let (mut ws, _) =
-        tokio_tungstenite::client_async_tls_with_config(request, stream, Some(small_config()), None)
-            .await
-            .map_err(|e| WsError::Handshake(e.to_string()))?;
+    let (mut ws, _) = tokio_tungstenite::client_async_tls_with_config(
+        request,
+        stream,
+        Some(small_config()),
+        None,
+    )
+    .await
+    .map_err(|e| WsError::Handshake(e.to_string()))?;
     let challenge = serde_json::json!({
         "seq": 1,
         "action": "authentication_challenge",
