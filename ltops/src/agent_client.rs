@@ -6,8 +6,8 @@
 use std::time::Duration;
 
 use loadtest_contract::control::{
-    ClockReply, CreateRun, ErrorReply, RunStatus, StartRun, PATH_CLOCK, PATH_RESULTS, PATH_RUN,
-    PATH_START, PATH_STATUS, PATH_STOP,
+    ClockReply, CreateRun, ErrorReply, RunStatus, SetupRequest, SetupStatus, StartRun, PATH_CLOCK,
+    PATH_RESULTS, PATH_RUN, PATH_SETUP, PATH_START, PATH_STATUS, PATH_STOP,
 };
 use serde::de::DeserializeOwned;
 
@@ -172,6 +172,22 @@ impl AgentClient {
                 .get(self.url(PATH_STATUS))
                 .timeout(Duration::from_secs(3)),
             PATH_STATUS,
+        )
+        .await
+    }
+
+    /// Starts creating the workload's data set on the agent (it runs in the background there).
+    pub async fn start_setup(&self, body: &SetupRequest) -> Result<SetupStatus, AgentError> {
+        self.send(self.http.post(self.url(PATH_SETUP)).json(body), PATH_SETUP)
+            .await
+    }
+
+    pub async fn setup_status(&self) -> Result<SetupStatus, AgentError> {
+        self.send(
+            self.http
+                .get(self.url(PATH_SETUP))
+                .timeout(Duration::from_secs(5)),
+            PATH_SETUP,
         )
         .await
     }

@@ -15,10 +15,12 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 use futures_util::future::join_all;
-use loadtest_contract::control::{CreateRun, RunState, RunStatus, StartRun};
+use loadtest_contract::control::{
+    CreateRun, RunState, RunStatus, SetupRequest, SetupState, SetupStatus, StartRun,
+};
 use loadtest_contract::WorkloadConfig;
 
-use crate::agent_client::{AgentClient, AgentEndpoint};
+use crate::agent_client::{AgentClient, AgentEndpoint, AgentError};
 use crate::clock::ClockOffset;
 use crate::error::{Error, IoContext, Result};
 use crate::interrupt;
@@ -104,6 +106,66 @@ fn is_active(s: &RunState) -> bool {
 
 fn is_over(s: &RunState) -> bool {
     matches!(s, RunState::Finished | RunState::Failed)
+}
+
+/// Prepares the workload's data set through one agent's control API (`POST /v1/setup`, then
+/// `GET /v1/setup` until it is done), so that this works for every provider alike. Setup is
+/// idempotent on the agent's side: after a failure or ctrl-c, running it again resumes.
+pub async fn prepare_dataset(
+    agent: &AgentEndpoint,
+    config: &WorkloadConfig,
+) -> Result<SetupStatus> {
+    let http = reqwest::Client::builder()
+        .connect_timeout(Duration::from_secs(3))
+        .timeout(Duration::from_secs(15))
+        .build()
+        .map_err(|e| Error::Runtime(format!("cannot build an HTTP client: {e}")))?;
+    let client = AgentClient::new(agent.clone(), http);
+    let refused = |e: AgentError| {
+        Error::Runtime(format!(
+            "agent-{} could not prepare the data set: {e}; check `ltops logs agent -i {}`",
+            agent.index, agent.index
+        ))
+    };
+    let request = SetupRequest {
+        config: config.clone(),
+        concurrency: None,
+    };
+    let mut status = match client.start_setup(&request).await {
+        Ok(s) => s,
+        // 409: a setup is already running there (an earlier, interrupted command): follow it.
+        Err(AgentError::Refused { status: 409, .. }) => {
+            client.setup_status().await.map_err(refused)?
+        }
+        Err(e) => return Err(refused(e)),
+    };
+    let mut unanswered = 0;
+    loop {
+        match status.state {
+            SetupState::Done => return Ok(status),
+            SetupState::Failed => {
+                return Err(Error::Runtime(format!(
+                    "preparing the data set failed: {}\nFix the cause and run the command again (setup resumes where it stopped).",
+                    status.message.as_deref().unwrap_or("no reason given")
+                )))
+            }
+            SetupState::Idle | SetupState::Running => {}
+        }
+        interrupt::check()?;
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        match client.setup_status().await {
+            Ok(s) => {
+                status = s;
+                unanswered = 0;
+            }
+            // A busy agent may miss a poll or two while it creates thousands of users.
+            Err(e) if unanswered < 20 => {
+                unanswered += 1;
+                tracing::debug!("setup status: {e}");
+            }
+            Err(e) => return Err(refused(e)),
+        }
+    }
 }
 
 /// Runs the plan to the end. Errors before the start (an agent refusing the run) stop the

@@ -285,15 +285,24 @@ pub fn loadtest(home: &Home, opts: &LoadtestOptions, rt: &tokio::runtime::Handle
     } else if prepared && !opts.force_setup {
         eprintln!("data set already prepared (use --force-setup to run setup again)");
     } else {
+        let agents = p.agents(&st)?;
+        let Some(agent) = agents.first() else {
+            return Err(Error::Runtime(format!(
+                "cluster {name:?} has no agent; run `ltops deploy -c {name}`"
+            )));
+        };
         eprintln!(
-            "preparing the data set: {} team(s), {} users (log: {})…",
-            config.dataset.teams,
-            config.dataset.users,
-            home.cluster_dir(&name).join("logs/setup.log").display()
+            "preparing the data set: {} team(s), {} users, through agent-{}…",
+            config.dataset.teams, config.dataset.users, agent.index
         );
-        // With several server instances, setup goes through one of them; the chat server's
-        // PostgreSQL bus propagates the new memberships to the others, so no restart is needed.
-        p.setup_dataset(&st, &config_file)?;
+        // Through the control API, like everything the coordinator does, so every provider
+        // prepares data the same way. With several server instances setup goes through one of
+        // them; the chat server's PostgreSQL bus propagates the memberships to the others.
+        let done = rt.block_on(coordinator::prepare_dataset(agent, &config))?;
+        eprintln!(
+            "data set ready: {} created, {} already there",
+            done.created, done.existing
+        );
         st.dataset = Some(DatasetState {
             hash,
             prepared_at_ms: loadtest_contract::now_ms(),

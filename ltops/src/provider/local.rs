@@ -423,50 +423,6 @@ impl Provider for LocalProvider {
             .collect()
     }
 
-    fn setup_dataset(&self, state: &ClusterState, config_file: &Path) -> Result<()> {
-        let agent = state
-            .binaries
-            .as_ref()
-            .map(|b| b.agent.clone())
-            .ok_or_else(|| {
-                Error::Usage(format!(
-                    "cluster {:?} was never deployed; run `ltops deploy -c {}`",
-                    state.name, state.name
-                ))
-            })?;
-        let log = self.dir(state).join("logs").join("setup.log");
-        let dir = self.component_dir(state, Role::Agent, 0);
-        crate::state::create_private_dir(&dir)?;
-        let mut cmd = Command::new(&agent);
-        cmd.arg("setup")
-            .arg("--config")
-            .arg(config_file)
-            .current_dir(&dir);
-        let spawned = process::spawn_detached(&mut cmd, &log)?;
-        loop {
-            if interrupt::interrupted() {
-                process::stop_group(spawned.pid, spawned.start_ticks, Duration::from_secs(5));
-                return Err(Error::Interrupted);
-            }
-            if !process::is_alive(spawned.pid, spawned.start_ticks) {
-                break;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        // The process is our child: reap it to learn how it ended.
-        let status = nix::sys::wait::waitpid(nix::unistd::Pid::from_raw(spawned.pid as i32), None);
-        let ok = matches!(status, Ok(nix::sys::wait::WaitStatus::Exited(_, 0)));
-        if ok {
-            Ok(())
-        } else {
-            Err(Error::Runtime(format!(
-                "preparing the data set failed ({status:?}); the last lines of {}:\n{}\nFix the cause and run the command again (it resumes: setup is idempotent).",
-                log.display(),
-                indent(&tail(&log, 15))
-            )))
-        }
-    }
-
     fn agent_log_tail(&self, state: &ClusterState, index: u32, lines: usize) -> String {
         tail(&self.log_path(state, Role::Agent, index), lines)
     }

@@ -85,9 +85,6 @@ pub trait Provider {
     /// URLs of the server instances (what the workload's `target.url` becomes).
     fn server_urls(&self, state: &ClusterState) -> Vec<String>;
 
-    /// Runs the data-set setup (`loadtest-agent setup --config FILE`) from an agent's machine.
-    fn setup_dataset(&self, state: &ClusterState, config_file: &Path) -> Result<()>;
-
     /// The last lines an agent logged, for messages about it.
     fn agent_log_tail(&self, state: &ClusterState, index: u32, lines: usize) -> String;
 
