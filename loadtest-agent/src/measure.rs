@@ -223,6 +223,18 @@ impl Recorder {
         late
     }
 
+    /// Counts a success with its service time (sent → answered) and response time (intended
+    /// start → answered).
+    fn note_ok(stats: &mut ActionStats, intended: Instant, started: Instant, end: Instant) {
+        stats.ok += 1;
+        stats
+            .service_time
+            .record(end.saturating_duration_since(started));
+        stats
+            .response_time
+            .record(end.saturating_duration_since(intended));
+    }
+
     fn count(&self, action: Action, class: Option<ErrorClass>, late: bool) {
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
         if class.is_some() {
@@ -254,15 +266,7 @@ impl Recorder {
             late = Self::note_schedule(&mut shard, intended, started);
             let stats = shard.actions.entry(action).or_default();
             match outcome {
-                Ok(end) => {
-                    stats.ok += 1;
-                    stats
-                        .service_time
-                        .record(end.saturating_duration_since(started));
-                    stats
-                        .response_time
-                        .record(end.saturating_duration_since(intended));
-                }
+                Ok(end) => Self::note_ok(stats, intended, started, end),
                 Err(class) => stats.errors.count(class),
             }
         }
@@ -307,13 +311,7 @@ impl Recorder {
             let mut shard = self.shards[key as usize % SHARDS].lock();
             late = Self::note_schedule(&mut shard, intended, started);
             let stats = shard.actions.entry(Action::CreatePost).or_default();
-            stats.ok += 1;
-            stats
-                .service_time
-                .record(end.saturating_duration_since(started));
-            stats
-                .response_time
-                .record(end.saturating_duration_since(intended));
+            Self::note_ok(stats, intended, started, end);
             let mut d = self.deliveries.lock();
             expected = match d.pending.get_mut(&n) {
                 Some(p) => {

@@ -5,7 +5,7 @@
 use std::fmt::Write as _;
 
 use crate::baseline::Change;
-use crate::render::{ms, ms_f, pct};
+use crate::render::{delivery_cells, response_cells, response_head, DELIVERY_HEAD};
 use crate::summary::RunSummary;
 use crate::Report;
 
@@ -216,57 +216,11 @@ th{{background:#f0f0f0}}.warn{{background:#fff3cd;border:1px solid #e0c060;paddi
         let rows: Vec<Vec<String>> = r
             .actions
             .iter()
-            .map(|a| {
-                let l = &a.response_time;
-                vec![
-                    a.action.clone(),
-                    a.hits.to_string(),
-                    a.errors.to_string(),
-                    pct(a.error_rate),
-                    format!("{:.2}", a.throughput_per_s),
-                    ms_f(l.mean_us),
-                    ms(l.p50_us),
-                    ms(l.p90_us),
-                    ms(l.p95_us),
-                    ms(l.p99_us),
-                    ms(l.p999_us),
-                    ms(l.max_us),
-                ]
-            })
+            .map(|a| response_cells(a.action.clone(), a))
             .collect();
-        table(
-            &mut o,
-            &[
-                "Action", "Hits", "Errors", "Error %", "Thrpt/s", "Mean", "p50", "p90", "p95",
-                "p99", "p99.9", "Max",
-            ],
-            &rows,
-        );
-        let d = &r.delivery;
+        table(&mut o, &response_head(), &rows);
         let _ = writeln!(o, "<h2>Delivery</h2>");
-        table(
-            &mut o,
-            &[
-                "Expected",
-                "Received",
-                "Missing",
-                "Missing %",
-                "Duplicate",
-                "p50 ms",
-                "p99 ms",
-                "Max ms",
-            ],
-            &[vec![
-                d.expected.to_string(),
-                d.received.to_string(),
-                d.missing.to_string(),
-                pct(d.missing_rate),
-                d.duplicate.to_string(),
-                ms(d.latency.p50_us),
-                ms(d.latency.p99_us),
-                ms(d.latency.max_us),
-            ]],
-        );
+        table(&mut o, &DELIVERY_HEAD, &[delivery_cells(&r.delivery)]);
         let _ = writeln!(o, "<h2>Over time</h2>");
         for a in &r.actions {
             let _ = writeln!(o, "<h3>{}</h3><div>", esc(&a.action));

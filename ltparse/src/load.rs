@@ -15,8 +15,8 @@ use std::rc::Rc;
 
 use loadtest_contract::histogram::HistogramError;
 use loadtest_contract::results::{
-    ErrorCounts, Gauges, IntervalRecord, Item, ReadError, RunHeader, StopReason, SummaryRecord,
-    Totals,
+    ActionStats, DeliveryStats, ErrorCounts, Gauges, IntervalRecord, Item, ReadError, RunHeader,
+    ScheduleStats, StopReason, SummaryRecord, Totals,
 };
 use loadtest_contract::{LatencyHistogram, Record, ResultsReader};
 
@@ -65,6 +65,45 @@ impl<'a> Input<'a> {
     }
 }
 
+/// Adds the sorted `(value, count)` buckets of `other` to `into` (a sorted merge; counts of equal
+/// values are summed with `add`).
+fn merge_buckets<V: Copy + Ord, N: Copy>(
+    into: &mut Vec<(V, N)>,
+    other: &[(V, N)],
+    add: impl Fn(N, N) -> N,
+) {
+    if other.is_empty() {
+        return;
+    }
+    if into.is_empty() {
+        into.extend_from_slice(other);
+        return;
+    }
+    let mut out = Vec::with_capacity(into.len() + other.len());
+    let (mut i, mut j) = (0, 0);
+    while i < into.len() && j < other.len() {
+        let (a, b) = (into[i], other[j]);
+        match a.0.cmp(&b.0) {
+            std::cmp::Ordering::Less => {
+                out.push(a);
+                i += 1;
+            }
+            std::cmp::Ordering::Greater => {
+                out.push(b);
+                j += 1;
+            }
+            std::cmp::Ordering::Equal => {
+                out.push((a.0, add(a.1, b.1)));
+                i += 1;
+                j += 1;
+            }
+        }
+    }
+    out.extend_from_slice(&into[i..]);
+    out.extend_from_slice(&other[j..]);
+    *into = out;
+}
+
 /// A histogram reduced to its non-empty buckets `(highest equivalent value µs, count)`, sorted by
 /// value: a few hundred bytes instead of the ~190 KB of a dense HDR histogram with the contract's
 /// range, which is what lets the per-interval timeline of a long run fit in memory. Converting
@@ -84,36 +123,7 @@ impl Sparse {
 
     /// Adds `other`'s buckets (a sorted merge).
     pub fn merge(&mut self, other: &Sparse) {
-        if other.0.is_empty() {
-            return;
-        }
-        if self.0.is_empty() {
-            self.0.clone_from(&other.0);
-            return;
-        }
-        let mut out = Vec::with_capacity(self.0.len() + other.0.len());
-        let (mut i, mut j) = (0, 0);
-        while i < self.0.len() && j < other.0.len() {
-            let (a, b) = (self.0[i], other.0[j]);
-            match a.0.cmp(&b.0) {
-                std::cmp::Ordering::Less => {
-                    out.push(a);
-                    i += 1;
-                }
-                std::cmp::Ordering::Greater => {
-                    out.push(b);
-                    j += 1;
-                }
-                std::cmp::Ordering::Equal => {
-                    out.push((a.0, a.1.saturating_add(b.1)));
-                    i += 1;
-                    j += 1;
-                }
-            }
-        }
-        out.extend_from_slice(&self.0[i..]);
-        out.extend_from_slice(&other.0[j..]);
-        self.0 = out;
+        merge_buckets(&mut self.0, &other.0, u64::saturating_add);
     }
 
     /// Re-records the buckets into `scratch` (reset first) and returns it.
@@ -175,36 +185,7 @@ impl Coarse {
     }
 
     pub fn merge(&mut self, other: &Coarse) {
-        if other.0.is_empty() {
-            return;
-        }
-        if self.0.is_empty() {
-            self.0.clone_from(&other.0);
-            return;
-        }
-        let mut out = Vec::with_capacity(self.0.len() + other.0.len());
-        let (mut i, mut j) = (0, 0);
-        while i < self.0.len() && j < other.0.len() {
-            let (a, b) = (self.0[i], other.0[j]);
-            match a.0.cmp(&b.0) {
-                std::cmp::Ordering::Less => {
-                    out.push(a);
-                    i += 1;
-                }
-                std::cmp::Ordering::Greater => {
-                    out.push(b);
-                    j += 1;
-                }
-                std::cmp::Ordering::Equal => {
-                    out.push((a.0, a.1.saturating_add(b.1)));
-                    i += 1;
-                    j += 1;
-                }
-            }
-        }
-        out.extend_from_slice(&self.0[i..]);
-        out.extend_from_slice(&other.0[j..]);
-        self.0 = out;
+        merge_buckets(&mut self.0, &other.0, u32::saturating_add);
     }
 
     /// Samples.
@@ -276,21 +257,33 @@ pub struct IntervalAgg {
 }
 
 impl IntervalAgg {
-    fn add(&mut self, r: &TimelineInterval) {
-        self.agents += 1;
-        self.length_ms = self.length_ms.max(r.length_ms);
-        for (name, s) in &r.actions {
-            let a = self.actions.entry(name.clone()).or_default();
-            a.ok += s.ok;
-            a.errors.add(&s.errors);
-            a.response_time.merge(&s.response_time);
+    /// What the timeline keeps of one interval record (as one agent's share): counters, and
+    /// response-time and delivery histograms in [`Coarse`] form (the only latencies the
+    /// per-interval views show).
+    fn of(r: &IntervalRecord) -> Self {
+        IntervalAgg {
+            index: r.index,
+            agents: 1,
+            length_ms: u64::try_from(r.end_ms.saturating_sub(r.start_ms)).unwrap_or(0),
+            actions: r
+                .actions
+                .iter()
+                .map(|(name, s)| {
+                    let a = TimelineAction {
+                        ok: s.ok,
+                        errors: s.errors,
+                        response_time: Coarse::of(&Sparse::of(&s.response_time)),
+                    };
+                    (name.clone(), a)
+                })
+                .collect(),
+            delivery_expected: r.delivery.expected,
+            delivery_received: r.delivery.received,
+            delivery_latency: Coarse::of(&Sparse::of(&r.delivery.latency)),
+            scheduled: r.schedule.actions,
+            late: r.schedule.late,
+            gauges: r.gauges,
         }
-        self.delivery_expected += r.delivery_expected;
-        self.delivery_received += r.delivery_received;
-        self.delivery_latency.merge(&r.delivery_latency);
-        self.scheduled += r.scheduled;
-        self.late += r.late;
-        self.add_gauges(&r.gauges);
     }
 
     fn add_gauges(&mut self, g: &Gauges) {
@@ -315,45 +308,6 @@ impl IntervalAgg {
         self.scheduled += o.scheduled;
         self.late += o.late;
         self.add_gauges(&o.gauges);
-    }
-}
-
-/// What the timeline keeps of one interval record: counters, and response-time and delivery
-/// histograms in [`Coarse`] form (the only latencies the per-interval views show).
-struct TimelineInterval {
-    length_ms: u64,
-    actions: Vec<(String, TimelineAction)>,
-    delivery_expected: u64,
-    delivery_received: u64,
-    delivery_latency: Coarse,
-    scheduled: u64,
-    late: u64,
-    gauges: Gauges,
-}
-
-impl TimelineInterval {
-    fn of(r: &IntervalRecord) -> Self {
-        TimelineInterval {
-            length_ms: u64::try_from(r.end_ms.saturating_sub(r.start_ms)).unwrap_or(0),
-            actions: r
-                .actions
-                .iter()
-                .map(|(name, s)| {
-                    let a = TimelineAction {
-                        ok: s.ok,
-                        errors: s.errors,
-                        response_time: Coarse::of(&Sparse::of(&s.response_time)),
-                    };
-                    (name.clone(), a)
-                })
-                .collect(),
-            delivery_expected: r.delivery.expected,
-            delivery_received: r.delivery.received,
-            delivery_latency: Coarse::of(&Sparse::of(&r.delivery.latency)),
-            scheduled: r.schedule.actions,
-            late: r.schedule.late,
-            gauges: r.gauges,
-        }
     }
 }
 
@@ -610,7 +564,7 @@ pub fn load<'a>(inputs: impl IntoIterator<Item = Input<'a>>) -> Result<Loaded, E
                     }
                     let agg = run.intervals.entry(i.index).or_default();
                     agg.index = i.index;
-                    agg.add(&TimelineInterval::of(&i));
+                    agg.absorb(IntervalAgg::of(&i));
                 }
                 Record::Summary(s) => {
                     if agent.summary.is_some() {
@@ -716,23 +670,21 @@ fn plausible(r: &Record) -> Result<(), String> {
         }
         Ok(())
     }
-    fn totals(t: &Totals) -> Result<(), String> {
-        for (name, a) in &t.actions {
-            check(name, a.ok)?;
-            check(name, a.errors.total())?;
-            for e in [
-                a.errors.timeout,
-                a.errors.connect,
-                a.errors.http_4xx,
-                a.errors.http_5xx,
-                a.errors.protocol,
-            ] {
-                check(name, e)?;
-            }
-            check(name, a.response_time.count())?;
-            check(name, a.service_time.count())?;
+    /// An action's error classes and latency samples (its `ok` is checked by the caller).
+    fn action(name: &str, a: &ActionStats) -> Result<(), String> {
+        for e in [
+            a.errors.timeout,
+            a.errors.connect,
+            a.errors.http_4xx,
+            a.errors.http_5xx,
+            a.errors.protocol,
+        ] {
+            check(name, e)?;
         }
-        let d = &t.delivery;
+        check(name, a.response_time.count())?;
+        check(name, a.service_time.count())
+    }
+    fn delivery_schedule(d: &DeliveryStats, s: &ScheduleStats) -> Result<(), String> {
         for v in [
             d.expected,
             d.received,
@@ -742,9 +694,18 @@ fn plausible(r: &Record) -> Result<(), String> {
         ] {
             check("delivery", v)?;
         }
-        for v in [t.schedule.actions, t.schedule.late, t.schedule.lag.count()] {
+        for v in [s.actions, s.late, s.lag.count()] {
             check("schedule", v)?;
         }
+        Ok(())
+    }
+    fn totals(t: &Totals) -> Result<(), String> {
+        for (name, a) in &t.actions {
+            check(name, a.ok)?;
+            check(name, a.errors.total())?;
+            action(name, a)?;
+        }
+        delivery_schedule(&t.delivery, &t.schedule)?;
         for v in [
             t.reconnects,
             t.peak_active_users,
@@ -764,31 +725,9 @@ fn plausible(r: &Record) -> Result<(), String> {
             check("interval index", i.index)?;
             for (name, a) in &i.actions {
                 check(name, a.ok)?;
-                for e in [
-                    a.errors.timeout,
-                    a.errors.connect,
-                    a.errors.http_4xx,
-                    a.errors.http_5xx,
-                    a.errors.protocol,
-                ] {
-                    check(name, e)?;
-                }
-                check(name, a.response_time.count())?;
-                check(name, a.service_time.count())?;
+                action(name, a)?;
             }
-            let d = &i.delivery;
-            for v in [
-                d.expected,
-                d.received,
-                d.missing,
-                d.duplicate,
-                d.latency.count(),
-            ] {
-                check("delivery", v)?;
-            }
-            for v in [i.schedule.actions, i.schedule.late, i.schedule.lag.count()] {
-                check("schedule", v)?;
-            }
+            delivery_schedule(&i.delivery, &i.schedule)?;
             let g = &i.gauges;
             for v in [
                 g.active_users,

@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use comfy_table::{presets, CellAlignment, ContentArrangement, Table};
 
 use crate::baseline::{Change, Comparison};
-use crate::summary::{LatencySummary, RunSummary};
+use crate::summary::{ActionSummary, DeliverySummary, LatencySummary, RunSummary};
 use crate::threshold::ThresholdResult;
 use crate::{Outcome, Report};
 
@@ -75,6 +75,52 @@ fn latency_cells(l: &LatencySummary) -> Vec<String> {
 }
 
 const LAT_HEAD: [&str; 7] = ["Mean", "p50", "p90", "p95", "p99", "p99.9", "Max"];
+
+/// Head of the response-time table (text, markdown and HTML).
+pub(crate) fn response_head() -> Vec<&'static str> {
+    let mut head = vec!["Action", "Hits", "Errors", "Error %", "Thrpt/s"];
+    head.extend(LAT_HEAD);
+    head
+}
+
+/// One row of the response-time table, `name` being the action as the format shows it.
+pub(crate) fn response_cells(name: String, a: &ActionSummary) -> Vec<String> {
+    let mut row = vec![
+        name,
+        a.hits.to_string(),
+        a.errors.to_string(),
+        pct(a.error_rate),
+        format!("{:.2}", a.throughput_per_s),
+    ];
+    row.extend(latency_cells(&a.response_time));
+    row
+}
+
+/// Head of the delivery table (text, markdown and HTML).
+pub(crate) const DELIVERY_HEAD: [&str; 8] = [
+    "Expected",
+    "Received",
+    "Missing",
+    "Missing %",
+    "Duplicate",
+    "p50 ms",
+    "p99 ms",
+    "Max ms",
+];
+
+/// The one row of the delivery table.
+pub(crate) fn delivery_cells(d: &DeliverySummary) -> Vec<String> {
+    vec![
+        d.expected.to_string(),
+        d.received.to_string(),
+        d.missing.to_string(),
+        pct(d.missing_rate),
+        d.duplicate.to_string(),
+        ms(d.latency.p50_us),
+        ms(d.latency.p99_us),
+        ms(d.latency.max_us),
+    ]
+}
 
 /// Settings lines shared by text and markdown: (label, value).
 fn settings_lines(r: &RunSummary) -> Vec<(&'static str, String)> {
@@ -206,19 +252,9 @@ fn text_run(o: &mut String, r: &RunSummary, verbose: bool) {
         o,
         "\nResponse time, ms (from the intended start: includes waits of an overloaded agent)"
     );
-    let mut head = vec!["Action", "Hits", "Errors", "Error %", "Thrpt/s"];
-    head.extend(LAT_HEAD);
-    let mut t = table(&head);
+    let mut t = table(&response_head());
     for a in &r.actions {
-        let mut row = vec![
-            a.action.clone(),
-            a.hits.to_string(),
-            a.errors.to_string(),
-            pct(a.error_rate),
-            format!("{:.2}", a.throughput_per_s),
-        ];
-        row.extend(latency_cells(&a.response_time));
-        t.add_row(row);
+        t.add_row(response_cells(a.action.clone(), a));
     }
     align(&mut t);
     let _ = writeln!(o, "{t}");
@@ -255,26 +291,8 @@ fn text_run(o: &mut String, r: &RunSummary, verbose: bool) {
 
     let d = &r.delivery;
     let _ = writeln!(o, "\nDelivery (post sent → received over WebSocket)");
-    let mut t = table(&[
-        "Expected",
-        "Received",
-        "Missing",
-        "Missing %",
-        "Duplicate",
-        "p50 ms",
-        "p99 ms",
-        "Max ms",
-    ]);
-    t.add_row(vec![
-        d.expected.to_string(),
-        d.received.to_string(),
-        d.missing.to_string(),
-        pct(d.missing_rate),
-        d.duplicate.to_string(),
-        ms(d.latency.p50_us),
-        ms(d.latency.p99_us),
-        ms(d.latency.max_us),
-    ]);
+    let mut t = table(&DELIVERY_HEAD);
+    t.add_row(delivery_cells(d));
     for i in 0..t.column_count() {
         if let Some(c) = t.column_mut(i) {
             c.set_cell_alignment(CellAlignment::Right);
@@ -512,24 +530,12 @@ fn md_run(o: &mut String, r: &RunSummary, verbose: bool) {
         let _ = writeln!(o, "- **{k}:** {}", md_escape(&v));
     }
     let _ = writeln!(o, "\n### Response time (ms, from the intended start)\n");
-    let mut head = vec!["Action", "Hits", "Errors", "Error %", "Thrpt/s"];
-    head.extend(LAT_HEAD);
     let rows: Vec<Vec<String>> = r
         .actions
         .iter()
-        .map(|a| {
-            let mut row = vec![
-                format!("`{}`", a.action),
-                a.hits.to_string(),
-                a.errors.to_string(),
-                pct(a.error_rate),
-                format!("{:.2}", a.throughput_per_s),
-            ];
-            row.extend(latency_cells(&a.response_time));
-            row
-        })
+        .map(|a| response_cells(format!("`{}`", a.action), a))
         .collect();
-    md_table(o, &head, &rows, 1);
+    md_table(o, &response_head(), &rows, 1);
     let _ = writeln!(o, "\n### Service time (ms, from the actual send)\n");
     let mut head = vec!["Action", "Samples"];
     head.extend(LAT_HEAD);
@@ -545,30 +551,7 @@ fn md_run(o: &mut String, r: &RunSummary, verbose: bool) {
     md_table(o, &head, &rows, 1);
     let d = &r.delivery;
     let _ = writeln!(o, "\n### Delivery\n");
-    md_table(
-        o,
-        &[
-            "Expected",
-            "Received",
-            "Missing",
-            "Missing %",
-            "Duplicate",
-            "p50 ms",
-            "p99 ms",
-            "Max ms",
-        ],
-        &[vec![
-            d.expected.to_string(),
-            d.received.to_string(),
-            d.missing.to_string(),
-            pct(d.missing_rate),
-            d.duplicate.to_string(),
-            ms(d.latency.p50_us),
-            ms(d.latency.p99_us),
-            ms(d.latency.max_us),
-        ]],
-        0,
-    );
+    md_table(o, &DELIVERY_HEAD, &[delivery_cells(d)], 0);
     let s = &r.schedule;
     let _ = writeln!(
         o,

@@ -7,8 +7,8 @@ use axum::http::StatusCode;
 use serde::Deserialize;
 
 use super::{
-    check_id, json, load_channel, model, ok, require_member, require_read, status_ok, ApiResult,
-    Body, Paging, Session, Shared, P, Q,
+    check_id, json, load_channel, model, ok, require_member, require_read, require_team_member,
+    status_ok, ApiResult, Body, NewMember, Paging, Session, Shared, P, Q,
 };
 use crate::bus::Message;
 use crate::error::ApiError;
@@ -56,9 +56,7 @@ pub async fn create_channel(
     if st.store.team_by_id(&c.team_id).await?.is_none() {
         return Err(ApiError::not_found("Team"));
     }
-    if !st.hub.is_team_member(&c.team_id, &s.user_id) {
-        return Err(ApiError::forbidden());
-    }
+    require_team_member(&st, &c.team_id, &s.user_id)?;
     let now = now_ms();
     let row = ChannelRow {
         id: new_id(),
@@ -105,9 +103,7 @@ pub async fn team_channels(
     Q(paging): Q<Paging>,
 ) -> ApiResult {
     check_id("team_id", &team_id)?;
-    if !st.hub.is_team_member(&team_id, &s.user_id) {
-        return Err(ApiError::forbidden());
-    }
+    require_team_member(&st, &team_id, &s.user_id)?;
     let (page, per_page) = paging.get();
     let rows = st.store.public_channels(&team_id, page, per_page).await?;
     ok(&rows.iter().map(model::channel).collect::<Vec<_>>())
@@ -119,9 +115,7 @@ pub async fn channel_by_name(
     P((team_id, name)): P<(String, String)>,
 ) -> ApiResult {
     check_id("team_id", &team_id)?;
-    if !st.hub.is_team_member(&team_id, &s.user_id) {
-        return Err(ApiError::forbidden());
-    }
+    require_team_member(&st, &team_id, &s.user_id)?;
     let ch = st
         .store
         .channel_by_name(&team_id, &name)
@@ -129,11 +123,6 @@ pub async fn channel_by_name(
         .ok_or_else(|| ApiError::not_found("Channel"))?;
     require_read(&st, &ch, &s.user_id)?;
     ok(&model::channel(&ch))
-}
-
-#[derive(Deserialize)]
-pub struct NewMember {
-    user_id: String,
 }
 
 /// Channel members add team members; a team member may join a public channel themselves.
@@ -223,9 +212,7 @@ pub async fn user_channels(
 ) -> ApiResult {
     s.require_self(&user_id)?;
     check_id("team_id", &team_id)?;
-    if !st.hub.is_team_member(&team_id, &s.user_id) {
-        return Err(ApiError::forbidden());
-    }
+    require_team_member(&st, &team_id, &s.user_id)?;
     let rows = st.store.channels_for_user(&s.user_id, &team_id).await?;
     ok(&rows.iter().map(model::channel).collect::<Vec<_>>())
 }
@@ -237,9 +224,7 @@ pub async fn user_channel_members(
 ) -> ApiResult {
     s.require_self(&user_id)?;
     check_id("team_id", &team_id)?;
-    if !st.hub.is_team_member(&team_id, &s.user_id) {
-        return Err(ApiError::forbidden());
-    }
+    require_team_member(&st, &team_id, &s.user_id)?;
     let rows = st
         .store
         .channel_members_for_user(&s.user_id, &team_id)

@@ -210,6 +210,12 @@ impl<T: DeserializeOwned + Send, S: Send + Sync> FromRequestParts<S> for Q<T> {
     }
 }
 
+/// Body of `POST /teams/{id}/members` and `POST /channels/{id}/members`.
+#[derive(serde::Deserialize)]
+pub struct NewMember {
+    pub user_id: String,
+}
+
 /// `?page=&per_page=` with Mattermost's defaults (0, 60) and cap (200).
 #[derive(serde::Deserialize, Default)]
 pub struct Paging {
@@ -236,6 +242,14 @@ pub fn check_id(name: &str, value: &str) -> Result<(), ApiError> {
     }
 }
 
+/// 400 unless `ids` (a `user_ids` body) holds at most 1000 well-formed ids.
+pub fn check_user_ids(ids: &[String]) -> Result<(), ApiError> {
+    if ids.len() > 1000 {
+        return Err(ApiError::invalid_param("user_ids"));
+    }
+    ids.iter().try_for_each(|id| check_id("user_ids", id))
+}
+
 /// Loads a channel or 404.
 pub async fn load_channel(state: &AppState, id: &str) -> Result<ChannelRow, ApiError> {
     check_id("channel_id", id)?;
@@ -251,6 +265,15 @@ pub fn require_read(state: &AppState, ch: &ChannelRow, user_id: &str) -> Result<
     if state.hub.is_channel_member(&ch.id, user_id)
         || (ch.kind == "O" && state.hub.is_team_member(&ch.team_id, user_id))
     {
+        Ok(())
+    } else {
+        Err(ApiError::forbidden())
+    }
+}
+
+/// Team views and channel creation require team membership.
+pub fn require_team_member(state: &AppState, team_id: &str, user_id: &str) -> Result<(), ApiError> {
+    if state.hub.is_team_member(team_id, user_id) {
         Ok(())
     } else {
         Err(ApiError::forbidden())

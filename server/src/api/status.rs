@@ -6,8 +6,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{
-    check_id, load_channel, ok, require_member, status_ok, ApiResult, AppState, Body, Session,
-    Shared, P,
+    check_user_ids, load_channel, ok, require_member, status_ok, ApiResult, AppState, Body,
+    Session, Shared, P,
 };
 use crate::error::ApiError;
 use crate::event::{Broadcast, Event, EventKind};
@@ -59,12 +59,7 @@ pub async fn statuses_by_ids(
     _s: Session,
     Body(ids): Body<Vec<String>>,
 ) -> ApiResult {
-    if ids.len() > 1000 {
-        return Err(ApiError::invalid_param("user_ids"));
-    }
-    for id in &ids {
-        check_id("user_ids", id)?;
-    }
+    check_user_ids(&ids)?;
     ok(&ids
         .iter()
         .map(|id| status_json(&st, id))

@@ -4,7 +4,10 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use serde::Deserialize;
 
-use super::{check_id, json, model, ok, ApiResult, AppState, Body, Paging, Session, Shared, P, Q};
+use super::{
+    check_id, json, model, ok, require_team_member, ApiResult, AppState, Body, NewMember, Paging,
+    Session, Shared, P, Q,
+};
 use crate::bus::Message;
 use crate::error::ApiError;
 use crate::ids::{new_id, now_ms};
@@ -103,9 +106,7 @@ pub async fn create_team(
 
 fn visible(st: &AppState, team: Option<TeamRow>, user_id: &str) -> Result<TeamRow, ApiError> {
     let team = team.ok_or_else(|| ApiError::not_found("Team"))?;
-    if !st.hub.is_team_member(&team.id, user_id) {
-        return Err(ApiError::forbidden());
-    }
+    require_team_member(st, &team.id, user_id)?;
     Ok(team)
 }
 
@@ -124,11 +125,6 @@ pub async fn teams_for_user(State(st): State<Shared>, s: Session, P(uid): P<Stri
     s.require_self(&uid)?;
     let teams = st.store.teams_for_user(&s.user_id).await?;
     ok(&teams.iter().map(model::team).collect::<Vec<_>>())
-}
-
-#[derive(Deserialize)]
-pub struct NewMember {
-    user_id: String,
 }
 
 /// Members add anyone; anyone may join an open (`O`) team themselves.

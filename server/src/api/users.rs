@@ -188,12 +188,7 @@ pub async fn users_by_ids(
     _s: Session,
     Body(ids): Body<Vec<String>>,
 ) -> ApiResult {
-    if ids.len() > 1000 {
-        return Err(ApiError::invalid_param("user_ids"));
-    }
-    for id in &ids {
-        super::check_id("user_ids", id)?;
-    }
+    super::check_user_ids(&ids)?;
     let users = st.store.users_by_ids(&ids).await?;
     ok(&users.iter().map(model::user).collect::<Vec<_>>())
 }
@@ -215,9 +210,7 @@ pub async fn list_users(State(st): State<Shared>, s: Session, Q(q): Q<ListUsers>
     }
     if let Some(t) = &in_team {
         super::check_id("in_team", t)?;
-        if !st.hub.is_team_member(t, &s.user_id) {
-            return Err(ApiError::forbidden());
-        }
+        super::require_team_member(&st, t, &s.user_id)?;
     }
     let (page, per_page) = Paging {
         page: q.page,

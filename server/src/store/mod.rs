@@ -242,6 +242,14 @@ const CM_COLS: &str =
 const POST_COLS: &str = "p.id, p.channel_id, p.user_id, p.root_id, p.message, p.kind, p.props, p.is_pinned, p.create_at, p.update_at, p.edit_at, p.delete_at, \
      (SELECT COUNT(*) FROM posts r WHERE r.root_id = p.id AND r.delete_at = 0) AS reply_count";
 
+/// `cols` (a `", "`-separated column list) with each column prefixed by the table alias `alias`.
+fn qualified(cols: &str, alias: &str) -> String {
+    cols.split(", ")
+        .map(|c| format!("{alias}.{c}"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn placeholders(start: usize, n: usize) -> String {
     (start..start + n)
         .map(|i| format!("${i}"))
@@ -494,11 +502,7 @@ impl Store {
         per_page: i64,
     ) -> Result<Vec<UserRow>> {
         let _t = self.timer("list_users");
-        let cols = USER_COLS
-            .split(", ")
-            .map(|c| format!("u.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let cols = qualified(USER_COLS, "u");
         let mut sql = format!("SELECT {cols} FROM users u WHERE u.delete_at = 0");
         let mut n = 1;
         if in_channel.is_some() {
@@ -591,11 +595,7 @@ impl Store {
 
     pub async fn teams_for_user(&self, user_id: &str) -> Result<Vec<TeamRow>> {
         let _t = self.timer("teams_for_user");
-        let cols = TEAM_COLS
-            .split(", ")
-            .map(|c| format!("t.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let cols = qualified(TEAM_COLS, "t");
         read!(self, p => Ok(sqlx::query_as(&format!(
             "SELECT {cols} FROM teams t JOIN team_members m ON m.team_id = t.id WHERE m.user_id = $1 AND t.delete_at = 0 ORDER BY t.name"))
             .bind(user_id).fetch_all(p).await?))
@@ -682,11 +682,7 @@ impl Store {
 
     pub async fn channels_for_user(&self, user_id: &str, team_id: &str) -> Result<Vec<ChannelRow>> {
         let _t = self.timer("channels_for_user");
-        let cols = CHANNEL_COLS
-            .split(", ")
-            .map(|c| format!("c.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let cols = qualified(CHANNEL_COLS, "c");
         read!(self, p => Ok(sqlx::query_as(&format!(
             "SELECT {cols} FROM channels c JOIN channel_members m ON m.channel_id = c.id WHERE m.user_id = $1 AND c.team_id = $2 AND c.delete_at = 0 ORDER BY c.display_name, c.id"))
             .bind(user_id).bind(team_id).fetch_all(p).await?))
@@ -698,11 +694,7 @@ impl Store {
         team_id: &str,
     ) -> Result<Vec<ChannelMemberRow>> {
         let _t = self.timer("channel_members_for_user");
-        let cols = CM_COLS
-            .split(", ")
-            .map(|c| format!("m.{c}"))
-            .collect::<Vec<_>>()
-            .join(", ");
+        let cols = qualified(CM_COLS, "m");
         read!(self, p => Ok(sqlx::query_as(&format!(
             "SELECT {cols} FROM channel_members m JOIN channels c ON m.channel_id = c.id WHERE m.user_id = $1 AND c.team_id = $2 AND c.delete_at = 0 ORDER BY m.channel_id"))
             .bind(user_id).bind(team_id).fetch_all(p).await?))
