@@ -11,16 +11,50 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::{MaybeTlsStream, WebSocketStream};
+use tokio_tungstenite::WebSocketStream;
 
 use crate::net::connect_tcp;
 
-/// One authenticated WebSocket: plain for `ws://`, rustls (web PKI roots) for `wss://`.
-pub type Ws = WebSocketStream<MaybeTlsStream<TcpStream>>;
+/// The byte stream under a WebSocket: a plain TCP stream for `ws://`, rustls for `wss://`.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// One authenticated WebSocket. The stream is boxed rather than an enum of plain and TLS
+/// streams: a rustls connection is kilobytes, and an enum would make every plain idle user
+/// carry that space.
+pub type Ws = WebSocketStream<Box<dyn Io>>;
+
+/// rustls client configuration with the web PKI roots, built once per process.
+fn tls_connector() -> tokio_rustls::TlsConnector {
+    static CONFIG: std::sync::OnceLock<std::sync::Arc<tokio_rustls::rustls::ClientConfig>> =
+        std::sync::OnceLock::new();
+    let config = CONFIG.get_or_init(|| {
+        let roots = tokio_rustls::rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        std::sync::Arc::new(
+            tokio_rustls::rustls::ClientConfig::builder()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        )
+    });
+    tokio_rustls::TlsConnector::from(config.clone())
+}
+
+/// Host name of a `wss://host[:port]/path` URL, for TLS server name indication and checking.
+fn url_host(url: &str) -> Option<&str> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?']).next()?;
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    if let Some(v6) = authority.strip_prefix('[') {
+        return v6.split(']').next();
+    }
+    authority.split(':').next().filter(|h| !h.is_empty())
+}
 
 /// Why a WebSocket could not be opened.
 #[derive(Debug, thiserror::Error)]
@@ -118,15 +152,23 @@ async fn connect_inner(
         .as_str()
         .into_client_request()
         .map_err(|e| WsError::Handshake(e.to_string()))?;
-    let stream = connect_tcp(target.addr, local).await?;
-    let (mut ws, _) = tokio_tungstenite::client_async_tls_with_config(
-        request,
-        stream,
-        Some(small_config()),
-        None,
-    )
-    .await
-    .map_err(|e| WsError::Handshake(e.to_string()))?;
+    let tcp = connect_tcp(target.addr, local).await?;
+    let stream: Box<dyn Io> = if target.url.starts_with("wss://") {
+        let host = url_host(&target.url).ok_or_else(|| WsError::Unsupported(target.url.clone()))?;
+        let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host.to_string())
+            .map_err(|e| WsError::Handshake(format!("bad TLS server name {host:?}: {e}")))?;
+        let tls = tls_connector()
+            .connect(name, tcp)
+            .await
+            .map_err(|e| WsError::Handshake(format!("TLS: {e}")))?;
+        Box::new(tls)
+    } else {
+        Box::new(tcp)
+    };
+    let (mut ws, _) =
+        tokio_tungstenite::client_async_with_config(request, stream, Some(small_config()))
+            .await
+            .map_err(|e| WsError::Handshake(e.to_string()))?;
     let challenge = serde_json::json!({
         "seq": 1,
         "action": "authentication_challenge",
@@ -296,6 +338,52 @@ mod tests {
 
     fn frame(text: &str) -> Frame {
         parse_frame(text).expect("frame")
+    }
+
+    #[test]
+    fn tls_server_name_comes_from_the_url() {
+        assert_eq!(
+            url_host("wss://chat.example.com/api/v4/websocket"),
+            Some("chat.example.com")
+        );
+        assert_eq!(
+            url_host("wss://chat.example.com:8443/api/v4/websocket"),
+            Some("chat.example.com")
+        );
+        assert_eq!(url_host("wss://[::1]:8443/x"), Some("::1"));
+        assert_eq!(url_host("wss://u@h:1/x"), Some("h"));
+        assert_eq!(url_host("wss:///x"), None);
+        let _ = tls_connector();
+    }
+
+    #[tokio::test]
+    async fn wss_to_a_plain_server_is_a_handshake_error() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        // A server that answers the TLS ClientHello with plain HTTP.
+        tokio::spawn(async move {
+            if let Ok((mut s, _)) = listener.accept().await {
+                use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                let mut buf = [0u8; 512];
+                let _ = s.read(&mut buf).await;
+                let _ = s.write_all(b"HTTP/1.1 400 Bad Request\r\n\r\n").await;
+            }
+        });
+        let target = WsTarget {
+            url: "wss://localhost/api/v4/websocket".into(),
+            addr,
+            timeout: Duration::from_secs(5),
+        };
+        let err = connect(&target, None, "t", None)
+            .await
+            .err()
+            .expect("must fail");
+        assert!(
+            matches!(err, WsError::Handshake(ref m) if m.starts_with("TLS")),
+            "{err}"
+        );
     }
 
     #[test]
