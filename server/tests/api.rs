@@ -712,12 +712,7 @@ async fn works_on_postgres_too() {
         return;
     };
     let db = support_pg::fresh_database(&url).await;
-    let h = Harness::start_with(|c| {
-        c.database = chat_server::Database::Postgres {
-            url: db.url.clone(),
-        }
-    })
-    .await;
+    let h = Harness::start_postgres(&db.url).await;
     let a = h.user("alice").await;
     let t = h.team(&a, "team1").await;
     let c = h.channel(&a, &t, "chan", "O").await;
@@ -735,12 +730,7 @@ async fn nul_characters_are_a_client_error_on_postgres() {
         return;
     };
     let db = support_pg::fresh_database(&url).await;
-    let h = Harness::start_with(|c| {
-        c.database = chat_server::Database::Postgres {
-            url: db.url.clone(),
-        }
-    })
-    .await;
+    let h = Harness::start_postgres(&db.url).await;
     let a = h.user("alice").await;
     let t = h.team(&a, "team1").await;
     let c = h.channel(&a, &t, "chan", "O").await;

@@ -16,13 +16,7 @@ const SHORT: Duration = Duration::from_millis(400);
 const PROPAGATION: Duration = Duration::from_secs(5);
 
 async fn pair(db_url: &str) -> (Harness, Harness) {
-    let start = || {
-        Harness::start_with(|c| {
-            c.database = chat_server::Database::Postgres {
-                url: db_url.to_string(),
-            }
-        })
-    };
+    let start = || Harness::start_postgres(db_url);
     // Both at once on an empty database: migrations are serialized by an advisory lock.
     let (a, b) = tokio::join!(start(), start());
     for h in [&a, &b] {

@@ -57,6 +57,16 @@ impl Harness {
         Harness::start_with(|_| {}).await
     }
 
+    /// A server on the PostgreSQL database at `url` instead of SQLite.
+    pub async fn start_postgres(url: &str) -> Harness {
+        Harness::start_with(|c| {
+            c.database = chat_server::Database::Postgres {
+                url: url.to_string(),
+            }
+        })
+        .await
+    }
+
     pub async fn start_with(tweak: impl FnOnce(&mut Config)) -> Harness {
         let dir = tempfile::tempdir().unwrap();
         let mut config = Config::for_data_dir(dir.path());
