@@ -389,9 +389,19 @@ impl WorkloadConfig {
         merge_tables(&mut merged, user);
         let config: WorkloadConfig = serde_path_to_error::deserialize(toml::Value::Table(merged))
             .map_err(|e| {
-            let key = e.path().to_string();
+            let mut key = e.path().to_string();
             let mut msg = e.inner().message().to_string();
-            if msg.starts_with("missing field") {
+            if let Some(field) = msg
+                .strip_prefix("missing field `")
+                .and_then(|rest| rest.split('`').next())
+            {
+                // serde reports a missing field at its parent's path ("." at the top); name the
+                // field itself so the user knows exactly what to add.
+                key = if key == "." {
+                    field.to_string()
+                } else {
+                    format!("{key}.{field}")
+                };
                 msg.push_str(" (add it, or start from a preset: preset = \"quick\")");
             }
             invalid(find_line(text, &key), &key, msg)
@@ -663,6 +673,9 @@ mod tests {
 
         let e = err_of("[target]\nurl = \"http://x:1\"\n");
         assert!(e.to_string().contains("missing field"), "{e}");
+        assert_eq!(e.key(), Some("dataset"), "{e}");
+        let e = err_of("preset = \"quick\"\n[[dataset.channels]]\ncount = 1\n");
+        assert_eq!(e.key(), Some("dataset.channels[0].members"), "{e}");
 
         let e = err_of("preset = \"quick\"\n[target]\nurl = \"ftp://x\"\n");
         assert_eq!(e.key(), Some("target.url"));
