@@ -19,7 +19,7 @@ use crate::histogram::{HistogramError, LatencyHistogram};
 /// Major version: bumped when a reader of the previous major would misread a file.
 pub const SCHEMA_MAJOR: u32 = 1;
 /// Minor version: bumped when fields or record kinds are added; older readers skip them.
-pub const SCHEMA_MINOR: u32 = 0;
+pub const SCHEMA_MINOR: u32 = 1;
 
 /// The schema version string written in every header, e.g. `"1.0"`.
 pub fn schema_version() -> String {
@@ -194,6 +194,15 @@ pub struct DeliveryStats {
     pub duplicate: u64,
     /// Delivery latency, successes only.
     pub latency: LatencyHistogram,
+    /// First receipts by this agent's users of posts sent by *other* agents of the same run
+    /// (schema 1.1). Nothing is expected or missing for them: the sender's agent cannot see
+    /// other agents' receivers.
+    #[serde(default)]
+    pub remote_received: u64,
+    /// Latency of the remote receipts: receipt time minus send time, both converted to the
+    /// coordinator's clock with each agent's clock offset (accuracy bounded by the offset error).
+    #[serde(default)]
+    pub remote_latency: LatencyHistogram,
 }
 
 impl DeliveryStats {
@@ -202,7 +211,9 @@ impl DeliveryStats {
         self.received += o.received;
         self.missing += o.missing;
         self.duplicate += o.duplicate;
-        self.latency.merge(&o.latency)
+        self.remote_received += o.remote_received;
+        self.latency.merge(&o.latency)?;
+        self.remote_latency.merge(&o.remote_latency)
     }
 }
 
@@ -546,6 +557,30 @@ mod tests {
             })
             .collect();
         assert_eq!(back, records);
+    }
+
+    #[test]
+    fn delivery_reads_1_0_without_remote_fields_and_ignores_unknown_ones() {
+        let mut d = DeliveryStats {
+            received: 2,
+            remote_received: 3,
+            ..DeliveryStats::default()
+        };
+        d.remote_latency.record_us(7_000);
+        let mut v = serde_json::to_value(&d).expect("json");
+        let back: DeliveryStats = serde_json::from_value(v.clone()).expect("1.1");
+        assert_eq!(back, d);
+        let obj = v.as_object_mut().expect("object");
+        obj.remove("remote_received");
+        obj.remove("remote_latency");
+        obj.insert("from_the_future".into(), serde_json::json!(1));
+        let old: DeliveryStats = serde_json::from_value(v).expect("1.0");
+        assert_eq!((old.received, old.remote_received), (2, 0));
+        assert!(old.remote_latency.is_empty());
+        let mut sum = old.clone();
+        sum.merge(&d).expect("merge");
+        assert_eq!((sum.received, sum.remote_received), (4, 3));
+        assert_eq!(sum.remote_latency.count(), 1);
     }
 
     #[test]

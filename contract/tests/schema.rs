@@ -76,6 +76,9 @@ fn interval(index: u64) -> IntervalRecord {
         ..DeliveryStats::default()
     };
     delivery.latency.record_us(12_345);
+    // Schema 1.1: deliveries to receivers on other agents.
+    delivery.remote_received = 4;
+    delivery.remote_latency.record_us(9_000);
     let mut schedule = ScheduleStats {
         actions: 100,
         late: 2,

@@ -6,16 +6,23 @@
 //! Before sending, the sender snapshots which users *of this agent* are members of the channel
 //! and connected; they are the expected receivers, counted when the post is acknowledged. A
 //! receiver's first `posted` for it counts as received (latency measured on this agent's
-//! monotonic clock), a repeat as duplicate. Posts from other agents are counted as events only:
-//! their expected receivers are unknown here, so they are excluded from delivery statistics. An
-//! acknowledged post older than the grace period is settled: whatever did not arrive is missing.
+//! monotonic clock), a repeat as duplicate. An acknowledged post older than the grace period is
+//! settled: whatever did not arrive is missing.
+//!
+//! Posts from other agents of the same run (`props.lt_run` equal to this run, another agent's
+//! `lt_id` prefix) are *remote*: a receiver's first receipt counts in `remote_received`, with
+//! latency (now − own clock offset) − `props.lt_sent_at_ref` (the send time in the coordinator's
+//! clock), clamped at zero. Nothing is expected or missing for them (their expected receivers are
+//! unknown here), and a bounded ring of recent remote ids per receiver drops repeats. Posts of
+//! other runs or without the stamps are counted as events only.
 //!
 //! Recording is sharded by user to keep lock hold times short; the flusher takes all shards at
 //! once together with the delivery lock, so "post acknowledged" and "deliveries expected" always
 //! land in the same interval.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use tokio::time::Instant;
@@ -30,6 +37,10 @@ use prometheus::{Encoder, IntCounter, IntCounterVec, IntGauge, Opts, Registry, T
 /// Few shards: each holds a full set of histograms (~190 KB each at the contract's range and
 /// precision), and two cores contend little.
 const SHARDS: usize = 2;
+
+/// Remote post ids remembered per receiver to drop repeated receipts (WebSocket replays after a
+/// resume are recent, so a short ring suffices and memory stays bounded).
+const REMOTE_RING: usize = 64;
 
 #[derive(Default)]
 struct Shard {
@@ -48,6 +59,8 @@ struct Pending {
 #[derive(Default)]
 struct DeliveryState {
     pending: HashMap<u64, Pending>,
+    /// Per receiver: the most recent remote post ids it received.
+    remote_seen: HashMap<u32, VecDeque<String>>,
     interval: DeliveryStats,
     missing_total: u64,
 }
@@ -124,7 +137,7 @@ impl Metrics {
             ),
             deliveries: counter_vec(
                 "loadtest_agent_deliveries_total",
-                "Post deliveries to this agent's users (expected, received, duplicate, missing)",
+                "Post deliveries to this agent's users (expected, received, duplicate, missing, remote_received)",
                 &["kind"],
             ),
             late_actions: counter(
@@ -171,8 +184,28 @@ pub enum Receipt {
     Duplicate,
     /// A post of this agent to a user that was not expected (connected after the snapshot).
     Unexpected,
-    /// Not a post of this agent (or already settled).
+    /// Not a post of this agent (or already settled), nor a measurable remote one.
     Foreign,
+    /// First receipt of a post of another agent of the same run.
+    RemoteFirst,
+    /// Repeated receipt of a remote post (not counted).
+    RemoteDuplicate,
+}
+
+/// The measurement stamps of a received post (`props.lt_*`).
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Stamp<'a> {
+    pub lt_id: &'a str,
+    pub lt_run: Option<&'a str>,
+    /// Send time in the coordinator's clock, Unix ms.
+    pub lt_sent_at_ref: Option<i64>,
+}
+
+/// The run a recorder measures: set once when the run starts.
+#[derive(Debug)]
+struct RunRef {
+    run_id: String,
+    clock_offset_ms: i64,
 }
 
 /// One interval's worth of statistics, taken by the flusher.
@@ -189,6 +222,7 @@ pub struct Recorder {
     shards: Vec<Mutex<Shard>>,
     deliveries: Mutex<DeliveryState>,
     next_post: AtomicU64,
+    run: OnceLock<RunRef>,
     pub counters: Counters,
     pub so_far: Mutex<SoFar>,
     pub metrics: Metrics,
@@ -202,6 +236,7 @@ impl Recorder {
             shards: (0..SHARDS).map(|_| Mutex::new(Shard::default())).collect(),
             deliveries: Mutex::new(DeliveryState::default()),
             next_post: AtomicU64::new(1),
+            run: OnceLock::new(),
             counters: Counters::default(),
             so_far: Mutex::new(SoFar::default()),
             metrics: Metrics::new(),
@@ -210,6 +245,75 @@ impl Recorder {
 
     pub fn agent_id(&self) -> &str {
         &self.agent_id
+    }
+
+    /// Sets the run this recorder measures (the first call wins): remote posts are recognised by
+    /// `run_id`, and `clock_offset_ms` (agent − coordinator clock) converts to coordinator time.
+    pub fn set_run(&self, run_id: &str, clock_offset_ms: i64) {
+        let _ = self.run.set(RunRef {
+            run_id: run_id.to_string(),
+            clock_offset_ms,
+        });
+    }
+
+    /// The run id stamped into posts (empty before [`Recorder::set_run`]).
+    pub fn run_id(&self) -> &str {
+        self.run.get().map_or("", |r| r.run_id.as_str())
+    }
+
+    /// Agent clock minus coordinator clock, milliseconds (0 before [`Recorder::set_run`]).
+    pub fn clock_offset_ms(&self) -> i64 {
+        self.run.get().map_or(0, |r| r.clock_offset_ms)
+    }
+
+    /// A `posted` event with measurement stamps reached local user `receiver`: a post of this
+    /// agent goes to [`Recorder::receipt`], one of another agent of the same run is a remote
+    /// receipt, anything else is foreign.
+    pub fn receipt_stamped(&self, stamp: Stamp<'_>, receiver: u32) -> Receipt {
+        let own = stamp
+            .lt_id
+            .strip_prefix(&self.prefix)
+            .is_some_and(|n| n.parse::<u64>().is_ok());
+        if own {
+            return self.receipt(stamp.lt_id, receiver);
+        }
+        let (Some(run), Some(lt_run), Some(sent_ref)) =
+            (self.run.get(), stamp.lt_run, stamp.lt_sent_at_ref)
+        else {
+            return Receipt::Foreign;
+        };
+        if lt_run != run.run_id || run.run_id.is_empty() {
+            return Receipt::Foreign;
+        }
+        let now_ref = loadtest_contract::now_ms() - run.clock_offset_ms;
+        let latency_ms = u64::try_from(now_ref.saturating_sub(sent_ref)).unwrap_or(0);
+        let first = {
+            let mut d = self.deliveries.lock();
+            let d = &mut *d;
+            let ring = d.remote_seen.entry(receiver).or_default();
+            if ring.iter().any(|id| id == stamp.lt_id) {
+                false
+            } else {
+                if ring.len() >= REMOTE_RING {
+                    ring.pop_front();
+                }
+                ring.push_back(stamp.lt_id.to_string());
+                d.interval.remote_received += 1;
+                d.interval
+                    .remote_latency
+                    .record_us(latency_ms.saturating_mul(1000));
+                true
+            }
+        };
+        if first {
+            self.metrics
+                .deliveries
+                .with_label_values(&["remote_received"])
+                .inc();
+            Receipt::RemoteFirst
+        } else {
+            Receipt::RemoteDuplicate
+        }
     }
 
     fn note_schedule(shard: &mut Shard, intended: Instant, started: Instant) -> bool {
@@ -502,6 +606,68 @@ mod tests {
         let (n2, _) = r.begin_post(vec![1]);
         r.abandon_post(n2);
         assert_eq!(r.pending_posts(), 0);
+    }
+
+    #[test]
+    fn remote_receipts_are_counted_once_with_offset_corrected_latency() {
+        let r = Recorder::new("agent-1");
+        // This agent's clock is 5 s ahead of the coordinator's.
+        r.set_run("run-9", 5_000);
+        let sent_ref = loadtest_contract::now_ms() - 5_000 - 200;
+        let stamp = |id, run| Stamp {
+            lt_id: id,
+            lt_run: Some(run),
+            lt_sent_at_ref: Some(sent_ref),
+        };
+        assert_eq!(
+            r.receipt_stamped(stamp("agent-2-1", "run-9"), 4),
+            Receipt::RemoteFirst
+        );
+        assert_eq!(
+            r.receipt_stamped(stamp("agent-2-1", "run-9"), 4),
+            Receipt::RemoteDuplicate
+        );
+        assert_eq!(
+            r.receipt_stamped(stamp("agent-2-1", "run-9"), 5),
+            Receipt::RemoteFirst
+        );
+        // Another run, or no stamps (preloaded posts): ignored.
+        assert_eq!(
+            r.receipt_stamped(stamp("agent-2-2", "run-8"), 4),
+            Receipt::Foreign
+        );
+        let bare = Stamp {
+            lt_id: "agent-2-3",
+            ..Stamp::default()
+        };
+        assert_eq!(r.receipt_stamped(bare, 4), Receipt::Foreign);
+        // A send time in the future (clock error) clamps at zero rather than failing.
+        let future = Stamp {
+            lt_sent_at_ref: Some(sent_ref + 60_000),
+            ..stamp("agent-2-4", "run-9")
+        };
+        assert_eq!(r.receipt_stamped(future, 4), Receipt::RemoteFirst);
+        // The ring is bounded.
+        for k in 0..(REMOTE_RING as u64 * 2) {
+            let id = format!("agent-3-{k}");
+            let s = Stamp {
+                lt_id: &id,
+                lt_run: Some("run-9"),
+                lt_sent_at_ref: Some(sent_ref),
+            };
+            r.receipt_stamped(s, 6);
+        }
+        assert_eq!(r.deliveries.lock().remote_seen[&6].len(), REMOTE_RING);
+        let i = r.take_interval();
+        let d = &i.delivery;
+        assert_eq!(d.remote_received, 3 + REMOTE_RING as u64 * 2);
+        assert_eq!(
+            (d.expected, d.received, d.missing, d.duplicate),
+            (0, 0, 0, 0)
+        );
+        let p50 = d.remote_latency.quantile_us(0.5);
+        assert!((150_000..1_000_000).contains(&p50), "{p50}");
+        assert!(d.remote_latency.min_us() <= 1, "clamped sample");
     }
 
     #[test]

@@ -185,6 +185,7 @@ pub async fn start_run(
     recorder: Arc<Recorder>,
 ) -> Result<RunHandle, RunError> {
     let cfg = &plan.config;
+    recorder.set_run(&plan.run_id, plan.clock_offset_ms);
     net::raise_nofile(net::fds_needed(cfg.users.count))?;
     let api = Api::new(
         &cfg.target.url,

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::client::{Api, ApiError, NewPost, PostList};
 use crate::dataset::Layout;
-use crate::measure::Recorder;
+use crate::measure::{Recorder, Stamp};
 use crate::net::SourceAddrs;
 use crate::schedule::{Pacer, UserSchedule};
 use crate::ws::{self, SeqOutcome, SeqTracker, Ws, WsError, WsTarget};
@@ -369,7 +369,15 @@ pub async fn post(env: Arc<UserEnv>, s: Arc<Session>, intended: Instant, reply: 
         channel_id: &channel,
         message: &message,
         root_id: &root_id,
-        props: json!({"lt_id": lt_id, "lt_sent_at": now_ms()}),
+        props: {
+            let sent_at = now_ms();
+            json!({
+                "lt_id": lt_id,
+                "lt_sent_at": sent_at,
+                "lt_sent_at_ref": sent_at - env.recorder.clock_offset_ms(),
+                "lt_run": env.recorder.run_id(),
+            })
+        },
     };
     match env.api.create_post(s.slot(), &token, &body).await {
         Ok(p) => {
@@ -837,8 +845,15 @@ fn handle_frame(env: &UserEnv, s: &Session, conn: &mut Conn, f: ws::Frame) {
         let Some(p) = ws::parse_posted(&f) else {
             return;
         };
-        if let Some(lt_id) = p.props.as_ref().and_then(|pr| pr.lt_id.as_deref()) {
-            env.recorder.receipt(lt_id, s.local);
+        if let Some(pr) = p.props.as_ref() {
+            if let Some(lt_id) = pr.lt_id.as_deref() {
+                let stamp = Stamp {
+                    lt_id,
+                    lt_run: pr.lt_run.as_deref(),
+                    lt_sent_at_ref: pr.lt_sent_at_ref,
+                };
+                env.recorder.receipt_stamped(stamp, s.local);
+            }
         }
         let mut st = s.state.lock();
         if s.channels.get(st.current) == Some(&p.channel_id) {

@@ -248,6 +248,12 @@ pub struct PostProps {
     pub lt_id: Option<String>,
     #[serde(default)]
     pub lt_sent_at: Option<i64>,
+    /// Send time in the coordinator's clock (`lt_sent_at` − the sender's clock offset).
+    #[serde(default)]
+    pub lt_sent_at_ref: Option<i64>,
+    /// Run id of the sender.
+    #[serde(default)]
+    pub lt_run: Option<String>,
 }
 
 pub fn parse_frame(text: &str) -> Result<Frame, serde_json::Error> {

@@ -239,6 +239,76 @@ async fn small_run_measures_every_action_and_loses_no_delivery() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_agents_of_one_run_measure_each_others_deliveries() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut server = Server::start(&dir.path().join("db"), 0).await;
+    let users = 6;
+    let cfg = workload(
+        &server.url(),
+        users,
+        "4s",
+        "switch_channel = 2\ncreate_post = 8\n",
+    );
+    run_setup(&cfg, 4).await.expect("setup");
+    // Both agents claim the same (fictitious) offset from the coordinator: a sign error in the
+    // correction would show as a 14 s latency.
+    let plan = |agent: &str, offset: u64| {
+        let mut c = cfg.clone();
+        c.users.offset = offset;
+        c.users.count = users / 2;
+        RunPlan {
+            run_id: "pair".into(),
+            agent_id: agent.into(),
+            total_users: users,
+            agents: 2,
+            clock_offset_ms: 7_000,
+            config: c,
+            results_path: dir.path().join(format!("pair-{agent}.jsonl")),
+        }
+    };
+    let start = |agent: &'static str, offset: u64| {
+        let plan = plan(agent, offset);
+        async move {
+            let h = start_run(plan, None, Arc::new(Recorder::new(agent)))
+                .await
+                .expect("run starts");
+            tokio::time::timeout(Duration::from_secs(60), h.wait())
+                .await
+                .expect("run ends in time")
+                .expect("run succeeds")
+        }
+    };
+    let (a, b) = tokio::join!(start("agent-a", 0), start("agent-b", users / 2));
+    server.stop().await;
+    for s in [&a, &b] {
+        let d = &s.totals.delivery;
+        eprintln!(
+            "{}: own {}/{} remote {} p99 {} us",
+            s.agent_id,
+            d.received,
+            d.expected,
+            d.remote_received,
+            d.remote_latency.quantile_us(0.99)
+        );
+        // Own deliveries unchanged: all arrived.
+        assert!(d.expected > 0);
+        assert_eq!((d.received, d.missing), (d.expected, 0), "{d:?}");
+        assert!(d.remote_received > 0, "{}: no remote receipts", s.agent_id);
+        assert_eq!(d.remote_latency.count(), d.remote_received);
+        assert!(
+            d.remote_latency.max_us() < 5_000_000,
+            "remote max {}",
+            d.remote_latency.max_us()
+        );
+    }
+    // Every post of one agent reaches each connected user of the other at most once: the remote
+    // receipts cannot exceed posts × receivers.
+    let posts = |s: &SummaryRecord| s.totals.actions.get("create_post").map_or(0, |a| a.ok);
+    assert!(a.totals.delivery.remote_received <= posts(&b) * (users / 2));
+    assert!(b.totals.delivery.remote_received <= posts(&a) * (users / 2));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn setup_is_idempotent() {
     let dir = tempfile::tempdir().expect("tempdir");
     let mut server = Server::start(&dir.path().join("db"), 0).await;

@@ -126,6 +126,8 @@ fn scaled(t: &Totals, n: u64) -> Totals {
         missing: d.missing * n,
         duplicate: d.duplicate * n,
         latency: scale_hist(&d.latency, n),
+        remote_received: d.remote_received * n,
+        remote_latency: scale_hist(&d.remote_latency, n),
     };
     out.schedule = ScheduleStats {
         actions: t.schedule.actions * n,

@@ -5,7 +5,9 @@
 use std::fmt::Write as _;
 
 use crate::baseline::Change;
-use crate::render::{delivery_cells, response_cells, response_head, DELIVERY_HEAD};
+use crate::render::{
+    delivery_cells, remote_delivery_line, response_cells, response_head, DELIVERY_HEAD,
+};
 use crate::summary::RunSummary;
 use crate::Report;
 
@@ -221,6 +223,9 @@ th{{background:#f0f0f0}}.warn{{background:#fff3cd;border:1px solid #e0c060;paddi
         table(&mut o, &response_head(), &rows);
         let _ = writeln!(o, "<h2>Delivery</h2>");
         table(&mut o, &DELIVERY_HEAD, &[delivery_cells(&r.delivery)]);
+        if let Some(line) = remote_delivery_line(&r.delivery) {
+            let _ = writeln!(o, "<p>{}</p>", esc(&line));
+        }
         let _ = writeln!(o, "<h2>Over time</h2>");
         for a in &r.actions {
             let _ = writeln!(o, "<h3>{}</h3><div>", esc(&a.action));

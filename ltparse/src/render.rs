@@ -122,6 +122,18 @@ pub(crate) fn delivery_cells(d: &DeliverySummary) -> Vec<String> {
     ]
 }
 
+/// The line about deliveries to receivers on other agents, when there were any.
+pub(crate) fn remote_delivery_line(d: &DeliverySummary) -> Option<String> {
+    let r = d.remote.as_ref()?;
+    Some(format!(
+        "Deliveries to receivers on other agents (clock-offset corrected): {} received, p50 {} ms, p99 {} ms, max {} ms",
+        r.received,
+        ms(r.latency.p50_us),
+        ms(r.latency.p99_us),
+        ms(r.latency.max_us),
+    ))
+}
+
 /// Settings lines shared by text and markdown: (label, value).
 fn settings_lines(r: &RunSummary) -> Vec<(&'static str, String)> {
     let mut v = Vec::new();
@@ -299,6 +311,9 @@ fn text_run(o: &mut String, r: &RunSummary, verbose: bool) {
         }
     }
     let _ = writeln!(o, "{t}");
+    if let Some(line) = remote_delivery_line(d) {
+        let _ = writeln!(o, "{line}");
+    }
 
     let s = &r.schedule;
     let _ = writeln!(
@@ -552,6 +567,9 @@ fn md_run(o: &mut String, r: &RunSummary, verbose: bool) {
     let d = &r.delivery;
     let _ = writeln!(o, "\n### Delivery\n");
     md_table(o, &DELIVERY_HEAD, &[delivery_cells(d)], 0);
+    if let Some(line) = remote_delivery_line(d) {
+        let _ = writeln!(o, "\n{line}");
+    }
     let s = &r.schedule;
     let _ = writeln!(
         o,

@@ -88,6 +88,17 @@ pub struct DeliverySummary {
     /// `missing / expected`, 0..1 (0 when nothing was expected).
     pub missing_rate: f64,
     pub latency: LatencySummary,
+    /// Deliveries to receivers on other agents of the run (schema 1.1), when there were any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub remote: Option<RemoteDeliverySummary>,
+}
+
+/// First receipts of posts sent by other agents of the run: latency corrected with the agents'
+/// clock offsets; nothing is expected or missing (no agent sees the others' receivers).
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct RemoteDeliverySummary {
+    pub received: u64,
+    pub latency: LatencySummary,
 }
 
 /// How well the generator kept to its schedule.
@@ -266,6 +277,10 @@ pub fn summarize(run: &RunData) -> RunSummary {
         duplicate: d.duplicate,
         missing_rate: ratio(d.missing, d.expected),
         latency: LatencySummary::of(&d.latency),
+        remote: (d.remote_received > 0).then(|| RemoteDeliverySummary {
+            received: d.remote_received,
+            latency: LatencySummary::of(&d.remote_latency),
+        }),
     };
     let lag = LatencySummary::of(&t.schedule.lag);
     let late_ratio = ratio(t.schedule.late, t.schedule.actions);

@@ -7,7 +7,8 @@
 //! - METRIC for actions: `count` (hits), `errors`, `error_rate`, `throughput`, `mean`, `p50`,
 //!   `p90`, `p95`, `p99`, `p999`, `max` (latencies are response times);
 //!   for `delivery`: `mean`, `p50` … `max`, `count` (received), `expected`, `missing`,
-//!   `missing_rate`, `duplicate`.
+//!   `missing_rate`, `duplicate`; deliveries to receivers on other agents (clock-offset
+//!   corrected): `remote_count`, `remote_p50`, `remote_p99`, `remote_max`.
 //! - OP: `<`, `<=`, `>`, `>=`, `==`, `!=`.
 //! - UNIT: latencies `us`/`µs`, `ms` (the default), `s`; rates `%` or a bare fraction;
 //!   throughput `/s` or bare; counts bare.
@@ -123,6 +124,10 @@ const DELIVERY_METRICS: &[(&str, Kind)] = &[
     ("p99", Kind::Latency),
     ("p999", Kind::Latency),
     ("max", Kind::Latency),
+    ("remote_count", Kind::Count),
+    ("remote_p50", Kind::Latency),
+    ("remote_p99", Kind::Latency),
+    ("remote_max", Kind::Latency),
 ];
 
 const TOTAL_METRICS: &[(&str, Kind)] = &[
@@ -364,6 +369,14 @@ pub fn evaluate(thresholds: &[Threshold], run: &RunSummary) -> Vec<ThresholdResu
                         Err("no data (no deliveries expected)".to_string())
                     }
                     "missing_rate" => Ok(d.missing_rate),
+                    "remote_count" => Ok(d.remote.as_ref().map_or(0.0, |r| r.received as f64)),
+                    m if m.starts_with("remote_") => d
+                        .remote
+                        .as_ref()
+                        .and_then(|r| latency(&r.latency, &m["remote_".len()..]))
+                        .ok_or_else(|| {
+                            "no data (no deliveries to receivers on other agents)".to_string()
+                        }),
                     m => latency(&d.latency, m)
                         .ok_or_else(|| "no data (no deliveries received)".to_string()),
                 };

@@ -123,3 +123,47 @@ fn json_report_is_the_documented_structure() {
     );
     assert_eq!(v["thresholds"][0]["passed"], true);
 }
+
+#[test]
+fn remote_deliveries_are_reported_when_present() {
+    let mut spec = RunSpec::new("run-r");
+    // 3 intervals × 2 agents × 20 remote receipts at 5..24 ms.
+    spec.remote_per_interval = 20;
+    let line = "Deliveries to receivers on other agents (clock-offset corrected): 120 received, p50 14.01 ms, p99 24.02 ms, max 24.02 ms";
+    let text = report(&Options::default(), &[spec.clone()]);
+    assert!(text.contains(line), "{text}");
+    let md = report(
+        &Options {
+            display: Display::Markdown,
+            ..Options::default()
+        },
+        &[spec.clone()],
+    );
+    assert!(md.contains(line), "{md}");
+    let opts = Options {
+        display: Display::Json,
+        thresholds: vec![
+            "delivery.remote_p99<30ms".into(),
+            "delivery.remote_count>=120".into(),
+        ],
+        ..Options::default()
+    };
+    let json = report(&opts, &[spec]);
+    let v: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
+    let remote = &v["runs"][0]["delivery"]["remote"];
+    assert_eq!(remote["received"], 120, "{json}");
+    assert_eq!(remote["latency"]["count"], 120);
+    assert_eq!(v["outcome"], "pass", "{json}");
+    // Without remote receipts: no line, no field, and remote thresholds have no data.
+    let plain = report(&Options::default(), &[RunSpec::new("run-1")]);
+    assert!(!plain.contains("other agents"));
+    let opts = Options {
+        display: Display::Json,
+        thresholds: vec!["delivery.remote_p99<30ms".into()],
+        ..Options::default()
+    };
+    let json = report(&opts, &[RunSpec::new("run-1")]);
+    let v: serde_json::Value = serde_json::from_str(&json).expect("valid JSON");
+    assert!(v["runs"][0]["delivery"].get("remote").is_none());
+    assert_eq!(v["thresholds"][0]["passed"], false);
+}

@@ -183,6 +183,9 @@ pub struct RunSpec {
     pub cut_short_agent: Option<u32>,
     /// Share of actions that start late, per mille.
     pub late_per_mille: u64,
+    /// Remote deliveries (posts of other agents) per interval and agent, at 5 ms + 1 ms × k
+    /// (0: none, as in schema 1.0 files).
+    pub remote_per_interval: u64,
 }
 
 impl RunSpec {
@@ -199,6 +202,7 @@ impl RunSpec {
             error_every: 40,
             cut_short_agent: None,
             late_per_mille: 0,
+            remote_per_interval: 0,
         }
     }
 }
@@ -268,7 +272,7 @@ pub fn generate(spec: &RunSpec) -> Vec<(String, Vec<Record>)> {
             let users = spec
                 .users_per_agent
                 .min((i + 1) * spec.users_per_agent / 2 + 10);
-            intervals.push(interval(
+            let mut rec = interval(
                 &spec.run_id,
                 &agent_id,
                 i,
@@ -278,7 +282,12 @@ pub fn generate(spec: &RunSpec) -> Vec<(String, Vec<Record>)> {
                 late,
                 &lag,
                 users,
-            ));
+            );
+            for k in 0..spec.remote_per_interval {
+                rec.delivery.remote_received += 1;
+                rec.delivery.remote_latency.record_us(5_000 + k * 1_000);
+            }
+            intervals.push(rec);
         }
         records.extend(intervals.iter().cloned().map(Record::Interval));
         if spec.cut_short_agent != Some(a) {
