@@ -96,48 +96,7 @@ ltparse summary. The exit code follows ltparse: 0 pass, 3 thresholds failed, 4 r
 running, and runs the `quick` preset: about a minute with a few hundred users.",
         after_help = "Examples:\n  ltops loadtest --quick\n  ltops loadtest -c laptop --config examples/standard-day.toml --users 2000 --duration 5m\n  ltops loadtest -c laptop --threshold 'create_post.p99<200ms' --baseline ~/.ltops/clusters/laptop/results/RUN_ID"
     )]
-    Loadtest {
-        /// Cluster name (default with --quick: `quick`).
-        #[arg(short = 'c', long = "cluster")]
-        cluster: Option<String>,
-        /// Create/reuse the local cluster `quick`, deploy it if needed, run the `quick` preset.
-        #[arg(long)]
-        quick: bool,
-        /// Workload config (TOML); default: the one recorded by `deploy --config`.
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Simulated users across all agents (overrides users.count).
-        #[arg(long)]
-        users: Option<u64>,
-        /// Test duration, e.g. 90s or 5m (overrides users.duration).
-        #[arg(long, value_parser = humantime::parse_duration)]
-        duration: Option<Duration>,
-        /// Do not run the data-set setup even if it was never recorded as done.
-        #[arg(long, conflicts_with = "force_setup")]
-        skip_setup: bool,
-        /// Run the data-set setup even if it was recorded as done.
-        #[arg(long)]
-        force_setup: bool,
-        /// Pass/fail threshold, e.g. 'create_post.p99<200ms', '*.error_rate<1%' (repeatable;
-        /// added to the config's run.thresholds).
-        #[arg(long = "threshold", short = 't', value_name = "EXPR")]
-        thresholds: Vec<String>,
-        /// Baseline results to compare with: a results file or a previous run's directory (repeatable).
-        #[arg(long, value_name = "PATH")]
-        baseline: Vec<PathBuf>,
-        /// Also append the report as Markdown to this file (e.g. $GITHUB_STEP_SUMMARY).
-        #[arg(long, value_name = "FILE")]
-        markdown: Option<PathBuf>,
-        /// With --quick: path of the `chat-server` binary.
-        #[arg(long)]
-        server: Option<PathBuf>,
-        /// With --quick: path of the `loadtest-agent` binary.
-        #[arg(long)]
-        agent: Option<PathBuf>,
-        /// Progress display: auto (bars on a terminal), plain (periodic lines) or none.
-        #[arg(long, default_value = "auto", value_parser = ["auto", "plain", "none"])]
-        progress: String,
-    },
+    Loadtest(loadtest::LoadtestOptions),
     /// Show clusters: components, addresses, health, data set, last run.
     #[command(
         long_about = "Show every cluster (or one): its type and shape, each component with its address, \
@@ -238,43 +197,7 @@ fn run(cli: Cli, rt: &tokio::runtime::Runtime) -> ltops::Result<i32> {
                 config,
             },
         ),
-        Command::Loadtest {
-            cluster,
-            quick,
-            config,
-            users,
-            duration,
-            skip_setup,
-            force_setup,
-            thresholds,
-            baseline,
-            markdown,
-            server,
-            agent,
-            progress,
-        } => loadtest::loadtest(
-            &home,
-            &loadtest::LoadtestOptions {
-                cluster,
-                quick,
-                config,
-                users,
-                duration,
-                skip_setup,
-                force_setup,
-                thresholds,
-                baseline,
-                markdown,
-                server,
-                agent,
-                progress: match progress.as_str() {
-                    "plain" => loadtest::ProgressMode::Plain,
-                    "none" => loadtest::ProgressMode::None,
-                    _ => loadtest::ProgressMode::Auto,
-                },
-            },
-            rt.handle(),
-        ),
+        Command::Loadtest(opts) => loadtest::loadtest(&home, &opts, rt.handle()),
         Command::Status { name } => commands::status::status(&home, name.as_deref()),
         Command::Ssh {
             role,

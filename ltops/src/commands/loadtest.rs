@@ -21,7 +21,7 @@ use crate::state::{
 };
 
 /// How the live progress is shown.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum ProgressMode {
     /// Bars on a terminal, plain lines otherwise.
     #[default]
@@ -30,23 +30,48 @@ pub enum ProgressMode {
     None,
 }
 
-#[derive(Clone, Debug, Default)]
+/// `ltops loadtest` options; the same struct is the command line (clap) and the library's input.
+#[derive(Clone, Debug, Default, clap::Args)]
 pub struct LoadtestOptions {
+    /// Cluster name (default with --quick: `quick`).
+    #[arg(short = 'c', long = "cluster")]
     pub cluster: Option<String>,
+    /// Create/reuse the local cluster `quick`, deploy it if needed, run the `quick` preset.
+    #[arg(long)]
     pub quick: bool,
+    /// Workload config (TOML); default: the one recorded by `deploy --config`.
+    #[arg(long)]
     pub config: Option<PathBuf>,
+    /// Simulated users across all agents (overrides users.count).
+    #[arg(long)]
     pub users: Option<u64>,
+    /// Test duration, e.g. 90s or 5m (overrides users.duration).
+    #[arg(long, value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
+    /// Do not run the data-set setup even if it was never recorded as done.
+    #[arg(long, conflicts_with = "force_setup")]
     pub skip_setup: bool,
+    /// Run the data-set setup even if it was recorded as done.
+    #[arg(long)]
     pub force_setup: bool,
+    /// Pass/fail threshold, e.g. 'create_post.p99<200ms', '*.error_rate<1%' (repeatable;
+    /// added to the config's run.thresholds).
+    #[arg(long = "threshold", short = 't', value_name = "EXPR")]
     pub thresholds: Vec<String>,
-    /// Baseline results: files, or directories of `.jsonl` files (a previous run's results).
+    /// Baseline results to compare with: a results file or a previous run's directory (repeatable).
+    #[arg(long, value_name = "PATH")]
     pub baseline: Vec<PathBuf>,
-    /// Also write the report as Markdown to this file (appended: CI job summaries).
+    /// Also append the report as Markdown to this file (e.g. $GITHUB_STEP_SUMMARY).
+    #[arg(long, value_name = "FILE")]
     pub markdown: Option<PathBuf>,
-    /// Binaries for `--quick`'s automatic deploy.
+    /// With --quick: path of the `chat-server` binary.
+    #[arg(long)]
     pub server: Option<PathBuf>,
+    /// With --quick: path of the `loadtest-agent` binary.
+    #[arg(long)]
     pub agent: Option<PathBuf>,
+    /// Progress display: auto (bars on a terminal), plain (periodic lines) or none.
+    #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
     pub progress: ProgressMode,
 }
 
