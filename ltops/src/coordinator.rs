@@ -127,8 +127,12 @@ pub async fn prepare_dataset(
             agent.index, agent.index
         ))
     };
+    // The data set is created through the server this agent's users talk to.
+    let mut config = config.clone();
+    config.target.url = agent.target_url.clone();
+    config.target.websocket_url = None;
     let request = SetupRequest {
-        config: config.clone(),
+        config,
         concurrency: None,
     };
     let mut status = match client.start_setup(&request).await {

@@ -38,7 +38,7 @@ pub enum Error {
         home: PathBuf,
         hint: String,
     },
-    #[error("cluster type {kind:?} is not yet supported in this version; use --type local")]
+    #[error("cluster type {kind:?} is not yet supported in this version; use --type local or --type ssh")]
     Unsupported { kind: String },
     #[error("{what} not found at {path}; {hint}")]
     MissingBinary {

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use ltops::commands::{self, create::CreateOptions, deploy::DeployOptions, loadtest};
-use ltops::state::{ClusterType, Database, Home, Role};
+use ltops::provider::DeleteOptions;
+use ltops::state::{ClusterType, Database, Home, Proxy, Role};
 
 const EXIT_CODES: &str = "\
 Exit codes:
@@ -40,10 +41,18 @@ enum Command {
     /// Record a new cluster and provision what it needs.
     #[command(
         long_about = "Record a new cluster in the state directory and provision what it needs before \
-a deploy (for --database postgres: a private PostgreSQL, initialized and started in the cluster's directory). \
---type names the provider: `local` runs everything as processes on this machine; `kubernetes` and `aws` \
-are reserved for the next version.",
-        after_help = "Example:\n  ltops create --name laptop --agents 2\n  ltops create --name pg --database postgres --app-count 2 --agents 4"
+a deploy. --type names the provider: `local` runs everything as processes on this machine (for \
+--database postgres: a private PostgreSQL, initialized and started in the cluster's directory); `ssh` \
+runs on hosts you already have, listed with their roles (app, db, agent, proxy) in an --inventory \
+file, reached with the system OpenSSH client (your ~/.ssh/config, agent, jump hosts and known_hosts \
+apply; new host keys are accepted on first contact and checked afterwards). `kubernetes` and `aws` \
+are reserved for the next version.\n\n\
+For ssh clusters the defaults come from the inventory: one agent per `agent` host, one server \
+instance per `app` host, PostgreSQL when there is a `db` host or a database_url, nginx when there is a \
+`proxy` host.",
+        after_help = "Examples:\n  ltops create --name laptop --agents 2\n  ltops create --name pg --database postgres --app-count 2 --agents 4\n  ltops create --name lab --type ssh --inventory hosts.toml --app-count 2 --agents 2 --proxy nginx\n\n\
+An inventory (TOML):\n  [defaults]\n  user = \"loadtest\"\n  identity_file = \"~/.ssh/id_ed25519\"\n  [[host]]\n  address = \"10.20.0.2\"\n  roles = [\"app\", \"db\"]\n  [[host]]\n  address = \"10.20.0.3\"\n  roles = [\"agent\", \"proxy\"]\n\
+See ltops/README.md for every key."
     )]
     Create {
         /// Cluster name (letters, digits, - and _).
@@ -52,15 +61,21 @@ are reserved for the next version.",
         /// Provider: where the cluster runs.
         #[arg(long = "type", value_enum, default_value_t = ClusterType::Local)]
         kind: ClusterType,
-        /// Number of load-test agents.
-        #[arg(long, default_value_t = 2)]
-        agents: u32,
-        /// Database of the chat server(s).
-        #[arg(long, value_enum, default_value_t = Database::Sqlite)]
-        database: Database,
-        /// Server instances (more than one needs --database postgres); agents are spread over them.
-        #[arg(long, default_value_t = 1)]
-        app_count: u32,
+        /// Number of load-test agents [default: local 2; ssh one per agent host].
+        #[arg(long)]
+        agents: Option<u32>,
+        /// Database of the chat server(s) [default: sqlite; ssh: postgres with a db host].
+        #[arg(long, value_enum)]
+        database: Option<Database>,
+        /// Server instances (more than one needs --database postgres) [default: local 1; ssh one per app host].
+        #[arg(long)]
+        app_count: Option<u32>,
+        /// A reverse proxy in front of the server instances (ssh: on the `proxy` host).
+        #[arg(long, value_enum)]
+        proxy: Option<Proxy>,
+        /// The hosts of an ssh cluster and their roles (TOML).
+        #[arg(long, value_name = "FILE")]
+        inventory: Option<PathBuf>,
     },
     /// Start (or restart) a cluster's servers and agents.
     #[command(
@@ -100,8 +115,9 @@ running, and runs the `quick` preset: about a minute with a few hundred users.",
     /// Show clusters: components, addresses, health, data set, last run.
     #[command(
         long_about = "Show every cluster (or one): its type and shape, each component with its address, \
-PID and health (process alive and answering its health check), metrics URLs, the data-set state and \
-the last run with its verdict. Takes no lock, so it works while a load test runs.",
+where it runs (a PID locally, user@host for ssh) and health (running and answering its health check), \
+metrics URLs, the data-set state and the last run with its verdict. Takes no lock, so it works while a \
+load test runs.",
         after_help = "Example:\n  ltops status\n  ltops status quick"
     )]
     Status {
@@ -110,10 +126,11 @@ the last run with its verdict. Takes no lock, so it works while a load test runs
     },
     /// Open a shell (or run a command) in a component's environment.
     #[command(
-        long_about = "Open a shell, or run a command, in a component's environment. For `local` clusters: \
-in the component's working directory with LTOPS_CLUSTER, LTOPS_ROLE, LTOPS_INDEX, LTOPS_URL, LTOPS_PID, \
-LTOPS_LOG (and LTOPS_METRICS_URL for servers, LTOPS_TOKEN_FILE for agents, DATABASE_URL for postgres) set. \
-Exits with the command's exit code.",
+        long_about = "Open a shell, or run a command, in a component's environment: its working directory \
+with LTOPS_CLUSTER, LTOPS_ROLE, LTOPS_INDEX, LTOPS_URL, LTOPS_LOG (and LTOPS_METRICS_URL for servers, \
+LTOPS_TOKEN_FILE for agents) set. For `local` clusters a shell on this machine (plus LTOPS_PID, and \
+DATABASE_URL for postgres); for `ssh` clusters a real SSH session on the component's host. Exits with \
+the command's exit code.",
         after_help = "Example:\n  ltops ssh server -c quick\n  ltops ssh agent -c quick -i 1 -- 'curl -s -H \"Authorization: Bearer $(cat $LTOPS_TOKEN_FILE)\" $LTOPS_URL/v1/run/status'"
     )]
     Ssh {
@@ -151,9 +168,11 @@ and optionally follow it until ctrl-c.",
     },
     /// Stop everything a cluster started and remove its state (results included).
     #[command(
-        long_about = "Stop every process the cluster started (SIGTERM to each process group, SIGKILL \
-after 10 s), stop its PostgreSQL, and remove its state directory, results included. Asks for \
-confirmation on a terminal; elsewhere --yes is required.",
+        long_about = "Stop every process the cluster started (SIGTERM, SIGKILL after 10 s), stop its \
+PostgreSQL and proxy, remove what it installed on remote hosts, and remove its state directory, results \
+included. A host that cannot be reached is reported and the state is kept, so the delete can be \
+repeated; --forget-unreachable removes the state anyway and lists what may be left on those hosts. \
+Asks for confirmation on a terminal; elsewhere --yes is required.",
         after_help = "Example:\n  ltops delete quick --yes"
     )]
     Delete {
@@ -161,10 +180,13 @@ confirmation on a terminal; elsewhere --yes is required.",
         /// Do not ask for confirmation.
         #[arg(long, short = 'y')]
         yes: bool,
+        /// Remove the cluster even if some hosts cannot be reached (what runs there is listed).
+        #[arg(long)]
+        forget_unreachable: bool,
     },
 }
 
-fn run(cli: Cli, rt: &tokio::runtime::Runtime) -> ltops::Result<i32> {
+async fn run(cli: Cli) -> ltops::Result<i32> {
     let home = Home::from_env()?;
     match cli.command {
         Command::Create {
@@ -173,46 +195,62 @@ fn run(cli: Cli, rt: &tokio::runtime::Runtime) -> ltops::Result<i32> {
             agents,
             database,
             app_count,
-        } => commands::create::create(
-            &home,
-            &CreateOptions {
-                name,
-                kind,
-                agents,
-                database,
-                app_count,
-            },
-        ),
+            proxy,
+            inventory,
+        } => {
+            commands::create::create(
+                &home,
+                &CreateOptions {
+                    name,
+                    kind,
+                    agents,
+                    database,
+                    app_count,
+                    proxy,
+                    inventory,
+                },
+            )
+            .await
+        }
         Command::Deploy {
             cluster,
             server,
             agent,
             config,
-        } => commands::deploy::deploy(
-            &home,
-            &DeployOptions {
-                cluster,
-                server,
-                agent,
-                config,
-            },
-        ),
-        Command::Loadtest(opts) => loadtest::loadtest(&home, &opts, rt.handle()),
-        Command::Status { name } => commands::status::status(&home, name.as_deref()),
+        } => {
+            commands::deploy::deploy(
+                &home,
+                &DeployOptions {
+                    cluster,
+                    server,
+                    agent,
+                    config,
+                },
+            )
+            .await
+        }
+        Command::Loadtest(opts) => loadtest::loadtest(&home, &opts).await,
+        Command::Status { name } => commands::status::status(&home, name.as_deref()).await,
         Command::Ssh {
             role,
             cluster,
             index,
             cmd,
-        } => commands::ssh::ssh(&home, &cluster, role, index, cmd),
+        } => commands::ssh::ssh(&home, &cluster, role, index, cmd).await,
         Command::Logs {
             role,
             cluster,
             index,
             follow,
             lines,
-        } => commands::logs::logs(&home, &cluster, role, index, follow, lines),
-        Command::Delete { name, yes } => commands::delete::delete(&home, &name, yes),
+        } => commands::logs::logs(&home, &cluster, role, index, follow, lines).await,
+        Command::Delete {
+            name,
+            yes,
+            forget_unreachable,
+        } => {
+            commands::delete::delete(&home, &name, yes, DeleteOptions { forget_unreachable }).await
+        }
     }
 }
 
@@ -223,7 +261,7 @@ fn main() -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     ltops::interrupt::install(rt.handle());
-    let code = match run(cli, &rt) {
+    let code = match rt.block_on(run(cli)) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("ltops: error: {e}");

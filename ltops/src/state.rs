@@ -6,11 +6,15 @@
 //! ```text
 //! <home>/clusters/<name>/cluster.toml    definition + live state (mode 0600: token, db password)
 //!                       /lock            held by the command working on the cluster
-//!                       /logs/<role>-<i>.log
 //!                       /results/<run-id>/agent-<i>.jsonl, workload.toml
-//!                       /<role>-<i>/     a component's working directory
 //!                       /workload.toml   the config given to `deploy --config`
+//!                       …                whatever the provider keeps here (local: logs/,
+//!                                        <role>-<i>/; ssh: the inventory copy, host logs)
 //! ```
+//!
+//! `cluster.toml` has a shared part — the layout version (`schema`), the cluster's shape
+//! (agents, app count, database, proxy), the control token, generic components (role, index,
+//! address) — and a `[provider]` section tagged with `type` that only that provider reads.
 //!
 //! Writes are atomic (temporary file in the same directory, then rename), so a reader never
 //! sees half a file and a crash never leaves a corrupt definition.
@@ -142,12 +146,23 @@ pub fn validate_name(name: &str) -> Result<()> {
     }
 }
 
+/// Version of the `cluster.toml` layout this `ltops` writes. 1 (no `schema` key, local only,
+/// process details on the components) is migrated on read; newer versions are refused.
+pub const SCHEMA_VERSION: u32 = 2;
+
+/// Most agents a cluster may have (a sanity bound, not a technical limit).
+pub const MAX_AGENTS: u32 = 64;
+/// Most server instances a cluster may have.
+pub const MAX_APP_COUNT: u32 = 16;
+
 /// Which provider runs the cluster.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum ClusterType {
     /// Processes on this machine.
     Local,
+    /// Hosts you already have, reached with the system OpenSSH client (`--inventory`).
+    Ssh,
     /// Pods in an existing Kubernetes cluster (not yet supported).
     Kubernetes,
     /// EC2 instances (not yet supported).
@@ -158,6 +173,7 @@ impl ClusterType {
     pub fn name(self) -> &'static str {
         match self {
             ClusterType::Local => "local",
+            ClusterType::Ssh => "ssh",
             ClusterType::Kubernetes => "kubernetes",
             ClusterType::Aws => "aws",
         }
@@ -169,7 +185,7 @@ impl ClusterType {
 pub enum Database {
     /// The server's embedded SQLite (one server instance only).
     Sqlite,
-    /// A private PostgreSQL started in the cluster's directory.
+    /// PostgreSQL: a private one the cluster starts, or an existing one (`database_url`).
     Postgres,
 }
 
@@ -178,6 +194,26 @@ impl Database {
         match self {
             Database::Sqlite => "sqlite",
             Database::Postgres => "postgres",
+        }
+    }
+}
+
+/// What stands in front of several server instances.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Proxy {
+    /// Agents talk to the instances directly (agent `i` to instance `i mod N`).
+    #[default]
+    None,
+    /// nginx (`least_conn`, WebSocket upgrades) in front of every instance; agents use it.
+    Nginx,
+}
+
+impl Proxy {
+    pub fn name(self) -> &'static str {
+        match self {
+            Proxy::None => "none",
+            Proxy::Nginx => "nginx",
         }
     }
 }
@@ -193,6 +229,8 @@ pub enum Role {
     Agent,
     /// The cluster's private PostgreSQL.
     Postgres,
+    /// The reverse proxy in front of the server instances.
+    Proxy,
 }
 
 impl Role {
@@ -201,38 +239,101 @@ impl Role {
             Role::Server => "server",
             Role::Agent => "agent",
             Role::Postgres => "postgres",
+            Role::Proxy => "proxy",
+        }
+    }
+
+    /// Order in which components are stopped: clients before what they talk to.
+    pub fn stop_rank(self) -> u8 {
+        match self {
+            Role::Agent => 0,
+            Role::Proxy => 1,
+            Role::Server => 2,
+            Role::Postgres => 3,
         }
     }
 }
 
-/// One recorded cluster: its definition plus what is running.
+/// The shape rules every cluster obeys, whoever wrote it: `ltops create` reports a violation
+/// against its flag, [`ClusterState::check`] against the key of a hand-edited file. Returns the
+/// key and what is wrong.
+pub fn check_shape(
+    agents: u32,
+    app_count: u32,
+    database: Database,
+    proxy: Proxy,
+) -> std::result::Result<(), (&'static str, String)> {
+    if agents == 0 || agents > MAX_AGENTS {
+        return Err((
+            "agents",
+            format!("must be between 1 and {MAX_AGENTS} (got {agents})"),
+        ));
+    }
+    if app_count == 0 || app_count > MAX_APP_COUNT {
+        return Err((
+            "app_count",
+            format!("must be between 1 and {MAX_APP_COUNT} (got {app_count})"),
+        ));
+    }
+    if app_count > 1 && database == Database::Sqlite {
+        return Err((
+            "app_count",
+            format!(
+                "{app_count} server instances cannot share SQLite: use 1 instance, or PostgreSQL \
+                 (--database postgres), which the instances share"
+            ),
+        ));
+    }
+    // A proxy in front of one instance is a valid topology to measure: no rule for `proxy`.
+    let _ = proxy;
+    Ok(())
+}
+
+/// One recorded cluster: its shape, what runs where, and the provider's own section.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ClusterState {
+    /// Layout version of this file ([`SCHEMA_VERSION`]).
+    pub schema: u32,
     pub name: String,
-    #[serde(rename = "type")]
-    pub kind: ClusterType,
+    /// Random id, unique per created cluster: names remote directories (and cloud tags), so two
+    /// clusters of the same name, one deleted and one new, never mix.
+    pub cluster_id: String,
     pub agents: u32,
     pub database: Database,
     pub app_count: u32,
+    #[serde(default)]
+    pub proxy: Proxy,
     pub created_at_ms: i64,
     /// Shared secret of the agents' control API.
     pub control_token: String,
     /// Config given to `deploy --config`, copied into the cluster directory.
     #[serde(default)]
     pub workload: Option<PathBuf>,
+    /// The binaries the components were last deployed from (on this machine).
     #[serde(default)]
     pub binaries: Option<Binaries>,
     /// When the last successful deploy finished (to notice rebuilt binaries).
     #[serde(default)]
     pub deployed_at_ms: Option<i64>,
     #[serde(default)]
-    pub postgres: Option<PostgresState>,
-    #[serde(default)]
     pub dataset: Option<DatasetState>,
     #[serde(default)]
     pub last_run: Option<LastRun>,
+    /// What the cluster runs, provider-independent: role, index, address.
     #[serde(default)]
     pub components: Vec<Component>,
+    /// Everything about *where* it runs; only the provider of `provider.type` reads it.
+    pub provider: ProviderSection,
+}
+
+/// The provider-tagged section (`[provider]`, `type = "local" | "ssh" | …`). Its other keys
+/// belong to that provider, which decodes them with [`ClusterState::provider_state`].
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ProviderSection {
+    #[serde(rename = "type")]
+    pub kind: ClusterType,
+    #[serde(flatten)]
+    pub data: toml::Table,
 }
 
 /// The binaries the components were started from.
@@ -240,25 +341,6 @@ pub struct ClusterState {
 pub struct Binaries {
     pub server: PathBuf,
     pub agent: PathBuf,
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct PostgresState {
-    pub bin_dir: PathBuf,
-    pub data_dir: PathBuf,
-    pub port: u16,
-    pub user: String,
-    pub password: String,
-    pub database: String,
-}
-
-impl PostgresState {
-    pub fn url(&self) -> String {
-        format!(
-            "postgres://{}:{}@127.0.0.1:{}/{}",
-            self.user, self.password, self.port, self.database
-        )
-    }
 }
 
 /// The data set prepared on the cluster's server, keyed by a hash of the `[dataset]` section.
@@ -280,24 +362,21 @@ pub struct LastRun {
     pub results_dir: PathBuf,
 }
 
-/// A process the cluster runs.
+/// A component of the cluster, as every command may see it. How it runs (a process, a unit on
+/// a host, a pod) is in the provider's section.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Component {
     pub role: Role,
     pub index: u32,
-    /// Main address (`host:port`): HTTP API for servers, control API for agents.
+    /// Main address (`host:port`): HTTP API for servers and the proxy, control API for agents
+    /// (on the agent's own loopback for remote providers), `host:port` of the database.
     pub address: String,
     /// Prometheus metrics address, when separate from `address`.
     #[serde(default)]
     pub metrics_address: Option<String>,
-    /// Process id (the leader of its own process group); absent when stopped.
+    /// Whether the last deploy started it (and no stop or delete since).
     #[serde(default)]
-    pub pid: Option<u32>,
-    /// Start time of the process (`/proc/PID/stat` field 22), to detect PID reuse.
-    #[serde(default)]
-    pub start_ticks: Option<u64>,
-    pub dir: PathBuf,
-    pub log: PathBuf,
+    pub started: bool,
 }
 
 impl Component {
@@ -331,9 +410,90 @@ impl Binaries {
     }
 }
 
+/// Where `text[..offset]` ends, as a 1-based line.
+fn line_of(text: &str, offset: usize) -> usize {
+    text[..offset.min(text.len())].matches('\n').count() + 1
+}
+
+/// The line of `key = …` (the last segment of a serde path) in `text`, if it is there once.
+fn key_line(text: &str, path: &str) -> Option<usize> {
+    let last = path
+        .rsplit('.')
+        .next()
+        .unwrap_or(path)
+        .split('[')
+        .next()
+        .unwrap_or(path);
+    if last.is_empty() {
+        return None;
+    }
+    let mut hits = text.lines().enumerate().filter(|(_, l)| {
+        let t = l.trim_start();
+        t.starts_with(last) && t[last.len()..].trim_start().starts_with('=')
+    });
+    let first = hits.next()?;
+    hits.next().is_none().then_some(first.0 + 1)
+}
+
+/// Rewrites a schema-1 definition (local only; `type` at the top; PID, start time, directory and
+/// log on each component; `postgres` at the top) as schema 2, in place.
+fn migrate_v1(table: &mut toml::Table) -> std::result::Result<(), String> {
+    let kind = table
+        .remove("type")
+        .ok_or_else(|| "neither `schema` nor `type` is set".to_string())?;
+    let mut provider = toml::Table::new();
+    provider.insert("type".into(), kind);
+    if let Some(pg) = table.remove("postgres") {
+        provider.insert("postgres".into(), pg);
+    }
+    let mut processes = Vec::new();
+    if let Some(toml::Value::Array(components)) = table.get_mut("components") {
+        for c in components.iter_mut() {
+            let toml::Value::Table(c) = c else {
+                return Err("components: every entry must be a table".into());
+            };
+            let mut p = toml::Table::new();
+            for key in ["role", "index"] {
+                if let Some(v) = c.get(key) {
+                    p.insert(key.into(), v.clone());
+                }
+            }
+            let started = c.contains_key("pid");
+            for key in ["pid", "start_ticks", "dir", "log"] {
+                if let Some(v) = c.remove(key) {
+                    p.insert(key.into(), v);
+                }
+            }
+            c.insert("started".into(), toml::Value::Boolean(started));
+            processes.push(toml::Value::Table(p));
+        }
+    }
+    provider.insert("processes".into(), toml::Value::Array(processes));
+    let id_seed = format!(
+        "{}{}",
+        table.get("name").map(|v| v.to_string()).unwrap_or_default(),
+        table
+            .get("created_at_ms")
+            .map(|v| v.to_string())
+            .unwrap_or_default()
+    );
+    table.insert(
+        "cluster_id".into(),
+        toml::Value::String(stable_hash(id_seed.as_bytes())[..8].to_string()),
+    );
+    table.insert("provider".into(), toml::Value::Table(provider));
+    table.insert(
+        "schema".into(),
+        toml::Value::Integer(i64::from(SCHEMA_VERSION)),
+    );
+    Ok(())
+}
+
 impl ClusterState {
     /// Reads a definition. A file that is not one (edited by hand, damaged) is bad input named
-    /// `file:line: key: problem`; other commands' checks come from [`ClusterState::check`].
+    /// `file:line: key: problem`; other commands' checks come from [`ClusterState::check`]. A
+    /// schema-1 file is migrated (and written as schema 2 by the next command that saves); a
+    /// file of a newer schema is refused, never guessed at.
     pub fn read(path: &Path) -> Result<Self> {
         let invalid = |line: Option<usize>, key: &str, msg: &str| {
             let at = match line {
@@ -348,28 +508,66 @@ impl ClusterState {
         let bytes = std::fs::read(path).context(|| format!("reading {}", path.display()))?;
         let text = String::from_utf8(bytes)
             .map_err(|e| invalid(None, "(encoding)", &format!("not UTF-8 text ({e})")))?;
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-            let line = e
-                .span()
-                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            let line = e.span().map(|s| line_of(&text, s.start));
             invalid(line, "(syntax)", e.message())
         })?;
+        match table.get("schema") {
+            None => migrate_v1(&mut table).map_err(|m| invalid(None, "(top level)", &m))?,
+            Some(toml::Value::Integer(v)) if *v == i64::from(SCHEMA_VERSION) => {}
+            Some(toml::Value::Integer(v)) if *v > i64::from(SCHEMA_VERSION) => {
+                return Err(Error::Usage(format!(
+                    "{}: schema: version {v} was written by a newer ltops (this one reads versions 1 to {SCHEMA_VERSION}); \
+                     use that ltops for this cluster, or upgrade this one",
+                    path.display()
+                )))
+            }
+            Some(other) => {
+                return Err(invalid(
+                    key_line(&text, "schema"),
+                    "schema",
+                    &format!("{other} is not a layout version this ltops knows (1 to {SCHEMA_VERSION})"),
+                ))
+            }
+        }
         serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             let key = e.path().to_string();
-            let key_line = text
-                .lines()
-                .position(|l| {
-                    let t = l.trim_start();
-                    t.starts_with(key.as_str()) && t[key.len()..].trim_start().starts_with('=')
-                })
-                .map(|i| i + 1);
+            let line = key_line(&text, &key);
             let key = if key == "." {
                 "(top level)".into()
             } else {
                 key
             };
-            invalid(key_line, &key, e.inner().message())
+            invalid(line, &key, e.inner().message())
         })
+    }
+
+    pub fn kind(&self) -> ClusterType {
+        self.provider.kind
+    }
+
+    /// Decodes the provider's own section; `file` names the definition in errors.
+    pub fn provider_state<T: serde::de::DeserializeOwned>(&self, file: &Path) -> Result<T> {
+        serde_path_to_error::deserialize(toml::Value::Table(self.provider.data.clone())).map_err(
+            |e| {
+                Error::Usage(format!(
+                    "{}: provider.{}: {}\n{}",
+                    file.display(),
+                    e.path(),
+                    e.inner().message(),
+                    hand_edit_hint(file)
+                ))
+            },
+        )
+    }
+
+    /// Replaces the provider's own section (keeping `type`).
+    pub fn set_provider_state<T: Serialize>(&mut self, value: &T) -> Result<()> {
+        let encoded = toml::Table::try_from(value)
+            .map_err(|e| Error::Runtime(format!("cannot encode the provider's state: {e}")))?;
+        self.provider.data = encoded;
+        self.provider.data.remove("type");
+        Ok(())
     }
 
     /// Checks what the TOML types cannot: the same rules as `ltops create`, so a hand-edited
@@ -389,39 +587,21 @@ impl ClusterState {
                 format!("{:?} does not match the directory {dir_name:?}", self.name),
             );
         }
-        if self.agents == 0 || self.agents > crate::commands::create::MAX_AGENTS {
-            return bad(
-                "agents",
-                format!(
-                    "must be between 1 and {} (got {})",
-                    crate::commands::create::MAX_AGENTS,
-                    self.agents
-                ),
-            );
-        }
-        if self.app_count == 0 || self.app_count > crate::commands::create::MAX_APP_COUNT {
-            return bad(
-                "app_count",
-                format!(
-                    "must be between 1 and {} (got {})",
-                    crate::commands::create::MAX_APP_COUNT,
-                    self.app_count
-                ),
-            );
-        }
-        if self.app_count > 1 && self.database == Database::Sqlite {
-            return bad(
-                "app_count",
-                format!(
-                    "{} server instances cannot share SQLite; use 1 or database = \"postgres\"",
-                    self.app_count
-                ),
-            );
+        if let Err((key, msg)) = check_shape(self.agents, self.app_count, self.database, self.proxy)
+        {
+            return bad(key, msg);
         }
         if self.control_token.len() < 32 {
             return bad(
                 "control_token",
                 "must be at least 32 characters (ltops writes 64 random hex digits)".into(),
+            );
+        }
+        if self.cluster_id.is_empty() || !self.cluster_id.chars().all(|c| c.is_ascii_alphanumeric())
+        {
+            return bad(
+                "cluster_id",
+                format!("{:?} must be letters and digits", self.cluster_id),
             );
         }
         Ok(())
@@ -452,6 +632,28 @@ impl ClusterState {
                 self.components.sort_by_key(|c| (c.role, c.index));
             }
         }
+    }
+
+    /// A component that a command names (`ltops ssh server -i 1`), or an error listing the ones
+    /// there are.
+    pub fn find(&self, role: Role, index: u32) -> Result<&Component> {
+        self.component(role, index).ok_or_else(|| {
+            let have: Vec<String> = self.components(role).map(|c| c.index.to_string()).collect();
+            let hint = if have.is_empty() {
+                format!(
+                    "the cluster has no {} component; run `ltops deploy -c {}` first",
+                    role.name(),
+                    self.name
+                )
+            } else {
+                format!("choose one of -i {}", have.join(", "))
+            };
+            Error::Usage(format!(
+                "cluster {:?} has no {} {index}; {hint}",
+                self.name,
+                role.name()
+            ))
+        })
     }
 }
 
@@ -524,12 +726,16 @@ mod tests {
     use super::*;
 
     fn sample(name: &str) -> ClusterState {
+        let mut processes = toml::Table::new();
+        processes.insert("processes".into(), toml::Value::Array(Vec::new()));
         ClusterState {
+            schema: SCHEMA_VERSION,
             name: name.into(),
-            kind: ClusterType::Local,
+            cluster_id: "ab12cd34".into(),
             agents: 2,
             database: Database::Sqlite,
             app_count: 1,
+            proxy: Proxy::None,
             created_at_ms: 1,
             control_token: random_token(),
             workload: None,
@@ -538,7 +744,6 @@ mod tests {
                 server: "/x/chat-server".into(),
                 agent: "/x/loadtest-agent".into(),
             }),
-            postgres: None,
             dataset: Some(DatasetState {
                 hash: stable_hash(b"x"),
                 prepared_at_ms: 2,
@@ -557,12 +762,102 @@ mod tests {
                 index: 0,
                 address: "127.0.0.1:1".into(),
                 metrics_address: None,
-                pid: Some(42),
-                start_ticks: Some(7),
-                dir: "/d".into(),
-                log: "/l".into(),
+                started: true,
             }],
+            provider: ProviderSection {
+                kind: ClusterType::Local,
+                data: processes,
+            },
         }
+    }
+
+    /// A definition as the first version of `ltops` wrote it (no `schema`).
+    const V1: &str = r#"name = "old"
+type = "local"
+agents = 2
+database = "postgres"
+app_count = 1
+created_at_ms = 1700000000000
+control_token = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"
+
+[binaries]
+server = "/x/chat-server"
+agent = "/x/loadtest-agent"
+
+[postgres]
+bin_dir = "/usr/lib/postgresql/15/bin"
+data_dir = "/tmp/pg/data"
+port = 5999
+user = "ltops"
+password = "secret"
+database = "chat"
+
+[[components]]
+role = "postgres"
+index = 0
+address = "127.0.0.1:5999"
+pid = 4242
+start_ticks = 77
+dir = "/tmp/pg/data"
+log = "/tmp/pg/postgres.log"
+
+[[components]]
+role = "agent"
+index = 0
+address = "127.0.0.1:4000"
+dir = "/c/agent-0"
+log = "/c/logs/agent-0.log"
+"#;
+
+    #[test]
+    fn a_first_version_definition_is_migrated_not_misread() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = Home::at(tmp.path());
+        let path = home.cluster_dir("old").join(CLUSTER_FILE);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, V1).unwrap();
+        let st = home.load_checked("old").unwrap();
+        assert_eq!(st.schema, SCHEMA_VERSION);
+        assert_eq!(st.kind(), ClusterType::Local);
+        assert_eq!(st.database, Database::Postgres);
+        assert_eq!(
+            st.binaries.as_ref().unwrap().agent,
+            PathBuf::from("/x/loadtest-agent")
+        );
+        assert!(st.component(Role::Postgres, 0).unwrap().started);
+        assert!(!st.component(Role::Agent, 0).unwrap().started);
+        // The process details moved into the local provider's section, untouched.
+        let pg = st.provider.data["postgres"].as_table().unwrap();
+        assert_eq!(pg["password"].as_str(), Some("secret"));
+        let procs = st.provider.data["processes"].as_array().unwrap();
+        assert_eq!(procs[0]["pid"].as_integer(), Some(4242));
+        assert_eq!(procs[0]["start_ticks"].as_integer(), Some(77));
+        assert_eq!(procs[1].get("pid"), None);
+        // Saved as schema 2, read back the same.
+        home.save(&st).unwrap();
+        assert_eq!(home.load("old").unwrap(), st);
+        assert!(std::fs::read_to_string(&path)
+            .unwrap()
+            .contains("schema = 2"));
+    }
+
+    #[test]
+    fn a_newer_or_unknown_schema_is_refused_with_what_to_do() {
+        let tmp = tempfile::tempdir().unwrap();
+        let home = Home::at(tmp.path());
+        home.save(&sample("c1")).unwrap();
+        let path = home.cluster_dir("c1").join(CLUSTER_FILE);
+        let text = std::fs::read_to_string(&path).unwrap();
+        std::fs::write(&path, text.replace("schema = 2", "schema = 3")).unwrap();
+        let e = home.load("c1").unwrap_err();
+        assert_eq!(e.exit_code(), crate::error::exit::USAGE);
+        assert!(e.to_string().contains("newer ltops"), "{e}");
+        std::fs::write(&path, text.replace("schema = 2", "schema = \"two\"")).unwrap();
+        let e = home.load("c1").unwrap_err().to_string();
+        assert!(e.contains(":1: schema:"), "{e}");
+        std::fs::write(&path, text.replace("type = \"local\"", "type = \"moon\"")).unwrap();
+        let e = home.load("c1").unwrap_err().to_string();
+        assert!(e.contains("provider.type") || e.contains("provider"), "{e}");
     }
 
     #[test]
@@ -601,13 +896,13 @@ mod tests {
         let cases = [
             (
                 text.replace("agents = 2", "agents = \"two\""),
-                ":3: agents: invalid type",
+                ": agents: invalid type",
             ),
             (
                 text.replace("agents = 2\n", ""),
                 "(top level): missing field `agents`",
             ),
-            (text.replace("type = \"local\"", "type = "), ":2: (syntax)"),
+            (text.replace("agents = 2", "agents = "), ": (syntax)"),
         ];
         for (bad, want) in cases {
             std::fs::write(&path, bad).unwrap();

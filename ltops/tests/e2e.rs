@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use loadtest_contract::results::{Item, Record};
 use loadtest_contract::ResultsReader;
+use ltops::provider::local::LocalState;
 use ltops::state::{ClusterState, Home, Role};
 
 fn ltops_bin() -> PathBuf {
@@ -103,8 +104,20 @@ fn text(o: &Output) -> String {
     )
 }
 
+fn local(st: &ClusterState) -> LocalState {
+    st.provider_state(Path::new("cluster.toml")).unwrap()
+}
+
 fn pids(st: &ClusterState) -> Vec<u32> {
-    st.components.iter().filter_map(|c| c.pid).collect()
+    local(st).processes.iter().filter_map(|p| p.pid).collect()
+}
+
+fn pid_of(st: &ClusterState, role: Role, index: u32) -> Option<u32> {
+    local(st)
+        .processes
+        .iter()
+        .find(|p| p.role == role && p.index == index)
+        .and_then(|p| p.pid)
 }
 
 fn alive(pid: u32) -> bool {
@@ -302,7 +315,7 @@ fn agent_killed_mid_run_is_reported_and_the_others_results_kept() {
     }
     std::thread::sleep(Duration::from_secs(3));
     nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(victim.pid.unwrap() as i32),
+        nix::unistd::Pid::from_raw(pid_of(&st, Role::Agent, 1).unwrap() as i32),
         nix::sys::signal::Signal::SIGKILL,
     )
     .unwrap();
@@ -345,7 +358,8 @@ fn an_agent_that_fails_to_start_is_reported_and_nothing_is_left_running() {
     // The server that did start was stopped again.
     let st = env.state("b");
     let server = st.component(Role::Server, 0).unwrap();
-    assert_eq!(server.pid, None, "recorded as stopped");
+    assert!(!server.started, "recorded as stopped");
+    assert_eq!(pid_of(&st, Role::Server, 0), None, "recorded as stopped");
     assert_eq!(running_under(env.home.path()), Vec::<u32>::new());
     let o = env.run(&["status", "b"]);
     assert!(text(&o).contains("not running"), "{}", text(&o));

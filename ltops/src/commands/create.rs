@@ -1,52 +1,79 @@
 //! `ltops create`: records a cluster and provisions what it needs before a deploy.
 
+use std::path::PathBuf;
+
 use crate::commands::lock;
 use crate::error::{Error, Result};
-use crate::provider;
-use crate::state::{self, ClusterState, ClusterType, Database, Home};
+use crate::provider::{self, CreateRequest, Provider, Shape};
+use crate::state::{self, ClusterState, ClusterType, Database, Home, ProviderSection, Proxy};
 
 #[derive(Clone, Debug)]
 pub struct CreateOptions {
     pub name: String,
     pub kind: ClusterType,
-    pub agents: u32,
-    pub database: Database,
-    pub app_count: u32,
+    /// `None`: the provider's default (local: 2; ssh: one per `agent` host).
+    pub agents: Option<u32>,
+    pub database: Option<Database>,
+    pub app_count: Option<u32>,
+    pub proxy: Option<Proxy>,
+    /// The hosts of an `ssh` cluster.
+    pub inventory: Option<PathBuf>,
 }
 
-/// Most agents a cluster may have (a sanity bound, not a technical limit).
-pub const MAX_AGENTS: u32 = 64;
-/// Most server instances a cluster may have.
-pub const MAX_APP_COUNT: u32 = 16;
+impl CreateOptions {
+    /// A local cluster of the given shape.
+    pub fn local(name: &str, agents: u32, database: Database, app_count: u32) -> Self {
+        CreateOptions {
+            name: name.into(),
+            kind: ClusterType::Local,
+            agents: Some(agents),
+            database: Some(database),
+            app_count: Some(app_count),
+            proxy: None,
+            inventory: None,
+        }
+    }
 
-pub fn validate(opts: &CreateOptions) -> Result<()> {
+    fn request(&self) -> CreateRequest {
+        CreateRequest {
+            name: self.name.clone(),
+            agents: self.agents,
+            app_count: self.app_count,
+            database: self.database,
+            proxy: self.proxy,
+            inventory: self.inventory.clone(),
+        }
+    }
+}
+
+/// Checks the name and the shape the provider resolved (the rules live in [`state::check_shape`];
+/// here a violation is reported against its flag).
+fn validate(opts: &CreateOptions, p: &dyn Provider) -> Result<Shape> {
     state::validate_name(&opts.name)?;
-    if opts.agents == 0 || opts.agents > MAX_AGENTS {
-        return Err(Error::Usage(format!(
-            "--agents must be between 1 and {MAX_AGENTS} (got {})",
-            opts.agents
-        )));
+    if opts.kind == ClusterType::Ssh && opts.inventory.is_none() {
+        return Err(Error::Usage(
+            "--type ssh needs --inventory FILE: the hosts and their roles (see `ltops create --help`)"
+                .into(),
+        ));
     }
-    if opts.app_count == 0 || opts.app_count > MAX_APP_COUNT {
-        return Err(Error::Usage(format!(
-            "--app-count must be between 1 and {MAX_APP_COUNT} (got {})",
-            opts.app_count
-        )));
-    }
-    if opts.app_count > 1 && opts.database == Database::Sqlite {
-        return Err(Error::Usage(format!(
-            "--app-count {} needs a database the instances can share: add --database postgres \
-             (SQLite belongs to a single server instance)",
-            opts.app_count
-        )));
-    }
-    Ok(())
+    let shape = p.shape(&opts.request())?;
+    state::check_shape(shape.agents, shape.app_count, shape.database, shape.proxy).map_err(
+        |(key, msg)| {
+            let flag = match key {
+                "app_count" => "--app-count",
+                "agents" => "--agents",
+                other => other,
+            };
+            Error::Usage(format!("{flag}: {msg}"))
+        },
+    )?;
+    Ok(shape)
 }
 
 /// Creates the cluster; the caller already holds its lock.
-pub fn create_locked(home: &Home, opts: &CreateOptions) -> Result<ClusterState> {
-    validate(opts)?;
+pub async fn create_locked(home: &Home, opts: &CreateOptions) -> Result<ClusterState> {
     let p = provider::for_type(opts.kind, home)?;
+    let shape = validate(opts, p.as_ref())?;
     if home.exists(&opts.name) {
         return Err(Error::Usage(format!(
             "cluster {:?} already exists; deploy to it with `ltops deploy -c {}`, or remove it with `ltops delete {} --yes`",
@@ -54,24 +81,30 @@ pub fn create_locked(home: &Home, opts: &CreateOptions) -> Result<ClusterState> 
         )));
     }
     let mut st = ClusterState {
+        schema: state::SCHEMA_VERSION,
         name: opts.name.clone(),
-        kind: opts.kind,
-        agents: opts.agents,
-        database: opts.database,
-        app_count: opts.app_count,
+        cluster_id: state::random_token()[..8].to_string(),
+        agents: shape.agents,
+        database: shape.database,
+        app_count: shape.app_count,
+        proxy: shape.proxy,
         created_at_ms: loadtest_contract::now_ms(),
         control_token: state::random_token(),
         workload: None,
         binaries: None,
         deployed_at_ms: None,
-        postgres: None,
         dataset: None,
         last_run: None,
         components: Vec::new(),
+        provider: ProviderSection {
+            kind: opts.kind,
+            data: Default::default(),
+        },
     };
-    if let Err(e) = p.create(&mut st) {
+    if let Err(e) = p.create(&opts.request(), &mut st).await {
         // Undo: stop what may have started, remove the directory.
-        let _ = p.delete(&mut st);
+        let noop = |_: &ClusterState| Ok(());
+        let _ = p.delete(&mut st, Default::default(), &noop).await;
         let _ = std::fs::remove_dir_all(home.cluster_dir(&opts.name));
         return Err(e);
     }
@@ -79,26 +112,30 @@ pub fn create_locked(home: &Home, opts: &CreateOptions) -> Result<ClusterState> 
     Ok(st)
 }
 
-pub fn create(home: &Home, opts: &CreateOptions) -> Result<i32> {
-    validate(opts)?;
-    // Refuse unsupported types before touching the state directory.
-    provider::for_type(opts.kind, home)?;
+pub async fn create(home: &Home, opts: &CreateOptions) -> Result<i32> {
+    // Refuse unsupported types and bad shapes before touching the state directory.
+    let p = provider::for_type(opts.kind, home)?;
+    validate(opts, p.as_ref())?;
     if home.exists(&opts.name) {
-        return create_locked(home, opts).map(|_| 0);
+        return create_locked(home, opts).await.map(|_| 0);
     }
     let _lock = lock(home, &opts.name)?;
-    let result = create_locked(home, opts);
+    let result = create_locked(home, opts).await;
     if result.is_err() && !home.exists(&opts.name) {
         let _ = std::fs::remove_dir_all(home.cluster_dir(&opts.name));
     }
     let st = result?;
     println!(
-        "created {} cluster {:?}: {} agent(s), {} server instance(s), {}",
-        st.kind.name(),
+        "created {} cluster {:?}: {} agent(s), {} server instance(s), {}{}",
+        st.kind().name(),
         st.name,
         st.agents,
         st.app_count,
-        st.database.name()
+        st.database.name(),
+        match st.proxy {
+            Proxy::None => String::new(),
+            other => format!(", {} in front", other.name()),
+        }
     );
     println!("state: {}", home.cluster_dir(&st.name).display());
     println!("next:  ltops deploy -c {}", st.name);

@@ -4,10 +4,10 @@ use std::io::{BufRead, IsTerminal, Write};
 
 use crate::commands::lock;
 use crate::error::{Error, IoContext, Result};
-use crate::provider;
+use crate::provider::{self, DeleteOptions};
 use crate::state::Home;
 
-pub fn delete(home: &Home, name: &str, yes: bool) -> Result<i32> {
+pub async fn delete(home: &Home, name: &str, yes: bool, opts: DeleteOptions) -> Result<i32> {
     let st = home.load(name)?;
     if !yes {
         if !std::io::stdin().is_terminal() {
@@ -16,7 +16,7 @@ pub fn delete(home: &Home, name: &str, yes: bool) -> Result<i32> {
             )));
         }
         eprint!(
-            "Delete cluster {name:?}, stop its processes and remove {} (results included)? [y/N] ",
+            "Delete cluster {name:?}, stop everything it runs and remove {} (results included)? [y/N] ",
             home.cluster_dir(name).display()
         );
         let _ = std::io::stderr().flush();
@@ -32,12 +32,13 @@ pub fn delete(home: &Home, name: &str, yes: bool) -> Result<i32> {
     }
     let _lock = lock(home, name)?;
     let mut st = home.load(name).unwrap_or(st);
-    match provider::for_type(st.kind, home) {
-        Ok(p) => p.delete(&mut st)?,
+    let save = |s: &crate::state::ClusterState| home.save(s);
+    match provider::for_type(st.kind(), home) {
+        Ok(p) => p.delete(&mut st, opts, &save).await?,
         Err(e) => {
             return Err(Error::Usage(format!(
                 "{e}; this version cannot stop a {} cluster's resources. Remove {} by hand once they are gone.",
-                st.kind.name(),
+                st.kind().name(),
                 home.cluster_dir(name).display()
             )))
         }

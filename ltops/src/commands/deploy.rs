@@ -1,13 +1,13 @@
-//! `ltops deploy`: starts (or restarts) a cluster's servers and agents.
+//! `ltops deploy`: starts (or brings up to date) a cluster's servers and agents.
 
 use std::path::PathBuf;
 
 use loadtest_contract::WorkloadConfig;
 
-use crate::commands::{lock, open};
+use crate::commands::{lock, open, status};
 use crate::error::{IoContext, Result};
-use crate::provider::{self, Provider};
-use crate::state::{self, Binaries, ClusterState, Home, Role};
+use crate::provider::{self, Artifacts, Provider};
+use crate::state::{self, ClusterState, Home};
 
 #[derive(Clone, Debug, Default)]
 pub struct DeployOptions {
@@ -19,19 +19,20 @@ pub struct DeployOptions {
 }
 
 /// Deploys with the lock held.
-pub fn deploy_locked(
+pub async fn deploy_locked(
     home: &Home,
     st: &mut ClusterState,
     p: &dyn Provider,
-    binaries: &Binaries,
+    artifacts: &Artifacts,
 ) -> Result<()> {
     let save = |s: &ClusterState| home.save(s);
-    p.deploy(st, binaries, &save)?;
+    st.binaries = Some(artifacts.binaries());
+    p.deploy(st, artifacts, &save).await?;
     st.deployed_at_ms = Some(loadtest_contract::now_ms());
     home.save(st)
 }
 
-pub fn deploy(home: &Home, opts: &DeployOptions) -> Result<i32> {
+pub async fn deploy(home: &Home, opts: &DeployOptions) -> Result<i32> {
     let (_, p) = open(home, &opts.cluster)?;
     let binaries = provider::resolve_binaries(opts.server.clone(), opts.agent.clone())?;
     let config_text = match &opts.config {
@@ -49,23 +50,15 @@ pub fn deploy(home: &Home, opts: &DeployOptions) -> Result<i32> {
         st.workload = Some(dest);
     }
     eprintln!(
-        "deploying {:?}: {} server instance(s), {} agent(s)…",
-        st.name, st.app_count, st.agents
+        "deploying {:?} ({}): {} server instance(s), {} agent(s)…",
+        st.name,
+        st.kind().name(),
+        st.app_count,
+        st.agents
     );
-    deploy_locked(home, &mut st, p.as_ref(), &binaries)?;
-    for c in &st.components {
-        let extra = match (&c.role, &c.metrics_address) {
-            (Role::Server, Some(m)) => format!("  metrics http://{m}/metrics"),
-            _ => String::new(),
-        };
-        println!(
-            "{:<10} {}  pid {}{}",
-            c.label(),
-            c.display_url(),
-            c.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-            extra
-        );
-    }
+    let artifacts = Artifacts::from_binaries(&binaries);
+    deploy_locked(home, &mut st, p.as_ref(), &artifacts).await?;
+    status::print_components(&st, p.as_ref()).await;
     println!(
         "next: ltops loadtest -c {}{}",
         st.name,

@@ -15,9 +15,9 @@ use crate::commands::{deploy, lock};
 use crate::coordinator::{self, AgentOutcome, RunPlan};
 use crate::error::{exit, Error, Result};
 use crate::progress::{self, Progress};
-use crate::provider::{self, Health, Provider};
+use crate::provider::{self, Artifacts, Health, Provider};
 use crate::state::{
-    self, ClusterState, ClusterType, Database, DatasetState, Home, LastRun, Role, QUICK_CLUSTER,
+    self, ClusterState, Database, DatasetState, Home, LastRun, Role, QUICK_CLUSTER,
 };
 
 /// How the live progress is shown.
@@ -164,8 +164,10 @@ fn check_markdown(path: &Path) -> Result<()> {
         })
 }
 
-fn healthy(p: &dyn Provider, st: &ClusterState) -> bool {
-    let h = p.status(st);
+async fn healthy(p: &dyn Provider, st: &ClusterState) -> bool {
+    let Ok(h) = p.status(st).await else {
+        return false;
+    };
     let count = |r: Role| {
         h.iter()
             .filter(|c| c.component.role == r && c.health == Health::Healthy)
@@ -174,7 +176,7 @@ fn healthy(p: &dyn Provider, st: &ClusterState) -> bool {
     count(Role::Server) == st.app_count && count(Role::Agent) == st.agents
 }
 
-pub fn loadtest(home: &Home, opts: &LoadtestOptions, rt: &tokio::runtime::Handle) -> Result<i32> {
+pub async fn loadtest(home: &Home, opts: &LoadtestOptions) -> Result<i32> {
     let name = match (&opts.cluster, opts.quick) {
         (Some(n), _) => n.clone(),
         (None, true) => QUICK_CLUSTER.to_string(),
@@ -209,26 +211,17 @@ pub fn loadtest(home: &Home, opts: &LoadtestOptions, rt: &tokio::runtime::Handle
     }
     if !opts.quick {
         let st = home.load_checked(&name)?;
-        provider::for_type(st.kind, home)?;
+        provider::for_type(st.kind(), home)?;
     }
 
     let _lock = lock(home, &name)?;
     let mut st = if opts.quick && !home.exists(&name) {
         eprintln!("creating local cluster {name:?} (2 agents, SQLite)…");
-        create::create_locked(
-            home,
-            &CreateOptions {
-                name: name.clone(),
-                kind: ClusterType::Local,
-                agents: 2,
-                database: Database::Sqlite,
-                app_count: 1,
-            },
-        )?
+        create::create_locked(home, &CreateOptions::local(&name, 2, Database::Sqlite, 1)).await?
     } else {
         home.load_checked(&name)?
     };
-    let p = provider::for_type(st.kind, home)?;
+    let p = provider::for_type(st.kind(), home)?;
 
     // --quick keeps the cluster on the binaries this ltops would pick, as they are now.
     let wanted = if opts.quick {
@@ -246,7 +239,7 @@ pub fn loadtest(home: &Home, opts: &LoadtestOptions, rt: &tokio::runtime::Handle
         eprintln!("the server or agent binary changed since the last deploy; redeploying");
     }
     let rebuilt = switched || rebuilt;
-    if rebuilt || !healthy(p.as_ref(), &st) {
+    if rebuilt || !healthy(p.as_ref(), &st).await {
         if opts.quick {
             let binaries =
                 provider::resolve_or_build_binaries(opts.server.clone(), opts.agent.clone())?;
@@ -255,7 +248,8 @@ pub fn loadtest(home: &Home, opts: &LoadtestOptions, rt: &tokio::runtime::Handle
                 binaries.server.display(),
                 binaries.agent.display()
             );
-            deploy::deploy_locked(home, &mut st, p.as_ref(), &binaries)?;
+            let artifacts = Artifacts::from_binaries(&binaries);
+            deploy::deploy_locked(home, &mut st, p.as_ref(), &artifacts).await?;
         } else {
             return Err(Error::Runtime(format!(
                 "cluster {name:?} is not running (see `ltops status {name}`); start it with `ltops deploy -c {name}`"
@@ -283,13 +277,9 @@ pub fn loadtest(home: &Home, opts: &LoadtestOptions, rt: &tokio::runtime::Handle
         .run
         .thresholds
         .extend(opts.thresholds.iter().cloned());
-    let servers = p.server_urls(&st);
-    let Some(first_server) = servers.first().cloned() else {
-        return Err(Error::Runtime(format!(
-            "cluster {name:?} has no server; run `ltops deploy -c {name}`"
-        )));
-    };
-    config.target.url = first_server;
+    // One set of endpoints (and whatever keeps them reachable) for setup, run and download.
+    let endpoints = p.endpoints(&st).await?;
+    config.target.url = endpoints.server_url.clone();
     config.target.websocket_url = None;
 
     let run_id = coordinator::new_run_id();
@@ -310,8 +300,7 @@ pub fn loadtest(home: &Home, opts: &LoadtestOptions, rt: &tokio::runtime::Handle
     } else if prepared && !opts.force_setup {
         eprintln!("data set already prepared (use --force-setup to run setup again)");
     } else {
-        let agents = p.agents(&st)?;
-        let Some(agent) = agents.first() else {
+        let Some(agent) = endpoints.agents.first() else {
             return Err(Error::Runtime(format!(
                 "cluster {name:?} has no agent; run `ltops deploy -c {name}`"
             )));
@@ -323,7 +312,7 @@ pub fn loadtest(home: &Home, opts: &LoadtestOptions, rt: &tokio::runtime::Handle
         // Through the control API, like everything the coordinator does, so every provider
         // prepares data the same way. With several server instances setup goes through one of
         // them; the chat server's PostgreSQL bus propagates the memberships to the others.
-        let done = rt.block_on(coordinator::prepare_dataset(agent, &config))?;
+        let done = coordinator::prepare_dataset(agent, &config).await?;
         eprintln!(
             "data set ready: {} created, {} already there",
             done.created, done.existing
@@ -338,15 +327,11 @@ pub fn loadtest(home: &Home, opts: &LoadtestOptions, rt: &tokio::runtime::Handle
     }
     crate::interrupt::check()?;
 
-    // Per-agent targets come from the provider; this is what the header shows.
-    if let Some(u) = p.server_urls(&st).first() {
-        config.target.url = u.clone();
-    }
-    let agents = p.agents(&st)?;
+    // Per-agent targets come from the provider; the config's is what the header shows.
     let plan = RunPlan {
         run_id: run_id.clone(),
         config: config.clone(),
-        agents,
+        agents: endpoints.agents.clone(),
         results_dir: results_dir.clone(),
         start_delay: Duration::from_secs(2),
     };
@@ -362,22 +347,25 @@ pub fn loadtest(home: &Home, opts: &LoadtestOptions, rt: &tokio::runtime::Handle
         humantime::format_duration(config.users.duration),
         config.target.url
     );
-    let report = rt.block_on(coordinator::run(&plan, display.as_mut()))?;
+    let report = coordinator::run(&plan, display.as_mut()).await?;
 
     // Lost agents: report them, salvage what they flushed.
     let mut lost_names = Vec::new();
     for a in report.lost() {
         let dest = coordinator::agent_results_path(&results_dir, a.index);
-        let saved = p.salvage_results(&st, a.index, &run_id, &dest);
         let AgentOutcome::Lost { reason } = &a.outcome else {
             continue;
         };
-        let alive = p.agent_alive(&st, a.index);
+        let found = p.lost_agent(&st, a.index, &run_id, &dest).await;
+        let (alive, log_tail, saved) = match found {
+            Ok(l) => (l.alive, l.log_tail, l.saved),
+            Err(e) => (true, format!("(could not be read: {e})"), false),
+        };
         eprintln!(
             "\nagent-{} was lost: {reason}{}\nits last log lines:\n{}\n{}",
             a.index,
             if alive { "" } else { " (its process is gone)" },
-            crate::process::indent(&p.agent_log_tail(&st, a.index, 15)),
+            crate::process::indent(&log_tail),
             if saved {
                 format!(
                     "the partial results it had flushed are in {}",
@@ -459,6 +447,7 @@ pub fn loadtest(home: &Home, opts: &LoadtestOptions, rt: &tokio::runtime::Handle
         exit_code: code,
         results_dir,
     });
+    drop(endpoints);
     home.save(&st)?;
     Ok(code)
 }

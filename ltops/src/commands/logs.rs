@@ -4,7 +4,7 @@ use crate::commands::open;
 use crate::error::Result;
 use crate::state::{Home, Role};
 
-pub fn logs(
+pub async fn logs(
     home: &Home,
     cluster: &str,
     role: Role,
@@ -13,6 +13,6 @@ pub fn logs(
     lines: Option<usize>,
 ) -> Result<i32> {
     let (st, p) = open(home, cluster)?;
-    p.logs(&st, role, index, follow, lines)?;
+    p.logs(&st, role, index, follow, lines).await?;
     Ok(0)
 }

@@ -18,7 +18,7 @@ use crate::state::{ClusterState, Home};
 /// Loads a cluster and its provider (refusing types this version cannot drive).
 pub fn open(home: &Home, name: &str) -> Result<(ClusterState, Box<dyn Provider>)> {
     let state = home.load(name)?;
-    let p = provider::for_type(state.kind, home)?;
+    let p = provider::for_type(state.kind(), home)?;
     Ok((state, p))
 }
 

@@ -3,57 +3,70 @@
 use comfy_table::{presets::UTF8_FULL_CONDENSED, Table};
 
 use crate::error::Result;
-use crate::provider::{self, Health};
-use crate::state::{ClusterState, Home, Role};
+use crate::provider::{self, Health, Provider};
+use crate::state::{ClusterState, Home, Proxy, Role};
 
 fn when(ms: i64) -> String {
     let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-fn show(home: &Home, st: &ClusterState) {
-    println!(
-        "cluster {}  (type {}, {} agent(s), {} server instance(s), {})",
-        st.name,
-        st.kind.name(),
-        st.agents,
-        st.app_count,
-        st.database.name()
-    );
-    println!("  state:    {}", home.cluster_dir(&st.name).display());
+/// The component table: address, where it runs (in the provider's words), health, metrics.
+pub async fn print_components(st: &ClusterState, p: &dyn Provider) {
+    let health = match p.status(st).await {
+        Ok(h) => h,
+        Err(e) => {
+            println!("  components: unknown ({e})");
+            return;
+        }
+    };
+    if health.is_empty() {
+        println!("  components: none (run `ltops deploy -c {}`)", st.name);
+        return;
+    }
     let mut table = Table::new();
     table.load_preset(UTF8_FULL_CONDENSED);
-    table.set_header(vec!["component", "address", "pid", "health", "metrics"]);
-    match provider::for_type(st.kind, home) {
-        Ok(p) => {
-            let health = p.status(st);
-            if health.is_empty() {
-                println!("  components: none (run `ltops deploy -c {}`)", st.name);
-            } else {
-                for h in &health {
-                    let c = &h.component;
-                    let metrics = match (c.role, &c.metrics_address) {
-                        (Role::Server, Some(m)) => format!("http://{m}/metrics"),
-                        (Role::Agent, _) => format!("{}/metrics", c.url()),
-                        _ => String::new(),
-                    };
-                    let health = match &h.health {
-                        Health::Healthy => "healthy".to_string(),
-                        other => other.label(),
-                    };
-                    table.add_row(vec![
-                        c.label(),
-                        c.display_url(),
-                        c.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
-                        health,
-                        metrics,
-                    ]);
-                }
-                for line in table.to_string().lines() {
-                    println!("  {line}");
-                }
-            }
+    table.set_header(vec!["component", "address", "runs", "health", "metrics"]);
+    for h in &health {
+        let c = &h.component;
+        let metrics = match (c.role, &c.metrics_address) {
+            (Role::Server, Some(m)) => format!("http://{m}/metrics"),
+            (Role::Agent, _) => format!("{}/metrics", c.url()),
+            _ => String::new(),
+        };
+        let health = match &h.health {
+            Health::Healthy => "healthy".to_string(),
+            other => other.label(),
+        };
+        table.add_row(vec![
+            c.label(),
+            c.display_url(),
+            h.location.clone(),
+            health,
+            metrics,
+        ]);
+    }
+    for line in table.to_string().lines() {
+        println!("  {line}");
+    }
+}
+
+async fn show(home: &Home, st: &ClusterState) {
+    println!(
+        "cluster {}  (type {}, {} agent(s), {} server instance(s), {}{})",
+        st.name,
+        st.kind().name(),
+        st.agents,
+        st.app_count,
+        st.database.name(),
+        match st.proxy {
+            Proxy::None => String::new(),
+            other => format!(", {} in front", other.name()),
         }
+    );
+    println!("  state:    {}", home.cluster_dir(&st.name).display());
+    match provider::for_type(st.kind(), home) {
+        Ok(p) => print_components(st, p.as_ref()).await,
         Err(e) => println!("  components: unknown ({e})"),
     }
     match &st.dataset {
@@ -82,7 +95,7 @@ fn show(home: &Home, st: &ClusterState) {
     }
 }
 
-pub fn status(home: &Home, name: Option<&str>) -> Result<i32> {
+pub async fn status(home: &Home, name: Option<&str>) -> Result<i32> {
     let names = match name {
         Some(n) => {
             home.load(n)?;
@@ -102,7 +115,7 @@ pub fn status(home: &Home, name: Option<&str>) -> Result<i32> {
             println!();
         }
         match home.load(n) {
-            Ok(st) => show(home, &st),
+            Ok(st) => show(home, &st).await,
             Err(e) => println!("cluster {n}: {e}"),
         }
     }

@@ -1,10 +1,12 @@
 //! The `local` provider: every component is a process on this machine.
 //!
 //! - servers: `chat-server --listen 127.0.0.1:P --metrics-listen 127.0.0.1:M` with
-//!   `--data-dir <cluster>/server-<i>/data` (SQLite) or `--database-url` (PostgreSQL);
+//!   `--data-dir <cluster>/server-<i>/data` (SQLite) or, for PostgreSQL, `--config
+//!   <cluster>/server-<i>/server.toml` (mode 0600) holding the database URL, so the password is
+//!   never on a command line;
 //! - agents: `loadtest-agent serve --listen 127.0.0.1:P --token-file <cluster>/agent-<i>/token
 //!   --results-dir <cluster>/agent-<i>/results --agent-id agent-<i>` (the agent flushes its
-//!   results file there every interval: what `salvage_results` copies when an agent dies);
+//!   results file there every interval: what [`Provider::lost_agent`] copies when an agent dies);
 //! - PostgreSQL (optional): see [`super::postgres`].
 //!
 //! Each process runs detached in its own process group with its working directory
@@ -12,19 +14,32 @@
 //! picked by binding port 0 and releasing it; if another process grabs one in between, start-up
 //! fails with "address in use" and we retry with new ports. With several server instances
 //! (PostgreSQL only), agent `i` sends its users to server `i mod N`: no proxy in between, and
-//! every instance gets a share of the load.
+//! every instance gets a share of the load (`--proxy nginx` is for remote providers).
+//!
+//! The provider's section of `cluster.toml` ([`LocalState`]) holds each process's PID and start
+//! time and the private PostgreSQL's data directory and password; nothing outside this module and
+//! [`super::postgres`] knows about them.
 
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use super::{ComponentHealth, Health, Provider, ShellCommand};
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+
+use super::postgres::PostgresState;
+use super::{
+    Artifacts, ComponentHealth, CreateRequest, DeleteOptions, Endpoints, Health, LostAgent,
+    Provider, Save, Shape, ShellCommand,
+};
 use crate::agent_client::AgentEndpoint;
 use crate::error::{Error, IoContext, Result};
 use crate::interrupt;
 use crate::process::{self, indent, tail};
-use crate::state::{Binaries, ClusterState, ClusterType, Component, Database, Home, Role};
+use crate::state::{
+    ClusterState, ClusterType, Component, Database, Home, Proxy, Role, CLUSTER_FILE,
+};
 
 /// How long a component may take to answer its health check after start.
 const START_TIMEOUT: Duration = Duration::from_secs(60);
@@ -33,8 +48,70 @@ const STOP_GRACE: Duration = Duration::from_secs(10);
 /// Attempts when a freshly picked port turns out to be taken.
 const PORT_ATTEMPTS: usize = 3;
 
+/// The local provider's section of `cluster.toml`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct LocalState {
+    #[serde(default)]
+    pub postgres: Option<PostgresState>,
+    #[serde(default)]
+    pub processes: Vec<Process>,
+}
+
+/// How one component runs here.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Process {
+    pub role: Role,
+    pub index: u32,
+    /// Process id (the leader of its own process group); absent when stopped.
+    #[serde(default)]
+    pub pid: Option<u32>,
+    /// Start time of the process (`/proc/PID/stat` field 22), to detect PID reuse.
+    #[serde(default)]
+    pub start_ticks: Option<u64>,
+    pub dir: PathBuf,
+    pub log: PathBuf,
+}
+
+impl Process {
+    fn alive(&self) -> bool {
+        self.pid
+            .is_some_and(|p| process::is_alive(p, self.start_ticks))
+    }
+}
+
+impl LocalState {
+    fn process(&self, role: Role, index: u32) -> Option<&Process> {
+        self.processes
+            .iter()
+            .find(|p| p.role == role && p.index == index)
+    }
+
+    fn upsert(&mut self, p: Process) {
+        match self
+            .processes
+            .iter_mut()
+            .find(|q| q.role == p.role && q.index == p.index)
+        {
+            Some(slot) => *slot = p,
+            None => {
+                self.processes.push(p);
+                self.processes.sort_by_key(|p| (p.role, p.index));
+            }
+        }
+    }
+}
+
 pub struct LocalProvider {
     home: Home,
+}
+
+/// A component to start: what to run with which arguments, given its ports.
+struct Plan {
+    role: Role,
+    index: u32,
+    program: PathBuf,
+    args: Box<dyn Fn(u16, u16) -> Vec<String> + Send + Sync>,
+    with_metrics: bool,
 }
 
 impl LocalProvider {
@@ -44,6 +121,14 @@ impl LocalProvider {
 
     fn dir(&self, state: &ClusterState) -> PathBuf {
         self.home.cluster_dir(&state.name)
+    }
+
+    fn file(&self, state: &ClusterState) -> PathBuf {
+        self.dir(state).join(CLUSTER_FILE)
+    }
+
+    fn local(&self, state: &ClusterState) -> Result<LocalState> {
+        state.provider_state(&self.file(state))
     }
 
     fn component_dir(&self, state: &ClusterState, role: Role, index: u32) -> PathBuf {
@@ -56,42 +141,35 @@ impl LocalProvider {
             .join(format!("{}-{index}.log", role.name()))
     }
 
-    fn find<'a>(&self, state: &'a ClusterState, role: Role, index: u32) -> Result<&'a Component> {
-        state.component(role, index).ok_or_else(|| {
-            let have: Vec<String> = state
-                .components(role)
-                .map(|c| c.index.to_string())
-                .collect();
-            let hint = if have.is_empty() {
-                format!(
-                    "the cluster has no {} component; run `ltops deploy -c {}` first",
-                    role.name(),
-                    state.name
-                )
-            } else {
-                format!("choose one of -i {}", have.join(", "))
-            };
-            Error::Usage(format!(
-                "cluster {:?} has no {} {index}; {hint}",
-                state.name,
-                role.name()
-            ))
-        })
+    fn token_file(&self, state: &ClusterState, index: u32) -> PathBuf {
+        self.component_dir(state, Role::Agent, index).join("token")
+    }
+
+    /// Records a started process in both the generic and the provider's part, and saves.
+    fn record(
+        state: &mut ClusterState,
+        local: &mut LocalState,
+        c: Component,
+        p: Process,
+        save: &Save<'_>,
+    ) -> Result<()> {
+        state.upsert(c);
+        local.upsert(p);
+        state.set_provider_state(local)?;
+        save(state)
     }
 
     /// Starts one process and waits until its health check ([`probe`]) passes, retrying with
-    /// fresh ports when the port was taken. Returns the component as recorded.
-    #[allow(clippy::too_many_arguments)]
-    fn start_component(
+    /// fresh ports when the port was taken. The process is recorded (and saved) as soon as it
+    /// exists, so a crash of `ltops` never loses its PID.
+    async fn start_component(
         &self,
-        state: &ClusterState,
-        role: Role,
-        index: u32,
-        program: &Path,
-        args: &dyn Fn(u16, u16) -> Vec<String>,
-        with_metrics: bool,
-        on_spawn: &mut dyn FnMut(Component) -> Result<()>,
-    ) -> Result<Component> {
+        state: &mut ClusterState,
+        local: &mut LocalState,
+        plan: &Plan,
+        save: &Save<'_>,
+    ) -> Result<()> {
+        let (role, index) = (plan.role, plan.index);
         let dir = self.component_dir(state, role, index);
         crate::state::create_private_dir(&dir)?;
         let log = self.log_path(state, role, index);
@@ -99,26 +177,33 @@ impl LocalProvider {
         for _attempt in 0..PORT_ATTEMPTS {
             interrupt::check()?;
             let port = process::free_port()?;
-            let metrics_port = if with_metrics {
+            let metrics_port = if plan.with_metrics {
                 process::free_port()?
             } else {
                 0
             };
             let log_start = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
-            let mut cmd = Command::new(program);
-            cmd.args(args(port, metrics_port)).current_dir(&dir);
+            let mut cmd = Command::new(&plan.program);
+            cmd.args((plan.args)(port, metrics_port)).current_dir(&dir);
             let spawned = process::spawn_detached(&mut cmd, &log)?;
             let c = Component {
                 role,
                 index,
                 address: format!("127.0.0.1:{port}"),
-                metrics_address: with_metrics.then(|| format!("127.0.0.1:{metrics_port}")),
+                metrics_address: plan
+                    .with_metrics
+                    .then(|| format!("127.0.0.1:{metrics_port}")),
+                started: true,
+            };
+            let p = Process {
+                role,
+                index,
                 pid: Some(spawned.pid),
                 start_ticks: spawned.start_ticks,
                 dir: dir.clone(),
                 log: log.clone(),
             };
-            on_spawn(c.clone())?;
+            Self::record(state, local, c.clone(), p, save)?;
             let deadline = Instant::now() + START_TIMEOUT;
             loop {
                 if let Err(e) = interrupt::check() {
@@ -126,9 +211,11 @@ impl LocalProvider {
                     return Err(e);
                 }
                 if !process::is_alive(spawned.pid, spawned.start_ticks) {
-                    let new_output = read_from(&log, log_start);
-                    let lower = new_output.to_lowercase();
-                    if lower.contains("address in use") || lower.contains("addrinuse") {
+                    let lower = read_from(&log, log_start).to_lowercase();
+                    if lower.contains("address in use")
+                        || lower.contains("already in use")
+                        || lower.contains("addrinuse")
+                    {
                         last_err = Some(format!("port {port} was taken"));
                         break;
                     }
@@ -141,7 +228,7 @@ impl LocalProvider {
                     )));
                 }
                 if matches!(probe(role, &c.address, &state.control_token), Ok(200)) {
-                    return Ok(c);
+                    return Ok(());
                 }
                 if Instant::now() > deadline {
                     process::stop_group(spawned.pid, spawned.start_ticks, STOP_GRACE);
@@ -154,7 +241,7 @@ impl LocalProvider {
                         state.name
                     )));
                 }
-                std::thread::sleep(Duration::from_millis(100));
+                tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }
         Err(Error::Runtime(format!(
@@ -164,27 +251,132 @@ impl LocalProvider {
         )))
     }
 
-    fn stop_components(&self, state: &mut ClusterState, roles: &[Role]) {
-        // Agents first (they talk to servers), then servers.
-        let mut order: Vec<usize> = (0..state.components.len())
-            .filter(|i| roles.contains(&state.components[*i].role))
+    /// Stops the processes of `roles` (clients before servers before the database).
+    fn stop_processes(state: &mut ClusterState, local: &mut LocalState, roles: &[Role]) {
+        let mut order: Vec<usize> = (0..local.processes.len())
+            .filter(|i| roles.contains(&local.processes[*i].role))
             .collect();
-        order.sort_by_key(|i| match state.components[*i].role {
-            Role::Agent => 0,
-            Role::Server => 1,
-            Role::Postgres => 2,
-        });
+        order.sort_by_key(|i| local.processes[*i].role.stop_rank());
         for i in order {
-            let c = &mut state.components[i];
-            if let Some(pid) = c.pid.take() {
-                process::stop_group(pid, c.start_ticks.take(), STOP_GRACE);
+            let p = &mut local.processes[i];
+            if let Some(pid) = p.pid.take() {
+                process::stop_group(pid, p.start_ticks.take(), STOP_GRACE);
+            }
+            if let Some(c) = state.component_mut(p.role, p.index) {
+                c.started = false;
             }
         }
     }
 
-    fn token_file(&self, state: &ClusterState, index: u32) -> PathBuf {
-        self.component_dir(state, Role::Agent, index).join("token")
+    /// The start plan for every server instance and agent.
+    fn plan(
+        &self,
+        state: &ClusterState,
+        local: &LocalState,
+        artifacts: &Artifacts,
+    ) -> Result<Vec<Plan>> {
+        let mut plan = Vec::new();
+        for i in 0..state.app_count {
+            let dir = self.component_dir(state, Role::Server, i);
+            let data_dir = dir.join("data");
+            // The database URL holds a password: it goes into a 0600 config file, not argv.
+            let config_file = match &local.postgres {
+                Some(pg) => {
+                    crate::state::create_private_dir(&dir)?;
+                    let file = dir.join("server.toml");
+                    let text = format!("database-url = {}\n", toml_string(&pg.url()));
+                    crate::state::write_atomic(&file, text.as_bytes(), 0o600)?;
+                    Some(file)
+                }
+                None => None,
+            };
+            let args = move |port: u16, metrics: u16| {
+                let mut a = vec![
+                    "--listen".to_string(),
+                    format!("127.0.0.1:{port}"),
+                    "--metrics-listen".into(),
+                    format!("127.0.0.1:{metrics}"),
+                ];
+                match &config_file {
+                    Some(f) => a.extend(["--config".to_string(), f.display().to_string()]),
+                    None => a.extend(["--data-dir".to_string(), data_dir.display().to_string()]),
+                }
+                a
+            };
+            plan.push(Plan {
+                role: Role::Server,
+                index: i,
+                program: artifacts.server.path.clone(),
+                args: Box::new(args),
+                with_metrics: true,
+            });
+        }
+        for i in 0..state.agents {
+            let token_file = self.token_file(state, i);
+            crate::state::write_atomic(&token_file, state.control_token.as_bytes(), 0o600)?;
+            let tf = token_file.display().to_string();
+            let results = self
+                .component_dir(state, Role::Agent, i)
+                .join("results")
+                .display()
+                .to_string();
+            let args = move |port: u16, _metrics: u16| {
+                vec![
+                    "serve".to_string(),
+                    "--listen".into(),
+                    format!("127.0.0.1:{port}"),
+                    "--token-file".into(),
+                    tf.clone(),
+                    "--results-dir".into(),
+                    results.clone(),
+                    "--agent-id".into(),
+                    format!("agent-{i}"),
+                ]
+            };
+            plan.push(Plan {
+                role: Role::Agent,
+                index: i,
+                program: artifacts.agent.path.clone(),
+                args: Box::new(args),
+                with_metrics: false,
+            });
+        }
+        Ok(plan)
     }
+
+    /// Makes sure the private PostgreSQL runs (after a reboot, say).
+    fn ensure_postgres(
+        state: &mut ClusterState,
+        local: &mut LocalState,
+        save: &Save<'_>,
+    ) -> Result<()> {
+        let Some(pg) = local.postgres.as_mut() else {
+            return Ok(());
+        };
+        if local
+            .processes
+            .iter()
+            .any(|p| p.role == Role::Postgres && p.alive())
+        {
+            return Ok(());
+        }
+        let (c, p) = super::postgres::start(pg)?;
+        Self::record(state, local, c, p, save)
+    }
+
+    /// Servers that run, as URLs.
+    fn server_urls(state: &ClusterState, local: &LocalState) -> Vec<String> {
+        state
+            .components(Role::Server)
+            .filter(|c| local.process(c.role, c.index).is_some_and(Process::alive))
+            .map(Component::url)
+            .collect()
+    }
+}
+
+/// A TOML basic string.
+fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
 }
 
 /// What a log gained since `offset`.
@@ -205,7 +397,9 @@ fn read_from(path: &Path, offset: u64) -> String {
 fn probe(role: Role, addr: &str, token: &str) -> Result<u16> {
     let timeout = Duration::from_secs(2);
     match role {
-        Role::Server => process::http_get_status(addr, "/api/v4/system/ping", None, timeout),
+        Role::Server | Role::Proxy => {
+            process::http_get_status(addr, "/api/v4/system/ping", None, timeout)
+        }
         Role::Agent => process::http_get_status(
             addr,
             loadtest_contract::control::PATH_CLOCK,
@@ -223,185 +417,133 @@ fn probe(role: Role, addr: &str, token: &str) -> Result<u16> {
     }
 }
 
+#[async_trait]
 impl Provider for LocalProvider {
     fn kind(&self) -> ClusterType {
         ClusterType::Local
     }
 
-    fn create(&self, state: &mut ClusterState) -> Result<()> {
+    fn shape(&self, req: &CreateRequest) -> Result<Shape> {
+        if let Some(inv) = &req.inventory {
+            return Err(Error::Usage(format!(
+                "--inventory {} is for --type ssh; a local cluster runs on this machine (drop --inventory, or add --type ssh)",
+                inv.display()
+            )));
+        }
+        if req.proxy == Some(Proxy::Nginx) {
+            return Err(Error::Usage(
+                "--proxy nginx needs a remote cluster (--type ssh with a `proxy` host); locally, agents talk to the instances directly"
+                    .into(),
+            ));
+        }
+        Ok(Shape {
+            agents: req.agents.unwrap_or(2),
+            app_count: req.app_count.unwrap_or(1),
+            database: req.database.unwrap_or(Database::Sqlite),
+            proxy: Proxy::None,
+        })
+    }
+
+    async fn create(&self, _req: &CreateRequest, state: &mut ClusterState) -> Result<()> {
         let dir = self.dir(state);
         for sub in ["logs", "results"] {
             crate::state::create_private_dir(&dir.join(sub))?;
         }
+        let mut local = LocalState::default();
         if state.database == Database::Postgres {
-            let pg = super::postgres::init(&dir, &state.name)?;
-            let mut pg_state = pg;
-            let started = super::postgres::start(&mut pg_state)?;
-            state.postgres = Some(pg_state);
-            state.upsert(started);
+            let mut pg = super::postgres::init(&dir, &state.name)?;
+            local.postgres = Some(pg.clone());
+            state.set_provider_state(&local)?;
+            let (c, p) = super::postgres::start(&mut pg)?;
+            local.postgres = Some(pg);
+            state.upsert(c);
+            local.upsert(p);
         }
-        Ok(())
+        state.set_provider_state(&local)
     }
 
-    fn deploy(
+    async fn deploy(
         &self,
         state: &mut ClusterState,
-        binaries: &Binaries,
-        save: &dyn Fn(&ClusterState) -> Result<()>,
+        artifacts: &Artifacts,
+        save: &Save<'_>,
     ) -> Result<()> {
+        let mut local = self.local(state)?;
         // Restart semantics: stop what runs, then start everything fresh.
-        self.stop_components(state, &[Role::Server, Role::Agent]);
-        state.components.retain(|c| c.role == Role::Postgres);
-        state.binaries = Some(binaries.clone());
+        Self::stop_processes(state, &mut local, &[Role::Server, Role::Agent]);
+        state
+            .components
+            .retain(|c| !matches!(c.role, Role::Server | Role::Agent));
+        local
+            .processes
+            .retain(|p| !matches!(p.role, Role::Server | Role::Agent));
+        state.set_provider_state(&local)?;
         save(state)?;
+        Self::ensure_postgres(state, &mut local, save)?;
 
-        if let Some(pg) = state.postgres.as_mut() {
-            let alive = state
-                .components
-                .iter()
-                .find(|c| c.role == Role::Postgres)
-                .and_then(|c| c.pid.map(|p| process::is_alive(p, c.start_ticks)))
-                .unwrap_or(false);
-            if !alive {
-                let c = super::postgres::start(pg)?;
-                state.upsert(c);
-                save(state)?;
+        let result = async {
+            for plan in self.plan(state, &local, artifacts)? {
+                self.start_component(state, &mut local, &plan, save).await?;
             }
+            Ok::<(), Error>(())
         }
-
-        let result = (|| -> Result<()> {
-            // What to start: (role, index, program, args(port, metrics port), metrics?).
-            type Args = Box<dyn Fn(u16, u16) -> Vec<String>>;
-            let mut plan: Vec<(Role, u32, PathBuf, Args, bool)> = Vec::new();
-            for i in 0..state.app_count {
-                let data_dir = self.component_dir(state, Role::Server, i).join("data");
-                let db_url = state.postgres.as_ref().map(|p| p.url());
-                let args = move |port: u16, metrics: u16| {
-                    let mut a = vec![
-                        "--listen".to_string(),
-                        format!("127.0.0.1:{port}"),
-                        "--metrics-listen".into(),
-                        format!("127.0.0.1:{metrics}"),
-                    ];
-                    match &db_url {
-                        Some(url) => a.extend(["--database-url".to_string(), url.clone()]),
-                        None => {
-                            a.extend(["--data-dir".to_string(), data_dir.display().to_string()])
-                        }
-                    }
-                    a
-                };
-                plan.push((
-                    Role::Server,
-                    i,
-                    binaries.server.clone(),
-                    Box::new(args),
-                    true,
-                ));
-            }
-            for i in 0..state.agents {
-                let token_file = self.token_file(state, i);
-                crate::state::write_atomic(&token_file, state.control_token.as_bytes(), 0o600)?;
-                let tf = token_file.display().to_string();
-                let results = self
-                    .component_dir(state, Role::Agent, i)
-                    .join("results")
-                    .display()
-                    .to_string();
-                let args = move |port: u16, _metrics: u16| {
-                    vec![
-                        "serve".to_string(),
-                        "--listen".into(),
-                        format!("127.0.0.1:{port}"),
-                        "--token-file".into(),
-                        tf.clone(),
-                        "--results-dir".into(),
-                        results.clone(),
-                        "--agent-id".into(),
-                        format!("agent-{i}"),
-                    ]
-                };
-                plan.push((
-                    Role::Agent,
-                    i,
-                    binaries.agent.clone(),
-                    Box::new(args),
-                    false,
-                ));
-            }
-            for (role, i, program, args, with_metrics) in plan {
-                let snapshot = state.clone();
-                let c = self.start_component(
-                    &snapshot,
-                    role,
-                    i,
-                    &program,
-                    &args,
-                    with_metrics,
-                    &mut |c| {
-                        state.upsert(c);
-                        save(state)
-                    },
-                )?;
-                state.upsert(c);
-                save(state)?;
-            }
-            Ok(())
-        })();
+        .await;
         if let Err(e) = result {
             // Leave nothing half-started behind.
-            self.stop_components(state, &[Role::Server, Role::Agent]);
+            Self::stop_processes(state, &mut local, &[Role::Server, Role::Agent]);
+            state.set_provider_state(&local)?;
             let _ = save(state);
             return Err(e);
         }
         Ok(())
     }
 
-    fn stop(&self, state: &mut ClusterState) -> Result<()> {
-        self.stop_components(state, &[Role::Server, Role::Agent]);
-        Ok(())
-    }
-
-    fn status(&self, state: &ClusterState) -> Vec<ComponentHealth> {
-        state
+    async fn status(&self, state: &ClusterState) -> Result<Vec<ComponentHealth>> {
+        let local = self.local(state)?;
+        Ok(state
             .components
             .iter()
             .map(|c| {
-                let health = match c.pid {
-                    Some(pid) if process::is_alive(pid, c.start_ticks) => {
-                        let check = probe(c.role, &c.address, &state.control_token);
-                        match check {
-                            Ok(200) => Health::Healthy,
-                            Ok(code) => Health::Unhealthy(format!("health check answered {code}")),
-                            Err(e) => Health::Unhealthy(e.to_string()),
-                        }
-                    }
+                let p = local.process(c.role, c.index);
+                let health = match p {
+                    Some(p) if p.alive() => match probe(c.role, &c.address, &state.control_token) {
+                        Ok(200) => Health::Healthy,
+                        Ok(code) => Health::Unhealthy(format!("health check answered {code}")),
+                        Err(e) => Health::Unhealthy(e.to_string()),
+                    },
                     _ => Health::Stopped,
+                };
+                let location = match p.and_then(|p| p.pid.filter(|_| p.alive())) {
+                    Some(pid) => format!("pid {pid}"),
+                    None => "-".into(),
                 };
                 ComponentHealth {
                     component: c.clone(),
                     health,
+                    location,
                 }
             })
-            .collect()
+            .collect())
     }
 
-    fn agents(&self, state: &ClusterState) -> Result<Vec<AgentEndpoint>> {
-        let servers = self.server_urls(state);
+    async fn endpoints(&self, state: &ClusterState) -> Result<Endpoints> {
+        let local = self.local(state)?;
+        let servers = Self::server_urls(state, &local);
         if servers.is_empty() {
-            return Err(Error::Usage(format!(
+            return Err(Error::Runtime(format!(
                 "cluster {:?} has no server running; run `ltops deploy -c {}`",
                 state.name, state.name
             )));
         }
         let mut out = Vec::new();
         for i in 0..state.agents {
-            let c = self.find(state, Role::Agent, i)?;
-            if !c.pid.is_some_and(|p| process::is_alive(p, c.start_ticks)) {
+            let c = state.find(Role::Agent, i)?;
+            let p = local.process(Role::Agent, i);
+            if !p.is_some_and(Process::alive) {
                 return Err(Error::Runtime(format!(
                     "agent-{i} of cluster {:?} is not running; its last log lines:\n{}\nRun `ltops deploy -c {}` to restart the cluster.",
                     state.name,
-                    indent(&tail(&c.log, 10)),
+                    indent(&tail(&self.log_path(state, Role::Agent, i), 10)),
                     state.name
                 )));
             }
@@ -412,31 +554,23 @@ impl Provider for LocalProvider {
                 target_url: servers[i as usize % servers.len()].clone(),
             });
         }
-        Ok(out)
+        Ok(Endpoints::new(out, servers[0].clone(), ()))
     }
 
-    fn server_urls(&self, state: &ClusterState) -> Vec<String> {
-        state
-            .components(Role::Server)
-            .filter(|c| c.pid.is_some())
-            .map(Component::url)
-            .collect()
-    }
-
-    fn agent_log_tail(&self, state: &ClusterState, index: u32, lines: usize) -> String {
-        tail(&self.log_path(state, Role::Agent, index), lines)
-    }
-
-    fn agent_alive(&self, state: &ClusterState, index: u32) -> bool {
-        state
-            .component(Role::Agent, index)
-            .and_then(|c| c.pid.map(|p| process::is_alive(p, c.start_ticks)))
-            .unwrap_or(false)
-    }
-
-    fn salvage_results(&self, state: &ClusterState, index: u32, run_id: &str, dest: &Path) -> bool {
+    async fn lost_agent(
+        &self,
+        state: &ClusterState,
+        index: u32,
+        run_id: &str,
+        dest: &Path,
+    ) -> Result<LostAgent> {
+        let local = self.local(state)?;
+        let alive = local
+            .process(Role::Agent, index)
+            .is_some_and(Process::alive);
+        let log_tail = tail(&self.log_path(state, Role::Agent, index), 15);
         // The agent flushes its results to a file in its working directory as it runs; take
-        // the newest `.jsonl` there whose name or content mentions the run.
+        // the newest `.jsonl` there whose name or first line mentions the run.
         let dir = self.component_dir(state, Role::Agent, index);
         let mut candidates: Vec<(std::time::SystemTime, PathBuf)> = Vec::new();
         let mut stack = vec![(dir, 0)];
@@ -465,14 +599,37 @@ impl Provider for LocalProvider {
             }
         }
         candidates.sort();
-        match candidates.pop() {
-            Some((_, p)) => std::fs::copy(&p, dest).is_ok(),
+        let saved = match candidates.pop() {
+            Some((_, p)) => {
+                std::fs::copy(&p, dest)
+                    .context(|| format!("copying {} to {}", p.display(), dest.display()))?;
+                true
+            }
             None => false,
-        }
+        };
+        Ok(LostAgent {
+            alive,
+            log_tail,
+            saved,
+        })
     }
 
-    fn ssh(&self, state: &ClusterState, role: Role, index: u32, cmd: &ShellCommand) -> Result<i32> {
-        let c = self.find(state, role, index)?;
+    async fn shell(
+        &self,
+        state: &ClusterState,
+        role: Role,
+        index: u32,
+        cmd: &ShellCommand,
+    ) -> Result<i32> {
+        let c = state.find(role, index)?;
+        let local = self.local(state)?;
+        let p = local.process(role, index);
+        let dir = p
+            .map(|p| p.dir.clone())
+            .unwrap_or_else(|| self.component_dir(state, role, index));
+        let log = p
+            .map(|p| p.log.clone())
+            .unwrap_or_else(|| self.log_path(state, role, index));
         let mut command = match cmd {
             ShellCommand::Interactive => {
                 let shell = std::env::var("SHELL").unwrap_or_else(|_| "/bin/sh".into());
@@ -480,7 +637,7 @@ impl Provider for LocalProvider {
                     "ltops: shell in {} of cluster {:?} ({}); exit to return",
                     c.label(),
                     state.name,
-                    c.dir.display()
+                    dir.display()
                 );
                 Command::new(shell)
             }
@@ -491,13 +648,13 @@ impl Provider for LocalProvider {
             }
         };
         command
-            .current_dir(&c.dir)
+            .current_dir(&dir)
             .env("LTOPS_CLUSTER", &state.name)
             .env("LTOPS_ROLE", role.name())
             .env("LTOPS_INDEX", index.to_string())
             .env("LTOPS_URL", c.url())
-            .env("LTOPS_LOG", &c.log);
-        if let Some(pid) = c.pid {
+            .env("LTOPS_LOG", &log);
+        if let Some(pid) = p.and_then(|p| p.pid) {
             command.env("LTOPS_PID", pid.to_string());
         }
         if let Some(m) = &c.metrics_address {
@@ -507,17 +664,17 @@ impl Provider for LocalProvider {
             command.env("LTOPS_TOKEN_FILE", self.token_file(state, index));
         }
         if role == Role::Postgres {
-            if let Some(pg) = &state.postgres {
+            if let Some(pg) = &local.postgres {
                 command.env("DATABASE_URL", pg.url());
             }
         }
         let status = command
             .status()
-            .context(|| format!("running a shell in {}", c.dir.display()))?;
+            .context(|| format!("running a shell in {}", dir.display()))?;
         Ok(status.code().unwrap_or(1))
     }
 
-    fn logs(
+    async fn logs(
         &self,
         state: &ClusterState,
         role: Role,
@@ -525,19 +682,23 @@ impl Provider for LocalProvider {
         follow: bool,
         lines: Option<usize>,
     ) -> Result<()> {
-        let c = self.find(state, role, index)?;
-        let path = &c.log;
-        let mut f = std::fs::File::open(path).context(|| {
+        state.find(role, index)?;
+        let local = self.local(state)?;
+        let path = local
+            .process(role, index)
+            .map(|p| p.log.clone())
+            .unwrap_or_else(|| self.log_path(state, role, index));
+        let mut f = std::fs::File::open(&path).context(|| {
             format!(
                 "opening {} (the component may never have started; run `ltops deploy -c {}`)",
                 path.display(),
                 state.name
             )
         })?;
-        let mut out = std::io::stdout().lock();
+        let mut out = std::io::stdout();
         match lines {
             Some(n) => {
-                let _ = writeln!(out, "{}", tail(path, n));
+                let _ = writeln!(out, "{}", tail(&path, n));
                 let _ = f.seek(SeekFrom::End(0));
             }
             None => {
@@ -554,7 +715,7 @@ impl Provider for LocalProvider {
                 .read(&mut buf)
                 .context(|| format!("reading {}", path.display()))?;
             if n == 0 {
-                std::thread::sleep(Duration::from_millis(200));
+                tokio::time::sleep(Duration::from_millis(200)).await;
                 continue;
             }
             let _ = out.write_all(&buf[..n]);
@@ -563,13 +724,20 @@ impl Provider for LocalProvider {
         Ok(())
     }
 
-    fn delete(&self, state: &mut ClusterState) -> Result<()> {
-        self.stop_components(state, &[Role::Server, Role::Agent]);
-        if let Some(pg) = &state.postgres {
+    async fn delete(
+        &self,
+        state: &mut ClusterState,
+        _opts: DeleteOptions,
+        save: &Save<'_>,
+    ) -> Result<()> {
+        let mut local = self.local(state)?;
+        Self::stop_processes(state, &mut local, &[Role::Agent, Role::Server]);
+        if let Some(pg) = &local.postgres {
             super::postgres::stop(pg);
             super::postgres::remove(pg, &self.dir(state));
         }
-        self.stop_components(state, &[Role::Postgres]);
-        Ok(())
+        Self::stop_processes(state, &mut local, &[Role::Postgres]);
+        state.set_provider_state(&local)?;
+        save(state)
     }
 }

@@ -1,38 +1,51 @@
 //! The provider boundary: everything that depends on *where* a cluster runs.
 //!
-//! A [`Provider`] creates a cluster's infrastructure, starts and stops its components (server
-//! instances, agents, a database), reports their health, opens a shell or shows logs in them, runs
-//! the data-set setup from an agent's machine, and deletes it all. It hands the coordinator the
-//! agents' control endpoints ([`AgentEndpoint`]: URL + token + the server URL their users should
-//! use) and nothing else — the coordination code (`crate::coordinator`) never asks which provider
+//! A [`Provider`] resolves a new cluster's shape and provisions it, deploys [`Artifacts`] to it
+//! (the local provider runs binaries in place; the SSH provider uploads them, checksummed), reports
+//! each component's health, opens a shell or shows logs in a component, salvages what a lost agent
+//! flushed, and deletes everything it started. For a load test it hands out [`Endpoints`]: the
+//! agents' control endpoints and the server URL, with a guard that keeps whatever makes them
+//! reachable (SSH port forwards, later port-forwards to pods) open while the coordinator uses them.
+//! The coordination code (`crate::coordinator`) sees nothing else and never asks which provider
 //! it is talking to.
 //!
-//! `local` (processes on this machine) is implemented; `kubernetes` and `aws` are accepted names
-//! that answer "not yet supported" so the command line is stable when they arrive.
+//! Each provider keeps its own state in the `[provider]` section of `cluster.toml`
+//! ([`ClusterState::provider_state`]); only it knows what a PID, a host or a pod is. Everything
+//! here is async (one tokio runtime in `ltops`) and fallible.
+//!
+//! `local` (processes on this machine) and `ssh` (hosts you already have) are implemented;
+//! `kubernetes` and `aws` are accepted names that answer "not yet supported", so the command line
+//! is stable when they arrive.
 
 pub mod local;
 pub mod postgres;
+pub mod ssh;
 
 use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use async_trait::async_trait;
 
 use crate::agent_client::AgentEndpoint;
-use crate::error::{Error, Result};
-use crate::state::{Binaries, ClusterState, ClusterType, Component, Home, Role};
+use crate::error::{Error, IoContext, Result};
+use crate::state::{Binaries, ClusterState, ClusterType, Component, Database, Home, Proxy, Role};
 
 /// Health of one component as `status` shows it.
 #[derive(Clone, Debug)]
 pub struct ComponentHealth {
     pub component: Component,
     pub health: Health,
+    /// Where and how it runs, in the provider's words (`pid 4242`, `loadtest@10.0.0.2`).
+    pub location: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Health {
-    /// Process alive and answering its health check.
+    /// Running and answering its health check.
     Healthy,
-    /// Process alive but the health check failed (why).
+    /// Running but the health check failed (why).
     Unhealthy(String),
-    /// No process.
+    /// Not running.
     Stopped,
 }
 
@@ -55,51 +68,202 @@ pub enum ShellCommand {
     Run(Vec<String>),
 }
 
+/// What `ltops create` asks for; `None` leaves the choice to the provider (the SSH provider
+/// derives defaults from the inventory).
+#[derive(Clone, Debug, Default)]
+pub struct CreateRequest {
+    pub name: String,
+    pub agents: Option<u32>,
+    pub app_count: Option<u32>,
+    pub database: Option<Database>,
+    pub proxy: Option<Proxy>,
+    /// `--inventory`: the hosts of an `ssh` cluster.
+    pub inventory: Option<PathBuf>,
+}
+
+/// A cluster's shape, as resolved by its provider.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Shape {
+    pub agents: u32,
+    pub app_count: u32,
+    pub database: Database,
+    pub proxy: Proxy,
+}
+
+/// One binary to deploy, built on this machine. Its SHA-256 is computed when first asked for
+/// (the local provider never needs it).
+#[derive(Debug)]
+pub struct Artifact {
+    pub path: PathBuf,
+    sha256: OnceLock<String>,
+}
+
+impl Artifact {
+    pub fn new(path: PathBuf) -> Self {
+        Artifact {
+            path,
+            sha256: OnceLock::new(),
+        }
+    }
+
+    /// Lowercase hex SHA-256 of the file.
+    pub fn sha256(&self) -> Result<&str> {
+        if let Some(s) = self.sha256.get() {
+            return Ok(s);
+        }
+        let digest = sha256_file(&self.path)?;
+        Ok(self.sha256.get_or_init(|| digest))
+    }
+}
+
+/// SHA-256 of a file, streamed.
+pub fn sha256_file(path: &Path) -> Result<String> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).context(|| format!("opening {}", path.display()))?;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 16];
+    loop {
+        let n = f
+            .read(&mut buf)
+            .context(|| format!("reading {}", path.display()))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
+}
+
+/// What a deploy installs: the server and the agent.
+#[derive(Debug)]
+pub struct Artifacts {
+    pub server: Artifact,
+    pub agent: Artifact,
+}
+
+impl Artifacts {
+    pub fn from_binaries(b: &Binaries) -> Self {
+        Artifacts {
+            server: Artifact::new(b.server.clone()),
+            agent: Artifact::new(b.agent.clone()),
+        }
+    }
+
+    pub fn binaries(&self) -> Binaries {
+        Binaries {
+            server: self.server.path.clone(),
+            agent: self.agent.path.clone(),
+        }
+    }
+}
+
+/// The agents' control endpoints and the server URL for one load test; dropping it closes what
+/// made them reachable.
+pub struct Endpoints {
+    pub agents: Vec<AgentEndpoint>,
+    /// The URL the report names as the target (each agent's own is in its endpoint).
+    pub server_url: String,
+    _guard: Box<dyn Send + Sync>,
+}
+
+impl Endpoints {
+    pub fn new(
+        agents: Vec<AgentEndpoint>,
+        server_url: String,
+        guard: impl Send + Sync + 'static,
+    ) -> Self {
+        Endpoints {
+            agents,
+            server_url,
+            _guard: Box::new(guard),
+        }
+    }
+}
+
+impl std::fmt::Debug for Endpoints {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Endpoints")
+            .field("agents", &self.agents)
+            .field("server_url", &self.server_url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What could be learnt about an agent the coordinator lost.
+#[derive(Clone, Debug)]
+pub struct LostAgent {
+    /// Whether its process (unit, pod) still runs.
+    pub alive: bool,
+    /// Its last log lines.
+    pub log_tail: String,
+    /// Whether a results file it flushed was copied to the destination.
+    pub saved: bool,
+}
+
+/// Persists the cluster's state; providers call it after every change that must survive a
+/// crash (a process started, a file uploaded).
+pub type Save<'a> = dyn Fn(&ClusterState) -> Result<()> + Send + Sync + 'a;
+
+/// Options of `delete`.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DeleteOptions {
+    /// Forget hosts (instances…) that cannot be reached instead of failing; what ran there is
+    /// reported as possibly left behind.
+    pub forget_unreachable: bool,
+}
+
 /// The operations every cluster type provides.
-pub trait Provider {
+#[async_trait]
+pub trait Provider: Send + Sync {
     fn kind(&self) -> ClusterType;
 
-    /// Provisions what a new cluster needs before anything is deployed (directories, the
-    /// database). `state` is already filled with the cluster's shape and token.
-    fn create(&self, state: &mut ClusterState) -> Result<()>;
+    /// Resolves the shape of a new cluster (defaults that depend on where it runs) and checks
+    /// the request against what this provider can do, before anything is created.
+    fn shape(&self, req: &CreateRequest) -> Result<Shape>;
 
-    /// Starts (or restarts) every server instance and agent from `binaries`; on failure stops
-    /// whatever this call started and explains why (with the component's last log lines).
-    /// `save` persists the state after each start, so a crash never loses a PID.
-    fn deploy(
+    /// Provisions what a new cluster needs before anything is deployed and fills in the
+    /// provider's section. `state` already holds the shape, the id and the token.
+    async fn create(&self, req: &CreateRequest, state: &mut ClusterState) -> Result<()>;
+
+    /// Starts (or brings up to date) every component from `artifacts`; on failure stops
+    /// whatever this call started and explains why (naming the component and its last log
+    /// lines). Calls `save` after each change.
+    async fn deploy(
         &self,
         state: &mut ClusterState,
-        binaries: &Binaries,
-        save: &dyn Fn(&ClusterState) -> Result<()>,
+        artifacts: &Artifacts,
+        save: &Save<'_>,
     ) -> Result<()>;
 
-    /// Stops every component (not the database); they can be started again with `deploy`.
-    fn stop(&self, state: &mut ClusterState) -> Result<()>;
-
     /// Health of each component.
-    fn status(&self, state: &ClusterState) -> Vec<ComponentHealth>;
+    async fn status(&self, state: &ClusterState) -> Result<Vec<ComponentHealth>>;
 
-    /// The agents' control endpoints, in agent order.
-    fn agents(&self, state: &ClusterState) -> Result<Vec<AgentEndpoint>>;
+    /// The agents' control endpoints (in agent order) and the server URL, reachable from here
+    /// for as long as the result lives. Fails when an agent or server is not running.
+    async fn endpoints(&self, state: &ClusterState) -> Result<Endpoints>;
 
-    /// URLs of the server instances (what the workload's `target.url` becomes).
-    fn server_urls(&self, state: &ClusterState) -> Vec<String>;
-
-    /// The last lines an agent logged, for messages about it.
-    fn agent_log_tail(&self, state: &ClusterState, index: u32, lines: usize) -> String;
-
-    /// Whether an agent's process is still there (without asking its API).
-    fn agent_alive(&self, state: &ClusterState, index: u32) -> bool;
-
-    /// Copies whatever results an agent that can no longer answer has flushed for `run_id` to
-    /// `dest`; returns whether something was found.
-    fn salvage_results(&self, state: &ClusterState, index: u32, run_id: &str, dest: &Path) -> bool;
+    /// After the coordinator lost agent `index`: whether it still runs, its last log lines, and
+    /// the results it flushed for `run_id`, copied to `dest`.
+    async fn lost_agent(
+        &self,
+        state: &ClusterState,
+        index: u32,
+        run_id: &str,
+        dest: &Path,
+    ) -> Result<LostAgent>;
 
     /// Runs a shell or command in a component's environment; returns its exit code.
-    fn ssh(&self, state: &ClusterState, role: Role, index: u32, cmd: &ShellCommand) -> Result<i32>;
+    async fn shell(
+        &self,
+        state: &ClusterState,
+        role: Role,
+        index: u32,
+        cmd: &ShellCommand,
+    ) -> Result<i32>;
 
     /// Prints a component's log (the last `lines`, or all), following it if asked.
-    fn logs(
+    async fn logs(
         &self,
         state: &ClusterState,
         role: Role,
@@ -108,15 +272,21 @@ pub trait Provider {
         lines: Option<usize>,
     ) -> Result<()>;
 
-    /// Stops everything the cluster started and removes its infrastructure. The state directory
-    /// itself is removed by the caller.
-    fn delete(&self, state: &mut ClusterState) -> Result<()>;
+    /// Stops everything the cluster started and removes what it installed, wherever it is.
+    /// The local state directory itself is removed by the caller once this succeeds.
+    async fn delete(
+        &self,
+        state: &mut ClusterState,
+        opts: DeleteOptions,
+        save: &Save<'_>,
+    ) -> Result<()>;
 }
 
 /// The provider for a cluster type.
 pub fn for_type(kind: ClusterType, home: &Home) -> Result<Box<dyn Provider>> {
     match kind {
         ClusterType::Local => Ok(Box::new(local::LocalProvider::new(home.clone()))),
+        ClusterType::Ssh => Ok(Box::new(ssh::SshProvider::new(home.clone()))),
         other => Err(Error::Unsupported {
             kind: other.name().into(),
         }),

@@ -14,9 +14,32 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use serde::{Deserialize, Serialize};
+
+use super::local::Process;
 use crate::error::{Error, IoContext, Result};
 use crate::process;
-use crate::state::{Component, PostgresState, Role};
+use crate::state::{Component, Role};
+
+/// The private PostgreSQL of a local cluster (in the provider's section of `cluster.toml`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PostgresState {
+    pub bin_dir: PathBuf,
+    pub data_dir: PathBuf,
+    pub port: u16,
+    pub user: String,
+    pub password: String,
+    pub database: String,
+}
+
+impl PostgresState {
+    pub fn url(&self) -> String {
+        format!(
+            "postgres://{}:{}@127.0.0.1:{}/{}",
+            self.user, self.password, self.port, self.database
+        )
+    }
+}
 
 fn bin_dir() -> Result<PathBuf> {
     if let Some(p) = std::env::var_os("LTOPS_PG_BIN") {
@@ -162,7 +185,7 @@ pub fn init(cluster_dir: &Path, cluster: &str) -> Result<PostgresState> {
 }
 
 /// Starts it on a free port and makes sure the `chat` database exists.
-pub fn start(pg: &mut PostgresState) -> Result<Component> {
+pub fn start(pg: &mut PostgresState) -> Result<(Component, Process)> {
     let port = process::free_port()?;
     let log = pg
         .data_dir
@@ -210,16 +233,23 @@ pub fn start(pg: &mut PostgresState) -> Result<Component> {
             log.display()
         )));
     }
-    Ok(Component {
-        role: Role::Postgres,
-        index: 0,
-        address: format!("127.0.0.1:{port}"),
-        metrics_address: None,
-        pid,
-        start_ticks: pid.and_then(process::start_ticks),
-        dir: pg.data_dir.clone(),
-        log,
-    })
+    Ok((
+        Component {
+            role: Role::Postgres,
+            index: 0,
+            address: format!("127.0.0.1:{port}"),
+            metrics_address: None,
+            started: true,
+        },
+        Process {
+            role: Role::Postgres,
+            index: 0,
+            pid,
+            start_ticks: pid.and_then(process::start_ticks),
+            dir: pg.data_dir.clone(),
+            log,
+        },
+    ))
 }
 
 /// Stops it (fast mode); errors are ignored, the caller kills what is left by PID.
