@@ -513,7 +513,10 @@ impl ClusterState {
             invalid(line, "(syntax)", e.message())
         })?;
         match table.get("schema") {
-            None => migrate_v1(&mut table).map_err(|m| invalid(None, "(top level)", &m))?,
+            None | Some(toml::Value::Integer(1)) => {
+                table.remove("schema");
+                migrate_v1(&mut table).map_err(|m| invalid(None, "(top level)", &m))?
+            }
             Some(toml::Value::Integer(v)) if *v == i64::from(SCHEMA_VERSION) => {}
             Some(toml::Value::Integer(v)) if *v > i64::from(SCHEMA_VERSION) => {
                 return Err(Error::Usage(format!(

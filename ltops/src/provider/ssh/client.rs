@@ -123,8 +123,14 @@ impl Ssh {
         let mut c = Command::new("ssh");
         c.args(self.base_args(h))
             .args(["-o", "ControlMaster=no"])
-            .kill_on_drop(true);
+            .kill_on_drop(true)
+            .process_group(0);
         c
+    }
+
+    /// Removes this cluster's socket directory (after `delete` closed its masters).
+    pub fn remove_control_dir(&self) {
+        let _ = std::fs::remove_dir_all(&self.control_dir);
     }
 
     /// A blocking client command (for interactive sessions and streams).
@@ -144,7 +150,7 @@ impl Ssh {
         }
         let log = self.control_dir.join(format!(
             "connect-{}.log",
-            crate::state::stable_hash(h.label().as_bytes())
+            crate::state::stable_hash(format!("{}:{}", h.label(), h.port).as_bytes())
         ));
         let _ = std::fs::remove_file(&log);
         // A socket left by a master that died would make the new one run without multiplexing.
@@ -160,6 +166,7 @@ impl Ssh {
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
+            .kill_on_drop(true)
             .process_group(0);
         let status = tokio::time::timeout(Duration::from_secs(45), c.status())
             .await
@@ -232,19 +239,7 @@ impl Ssh {
                 .context(|| format!("sending data to {}", h.label()))?;
             drop(stdin);
         }
-        let out = child
-            .wait_with_output()
-            .await
-            .context(|| format!("running a command on {}", h.label()))?;
-        let o = Output {
-            code: out.status.code().unwrap_or(255),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        };
-        if o.code == 255 && looks_like_ssh_failure(&o.stderr) {
-            return Err(connection_error(h, &o.stderr));
-        }
-        Ok(o)
+        finish(h, child).await
     }
 
     /// Like [`Ssh::run`], failing with the command's error output unless it exits 0.
@@ -290,19 +285,7 @@ impl Ssh {
                 .context(|| format!("uploading {} to {}", local.display(), h.label()))?;
             drop(stdin);
         }
-        let out = child
-            .wait_with_output()
-            .await
-            .context(|| format!("uploading to {}", h.label()))?;
-        let o = Output {
-            code: out.status.code().unwrap_or(255),
-            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        };
-        if o.code == 255 && looks_like_ssh_failure(&o.stderr) {
-            return Err(connection_error(h, &o.stderr));
-        }
-        Ok(o)
+        finish(h, child).await
     }
 
     /// Forwards a local loopback port to `target_host:target_port` as seen from `h`, for as long
@@ -370,6 +353,24 @@ impl Drop for Forward {
     }
 }
 
+/// Waits for a remote command; ssh's own failure (exit 255 with its message) becomes an error
+/// saying what to do, the command's exit code and output are returned as they are.
+async fn finish(h: &Host, child: tokio::process::Child) -> Result<Output> {
+    let out = child
+        .wait_with_output()
+        .await
+        .context(|| format!("running a command on {}", h.label()))?;
+    let o = Output {
+        code: out.status.code().unwrap_or(255),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    };
+    if o.code == 255 && looks_like_ssh_failure(&o.stderr) {
+        return Err(connection_error(h, &o.stderr));
+    }
+    Ok(o)
+}
+
 fn looks_like_ssh_failure(stderr: &str) -> bool {
     let s = stderr.to_lowercase();
     [
@@ -396,8 +397,7 @@ pub fn connection_error(h: &Host, text: &str) -> Error {
     let detail = text
         .lines()
         .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('@'))
-        .next_back()
+        .rfind(|l| !l.is_empty() && !l.starts_with('@'))
         .unwrap_or("no message from ssh")
         .to_string();
     let msg = if lower.contains("remote host identification has changed")

@@ -157,7 +157,7 @@ pub struct Inventory {
 
 /// Characters allowed in addresses and user names: they end up in ssh arguments and remote
 /// scripts.
-fn plain(s: &str) -> bool {
+pub(crate) fn plain(s: &str) -> bool {
     !s.is_empty()
         && !s.starts_with('-')
         && s.chars()
@@ -165,7 +165,7 @@ fn plain(s: &str) -> bool {
 }
 
 /// A remote path: no quotes, `$`, backquotes or newlines (it is placed in remote scripts).
-fn plain_path(s: &str) -> bool {
+pub(crate) fn plain_path(s: &str) -> bool {
     !s.is_empty()
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '/' | '+' | '@'))

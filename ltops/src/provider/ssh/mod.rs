@@ -133,6 +133,41 @@ impl SshProvider {
     fn state(&self, st: &ClusterState) -> Result<SshState> {
         let file = self.home.cluster_dir(&st.name).join(CLUSTER_FILE);
         let ss: SshState = st.provider_state(&file)?;
+        // Everything below ends up in ssh arguments and remote scripts: a hand-edited value must
+        // not become an option or a command.
+        let bad = |key: &str, v: &str| {
+            Err(Error::Usage(format!(
+                "{}: {key}: {v:?} is not a plain value (letters, digits, . - _ : / only); fix the file, or delete and create the cluster again",
+                file.display()
+            )))
+        };
+        crate::state::validate_name(&st.name)?;
+        if st.cluster_id.is_empty() || !st.cluster_id.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return bad("cluster_id", &st.cluster_id);
+        }
+        if !inventory::plain_path(&ss.remote_dir) || ss.remote_dir.split('/').any(|p| p == "..") {
+            return bad("provider.remote_dir", &ss.remote_dir);
+        }
+        for v in ss
+            .pg_bin
+            .iter()
+            .chain(ss.postgres_bin_dir.iter())
+            .chain(std::iter::once(&ss.nginx))
+        {
+            if !inventory::plain_path(v) {
+                return bad("provider (a program path)", v);
+            }
+        }
+        for h in &ss.hosts {
+            if !inventory::plain(&h.address) || !inventory::plain(&h.private_address) {
+                return bad("provider.hosts.address", &h.address);
+            }
+            if let Some(u) = &h.user {
+                if !inventory::plain(u) {
+                    return bad("provider.hosts.user", u);
+                }
+            }
+        }
         if let Some(p) = ss.placements.iter().find(|p| p.host >= ss.hosts.len()) {
             return Err(Error::Usage(format!(
                 "{}: provider.placements: {} is placed on host {} but only {} hosts are listed; \
@@ -382,8 +417,9 @@ fn place(inv: &Inventory, shape: &Shape, private_db: bool) -> Result<Vec<Placeme
                 role,
                 index: i,
                 host,
-                port: base + *k,
-                metrics_port: metrics.map(|m| m + *k),
+                // Past 65535 a port becomes 0, which the range check below refuses.
+                port: base.checked_add(*k).unwrap_or(0),
+                metrics_port: metrics.map(|m| m.checked_add(*k).unwrap_or(0)),
                 spec: None,
             });
             *k += 1;
@@ -411,6 +447,14 @@ fn place(inv: &Inventory, shape: &Shape, private_db: bool) -> Result<Vec<Placeme
     let mut used: HashMap<(usize, u16), String> = HashMap::new();
     for p in &out {
         for port in std::iter::once(p.port).chain(p.metrics_port) {
+            if port == 0 {
+                return Err(Error::Usage(format!(
+                    "{}: ports: {} on {} would need a port above 65535; lower the first ports in [ports]",
+                    inv.path.display(),
+                    p.name(),
+                    inv.hosts[p.host].label()
+                )));
+            }
             if let Some(other) = used.insert((p.host, port), p.name()) {
                 return Err(Error::Usage(format!(
                     "{}: ports: {} and {} would both use port {port} on {}; move the first ports of \
@@ -461,6 +505,21 @@ struct Launch {
     program: String,
     args: Vec<String>,
     spec: String,
+}
+
+impl Launch {
+    /// `inputs`: what else the component depends on (binary checksum, configuration).
+    fn new(program: String, args: Vec<String>, inputs: &[&[u8]]) -> Self {
+        let line = args.join(" ");
+        let mut parts: Vec<&[u8]> = vec![program.as_bytes(), line.as_bytes()];
+        parts.extend_from_slice(inputs);
+        let spec = sha256_hex(&parts);
+        Launch {
+            program,
+            args,
+            spec,
+        }
+    }
 }
 
 impl<'a> Deploy<'a> {
@@ -698,11 +757,13 @@ impl<'a> Deploy<'a> {
         let body = format!(
             "mkdir -p \"$R/{name}\" \"$R/logs\" \"$R/run\"\ncd \"$R/{name}\"\n\"$R/bin/ltops-supervise\" stop {name} {STOP_GRACE} >/dev/null\nlog_start=$(wc -c < \"$R/logs/{name}.log\" 2>/dev/null || echo 0)\necho \"$log_start\" > \"$R/run/{name}.logstart\"\n{cmd}\n"
         );
+        // Counted as started before the attempt: a start that times out may still come up, and
+        // stopping what is not running is harmless.
+        self.started.push(self.c.ss.placements[idx].clone());
         self.c
             .script(&h, &format!("starting {name}"), &body, None)
             .await?;
         self.c.ss.placements[idx].spec = Some(l.spec.clone());
-        self.started.push(self.c.ss.placements[idx].clone());
         mark_started(st, &p, true);
         st.set_provider_state(&self.c.ss)?;
         save(st)?;
@@ -838,18 +899,8 @@ impl<'a> Deploy<'a> {
             "max_connections=300".into(),
         ];
         let program = format!("\"{bin}/postgres\"");
-        let spec = sha256_hex(&[program.as_bytes(), args.join(" ").as_bytes()]);
-        self.launch(
-            st,
-            idx,
-            Launch {
-                program,
-                args,
-                spec,
-            },
-            save,
-        )
-        .await?;
+        self.launch(st, idx, Launch::new(program, args, &[]), save)
+            .await?;
         let create = format!(
             "PGPASSWORD=\"$(cat \"$R/postgres-0/pw\")\"\nexport PGPASSWORD\nif ! \"{bin}/psql\" -h {a} -p {port} -U ltops -d postgres -tAc \"SELECT 1 FROM pg_database WHERE datname = 'chat'\" | grep -q 1; then\n  \"{bin}/createdb\" -h {a} -p {port} -U ltops chat\nfi\n",
             a = sh_quote(&h.private_address),
@@ -892,15 +943,10 @@ impl<'a> Deploy<'a> {
                 .await?;
             args.extend(["--config".to_string(), "server.toml".into()]);
             let program = "\"$R/bin/chat-server\"".to_string();
-            let spec = sha256_hex(&[sum.as_bytes(), args.join(" ").as_bytes(), config.as_bytes()]);
             self.launch(
                 st,
                 idx,
-                Launch {
-                    program,
-                    args,
-                    spec,
-                },
+                Launch::new(program, args, &[sum.as_bytes(), config.as_bytes()]),
                 save,
             )
             .await?;
@@ -954,19 +1000,10 @@ impl<'a> Deploy<'a> {
             "-g".into(),
             sh_quote("daemon off;"),
         ];
-        let spec = sha256_hex(&[
-            program.as_bytes(),
-            args.join(" ").as_bytes(),
-            conf.as_bytes(),
-        ]);
         self.launch(
             st,
             idx,
-            Launch {
-                program,
-                args,
-                spec,
-            },
+            Launch::new(program, args, &[conf.as_bytes()]),
             save,
         )
         .await
@@ -1000,19 +1037,10 @@ impl<'a> Deploy<'a> {
                 name.clone(),
             ];
             let program = "\"$R/bin/loadtest-agent\"".to_string();
-            let spec = sha256_hex(&[
-                sum.as_bytes(),
-                args.join(" ").as_bytes(),
-                token_sum.as_bytes(),
-            ]);
             self.launch(
                 st,
                 idx,
-                Launch {
-                    program,
-                    args,
-                    spec,
-                },
+                Launch::new(program, args, &[sum.as_bytes(), token_sum.as_bytes()]),
                 save,
             )
             .await?;
@@ -1466,6 +1494,11 @@ impl Provider for SshProvider {
             .stdin(std::process::Stdio::null());
         let mut child = command.spawn().context(|| "running ssh".to_string())?;
         loop {
+            if interrupt::interrupted() {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Ok(());
+            }
             if let Some(status) = child.try_wait().context(|| "waiting for ssh".to_string())? {
                 return match status.code() {
                     Some(0) => Ok(()),
@@ -1494,10 +1527,11 @@ impl Provider for SshProvider {
         opts: DeleteOptions,
         save: &Save<'_>,
     ) -> Result<()> {
-        let Ok(ss) = self.state(st) else {
+        if st.provider.data.is_empty() {
             // Nothing was recorded (a create that failed early): nothing to remove remotely.
             return Ok(());
-        };
+        }
+        let ss = self.state(st)?;
         let c = Cluster::new(st, ss)?;
         let hosts: Vec<usize> = (0..c.ss.hosts.len())
             .filter(|i| c.ss.placements.iter().any(|p| p.host == *i))
@@ -1517,6 +1551,9 @@ impl Provider for SshProvider {
                 .filter(|p| ok_hosts.contains(&p.host))
                 .collect();
         let mut errors = c.stop(&to_stop).await;
+        // Keep the supervisor and its pid files where a stop failed, so a repeated delete can
+        // still find what runs there.
+        ok_hosts.retain(|&i| !errors.iter().any(|e| e.contains(&c.ss.hosts[i].label())));
         for &i in &ok_hosts {
             let h = &c.ss.hosts[i];
             let body = "rm -rf \"$R\"\nrmdir \"$(dirname \"$R\")\" 2>/dev/null || true\n";
@@ -1575,11 +1612,7 @@ impl Provider for SshProvider {
                 list.join("\n")
             );
         }
-        let _ = std::fs::remove_dir_all(
-            std::env::temp_dir()
-                .join(format!("ltops-ssh-{}", nix::unistd::geteuid().as_raw()))
-                .join(&st.cluster_id),
-        );
+        c.ssh.remove_control_dir();
         Ok(())
     }
 }
