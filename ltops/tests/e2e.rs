@@ -3,67 +3,20 @@
 //! temporary directory.
 #![allow(clippy::unwrap_used)]
 
+mod util;
+
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 use loadtest_contract::results::{Item, Record};
 use loadtest_contract::ResultsReader;
 use ltops::provider::local::LocalState;
-use ltops::state::{ClusterState, Home, Role};
-
-fn ltops_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_ltops"))
-}
-
-/// Fails with instructions when the other binaries were not built.
-fn require_binaries() {
-    let dir = ltops_bin().parent().unwrap().to_path_buf();
-    for name in ["chat-server", "loadtest-agent"] {
-        assert!(
-            dir.join(name).is_file(),
-            "{} is missing: run `cargo build --workspace --bins` before `cargo test -p ltops`",
-            dir.join(name).display()
-        );
-    }
-}
-
-struct Env {
-    home: tempfile::TempDir,
-}
+use ltops::state::{ClusterState, Role};
+use util::{require_binaries, text, Env};
 
 impl Env {
-    fn new() -> Self {
-        Env {
-            home: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(ltops_bin());
-        c.args(args)
-            .env("LTOPS_HOME", self.home.path())
-            .stdin(Stdio::null());
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        let out = self.cmd(args).output().unwrap();
-        eprintln!(
-            "$ ltops {}\n[exit {:?}]\n{}{}",
-            args.join(" "),
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    fn state(&self, name: &str) -> ClusterState {
-        Home::at(self.home.path()).load(name).unwrap()
-    }
-
     /// A tiny workload: 20 users over 2 agents for a few seconds.
     fn tiny_config(&self, duration: &str) -> PathBuf {
         let p = self.home.path().join(format!("tiny-{duration}.toml"));
@@ -94,14 +47,6 @@ interval = "1s"
         .unwrap();
         p
     }
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 fn local(st: &ClusterState) -> LocalState {

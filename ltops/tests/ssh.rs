@@ -8,27 +8,14 @@
 //! `CI=true`, where they fail.
 #![allow(clippy::unwrap_used)]
 
+mod util;
+
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ltops::provider::ssh::SshState;
-use ltops::state::{ClusterState, Home};
-
-fn ltops_bin() -> PathBuf {
-    PathBuf::from(env!("CARGO_BIN_EXE_ltops"))
-}
-
-fn require_binaries() {
-    let dir = ltops_bin().parent().unwrap().to_path_buf();
-    for name in ["chat-server", "loadtest-agent"] {
-        assert!(
-            dir.join(name).is_file(),
-            "{} is missing: run `cargo build --workspace --bins` before `cargo test -p ltops`",
-            dir.join(name).display()
-        );
-    }
-}
+use util::{require_binaries, text, Env};
 
 /// Test hosts; torn down (users, namespaces, processes) on drop.
 struct Hosts {
@@ -176,41 +163,7 @@ impl Drop for Hosts {
     }
 }
 
-struct Env {
-    home: tempfile::TempDir,
-}
-
 impl Env {
-    fn new() -> Self {
-        Env {
-            home: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    fn cmd(&self, args: &[&str]) -> Command {
-        let mut c = Command::new(ltops_bin());
-        c.args(args)
-            .env("LTOPS_HOME", self.home.path())
-            .stdin(Stdio::null());
-        c
-    }
-
-    fn run(&self, args: &[&str]) -> Output {
-        let out = self.cmd(args).output().unwrap();
-        eprintln!(
-            "$ ltops {}\n[exit {:?}]\n{}{}",
-            args.join(" "),
-            out.status.code(),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        out
-    }
-
-    fn state(&self, name: &str) -> ClusterState {
-        Home::at(self.home.path()).load(name).unwrap()
-    }
-
     fn config(&self, duration: &str) -> PathBuf {
         let p = self.home.path().join(format!("tiny-{duration}.toml"));
         std::fs::write(
@@ -225,14 +178,6 @@ impl Env {
         .unwrap();
         p
     }
-}
-
-fn text(o: &Output) -> String {
-    format!(
-        "{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    )
 }
 
 /// Polls `check` until it holds or `within` passes.
