@@ -563,6 +563,24 @@ fn faults_name_the_host_and_leave_the_cluster_usable() {
             }
         });
     }
+
+    // A host whose sshd forbids TCP forwarding: found before anything starts, with the setting.
+    let cfg = h.path("host1/sshd_config");
+    let text_cfg = std::fs::read_to_string(&cfg).unwrap();
+    std::fs::write(
+        &cfg,
+        text_cfg.replace("AllowTcpForwarding yes", "AllowTcpForwarding no"),
+    )
+    .unwrap();
+    h.control("stop-sshd", 1);
+    h.control("start-sshd", 1);
+    let noforward = h.inventory("nofwd.toml", &[&["app"], &["agent"]], "", "id_ed25519");
+    assert_eq!(create(&noforward, "q").status.code(), Some(0));
+    let o = env.run(&["deploy", "-c", "q"]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("AllowTcpForwarding"), "{}", text(&o));
+    assert!(text(&o).contains(&h.hosts[1].1), "{}", text(&o));
+    assert_eq!(env.run(&["delete", "q", "--yes"]).status.code(), Some(0));
 }
 
 /// Ends this cluster's SSH master connections (found by their control directory, which is

@@ -232,14 +232,12 @@ impl Ssh {
                 "cannot run `ssh` ({e}); install the OpenSSH client (e.g. `apt-get install openssh-client`)"
             ))
         })?;
+        let mut sent = Ok(());
         if let (Some(bytes), Some(mut stdin)) = (input, child.stdin.take()) {
-            stdin
-                .write_all(bytes)
-                .await
-                .context(|| format!("sending data to {}", h.label()))?;
+            sent = stdin.write_all(bytes).await;
             drop(stdin);
         }
-        finish(h, child).await
+        finish_sent(h, child, sent, "sending data").await
     }
 
     /// Like [`Ssh::run`], failing with the command's error output unless it exits 0.
@@ -278,14 +276,41 @@ impl Ssh {
         let mut child = c
             .spawn()
             .map_err(|e| Error::Usage(format!("cannot run `ssh` ({e})")))?;
+        let mut sent = Ok(());
         if let Some(mut stdin) = child.stdin.take() {
             let mut file = file;
-            tokio::io::copy(&mut file, &mut stdin)
-                .await
-                .context(|| format!("uploading {} to {}", local.display(), h.label()))?;
+            sent = tokio::io::copy(&mut file, &mut stdin).await.map(drop);
             drop(stdin);
         }
-        finish(h, child).await
+        finish_sent(h, child, sent, &format!("uploading {}", local.display())).await
+    }
+
+    /// Checks that `h`'s sshd lets this user forward TCP connections (the control APIs are
+    /// reached that way). Asks for a channel to a closed port: "refused" is fine, "prohibited"
+    /// is not. On a connection of its own (through the master, the refusal's reason is logged
+    /// by the master only) and at log level INFO (the reason is not an ERROR line); the first
+    /// value of an option wins, so these precede the shared ones.
+    pub async fn check_forwarding(&self, h: &Host) -> Result<()> {
+        let mut c = Command::new("ssh");
+        c.args(["-o", "LogLevel=INFO", "-o", "ControlPath=none"])
+            .args(self.base_args(h))
+            .kill_on_drop(true)
+            .process_group(0);
+        c.args(["-W", "127.0.0.1:1"])
+            .arg(Self::destination(h))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let out = tokio::time::timeout(Duration::from_secs(20), c.output())
+            .await
+            .map_err(|_| {
+                Error::Runtime(format!(
+                    "host {}: no answer to a port-forwarding test within 20 s",
+                    h.label()
+                ))
+            })?
+            .context(|| format!("testing port forwarding on {}", h.label()))?;
+        forwarding_verdict(h, &String::from_utf8_lossy(&out.stderr))
     }
 
     /// Forwards a local loopback port to `target_host:target_port` as seen from `h`, for as long
@@ -350,6 +375,36 @@ impl Drop for Forward {
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .status();
+    }
+}
+
+/// What a `-W` test channel said about forwarding.
+fn forwarding_verdict(h: &Host, stderr: &str) -> Result<()> {
+    if stderr
+        .to_lowercase()
+        .contains("administratively prohibited")
+    {
+        Err(Error::Usage(format!(
+            "host {}: its sshd does not allow TCP forwarding for this user, which ltops needs to reach              the agents' control API; set `AllowTcpForwarding yes` (or `local`) for the user in the              host's sshd_config and reload sshd",
+            h.label()
+        )))
+    } else {
+        Ok(())
+    }
+}
+
+/// [`finish`] after sending input: when the remote side stopped reading (it failed), its own
+/// error is what the user needs, not "broken pipe".
+async fn finish_sent(
+    h: &Host,
+    child: tokio::process::Child,
+    sent: std::io::Result<()>,
+    what: &str,
+) -> Result<Output> {
+    let o = finish(h, child).await?;
+    match sent {
+        Err(e) if o.ok() => Err(Error::io(format!("{what} to {}", h.label()), e)),
+        _ => Ok(o),
     }
 }
 
@@ -444,6 +499,7 @@ pub fn connection_error(h: &Host, text: &str) -> Error {
 
 #[cfg(test)]
 mod tests {
+    #![allow(clippy::unwrap_used)]
     use super::*;
 
     fn host() -> Host {
@@ -472,6 +528,19 @@ mod tests {
             let e = connection_error(&host(), text).to_string();
             assert!(e.contains(want) && e.contains("lt@10.0.0.9"), "{text}: {e}");
         }
+    }
+
+    #[test]
+    fn a_prohibited_forward_is_an_error_a_refused_port_is_not() {
+        let denied = "channel 0: open failed: administratively prohibited: open failed\nstdio forwarding failed";
+        let e = forwarding_verdict(&host(), denied).unwrap_err().to_string();
+        assert!(
+            e.contains("AllowTcpForwarding") && e.contains("lt@10.0.0.9"),
+            "{e}"
+        );
+        let refused =
+            "channel 0: open failed: connect failed: Connection refused\nstdio forwarding failed";
+        assert!(forwarding_verdict(&host(), refused).is_ok());
     }
 
     #[test]

@@ -409,7 +409,9 @@ fn place(inv: &Inventory, shape: &Shape, private_db: bool) -> Result<Vec<Placeme
     };
     let mut out = Vec::new();
     let mut spread = |role: Role, count: u32, hosts: &[usize], base: u16, metrics: Option<u16>| {
-        let mut per_host: HashMap<usize, u16> = HashMap::new();
+        // Past 65535 a port becomes 0, which the range check below refuses.
+        let nth = |first: u16, k: u32| u16::try_from(u32::from(first) + k).unwrap_or(0);
+        let mut per_host: HashMap<usize, u32> = HashMap::new();
         for i in 0..count {
             let host = hosts[i as usize % hosts.len()];
             let k = per_host.entry(host).or_insert(0);
@@ -417,9 +419,8 @@ fn place(inv: &Inventory, shape: &Shape, private_db: bool) -> Result<Vec<Placeme
                 role,
                 index: i,
                 host,
-                // Past 65535 a port becomes 0, which the range check below refuses.
-                port: base.checked_add(*k).unwrap_or(0),
-                metrics_port: metrics.map(|m| m.checked_add(*k).unwrap_or(0)),
+                port: nth(base, *k),
+                metrics_port: metrics.map(|m| nth(m, *k)),
                 spec: None,
             });
             *k += 1;
@@ -533,9 +534,13 @@ impl<'a> Deploy<'a> {
         let hosts = self.c.hosts_in_use();
         self.c.connect_all(&hosts).await?;
         interrupt::check()?;
+        for &i in &hosts {
+            self.c.ssh.check_forwarding(&self.c.ss.hosts[i]).await?;
+        }
         let ss = self.c.ss.clone();
-        let local_arch = std::env::consts::ARCH;
         let mut pg_bin = None;
+        let server_machine = elf_machine(&self.artifacts.server.path);
+        let agent_machine = elf_machine(&self.artifacts.agent.path);
         for &i in &hosts {
             let h = &ss.hosts[i];
             let mut body = String::from("echo \"arch=$(uname -m)\"\necho \"uid=$(id -u)\"\n");
@@ -565,12 +570,23 @@ impl<'a> Deploy<'a> {
             let out = self.c.script(h, "checking the host", &body, None).await?;
             let kv: HashMap<&str, &str> = out.lines().filter_map(|l| l.split_once('=')).collect();
             let arch = kv.get("arch").copied().unwrap_or("?");
-            if arch != local_arch {
-                return Err(Error::Usage(format!(
-                    "host {}: its CPU architecture is {arch}, the binaries here are built for {local_arch}; \
-                     build for {arch} and deploy with --server/--agent, or use hosts like this one",
-                    h.label()
-                )));
+            // Only hosts that run one of our binaries need its CPU architecture.
+            for (role, artifact, machine) in [
+                (Role::Server, &self.artifacts.server, server_machine),
+                (Role::Agent, &self.artifacts.agent, agent_machine),
+            ] {
+                let runs_here = ss.placements.iter().any(|p| p.role == role && p.host == i);
+                if let (true, Some(built), Some(host)) = (runs_here, machine, uname_machine(arch)) {
+                    if built != host {
+                        return Err(Error::Usage(format!(
+                            "host {}: its CPU architecture is {arch}, but {} is built for another one; \
+                             build it for {arch} (e.g. `cargo build --release --target …`) and deploy with \
+                             --server/--agent, or run that role on hosts like this one",
+                            h.label(),
+                            artifact.path.display()
+                        )));
+                    }
+                }
             }
             for (key, what) in [
                 ("sha", "sha256sum (coreutils)"),
@@ -1049,6 +1065,29 @@ impl<'a> Deploy<'a> {
     }
 }
 
+/// The ELF machine of a binary (`e_machine`, bytes 18–19, little-endian on the architectures
+/// we map), `None` when it cannot be read or is not ELF.
+fn elf_machine(path: &Path) -> Option<u16> {
+    use std::io::Read;
+    let mut head = [0u8; 20];
+    std::fs::File::open(path).ok()?.read_exact(&mut head).ok()?;
+    (head[..4] == *b"\x7fELF" && head[5] == 1).then(|| u16::from_le_bytes([head[18], head[19]]))
+}
+
+/// The ELF machine that `uname -m` names, for the architectures a load test plausibly runs on.
+fn uname_machine(uname: &str) -> Option<u16> {
+    match uname {
+        "x86_64" | "amd64" => Some(0x3e),
+        "aarch64" | "arm64" => Some(0xb7),
+        "i386" | "i486" | "i586" | "i686" => Some(0x03),
+        "riscv64" => Some(0xf3),
+        "ppc64le" => Some(0x15),
+        "s390x" => Some(0x16),
+        m if m.starts_with("armv") => Some(0x28),
+        _ => None,
+    }
+}
+
 /// Marks a placement's generic component as started or not.
 fn mark_started(st: &mut ClusterState, p: &Placement, started: bool) {
     if let Some(c) = st.component_mut(p.role, p.index) {
@@ -1159,7 +1198,10 @@ impl Provider for SshProvider {
             proxy,
         };
         let private_db = database == Database::Postgres && inv.database_url.is_none();
-        place(&inv, &shape, private_db)?;
+        // Bounds first: placing 100,000 agents is not worth trying.
+        if crate::state::check_shape(shape.agents, shape.app_count, database, proxy).is_ok() {
+            place(&inv, &shape, private_db)?;
+        }
         Ok(shape)
     }
 
@@ -1664,6 +1706,33 @@ mod tests {
         };
         let e = place(&clash, &two, false).unwrap_err().to_string();
         assert!(e.contains("port 9001"), "{e}");
+        let high = inv(
+            "[ports]\nagent = 65530\n[[host]]\naddress = \"a\"\nroles = [\"app\", \"agent\"]\n",
+        );
+        let many = Shape {
+            agents: 64,
+            app_count: 1,
+            database: Database::Sqlite,
+            proxy: Proxy::None,
+        };
+        let e = place(&high, &many, false).unwrap_err().to_string();
+        assert!(e.contains("above 65535"), "{e}");
+    }
+
+    #[test]
+    fn architectures_are_compared_by_elf_machine() {
+        // This test binary is an ELF file of this machine's architecture.
+        let me = std::env::current_exe().unwrap();
+        let built = elf_machine(&me).unwrap();
+        let here = uname_machine(std::env::consts::ARCH).unwrap();
+        assert_eq!(built, here);
+        assert_ne!(uname_machine("aarch64"), uname_machine("x86_64"));
+        assert_eq!(uname_machine("armv7l"), Some(0x28));
+        assert_eq!(uname_machine("mips"), None);
+        let dir = tempfile::tempdir().unwrap();
+        let script = dir.path().join("x");
+        std::fs::write(&script, "#!/bin/sh\n").unwrap();
+        assert_eq!(elf_machine(&script), None);
     }
 
     #[test]
