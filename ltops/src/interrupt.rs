@@ -60,3 +60,11 @@ pub fn sleep(d: std::time::Duration) -> Result<()> {
         std::thread::sleep((deadline - now).min(std::time::Duration::from_millis(50)));
     }
 }
+
+/// Resolves once ctrl-c was pressed: raced against a long call that is safe to cancel
+/// (`tokio::select!`), so the command stops at once instead of at its next check.
+pub async fn wait() {
+    while !interrupted() {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+}

@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use clap::{Parser, Subcommand};
 use ltops::commands::{self, create::CreateOptions, deploy::DeployOptions, loadtest};
+use ltops::provider::aws::AwsOptions;
 use ltops::provider::DeleteOptions;
 use ltops::state::{ClusterType, Database, Home, Proxy, Role};
 
@@ -36,6 +37,51 @@ struct Cli {
     command: Command,
 }
 
+/// `create --type aws` flags.
+#[derive(clap::Args)]
+struct AwsArgs {
+    /// aws: the region [default: AWS_REGION or the profile's].
+    #[arg(long)]
+    region: Option<String>,
+    /// aws: the AWS profile [default: `ltops` if it exists, else the SDK's chain: env, shared config, SSO].
+    #[arg(long)]
+    profile: Option<String>,
+    /// aws: instance type of the server instances [default: c6i.xlarge].
+    #[arg(long)]
+    app_type: Option<String>,
+    /// aws: instance type of the agents [default: c6i.xlarge].
+    #[arg(long)]
+    agent_type: Option<String>,
+    /// aws: instance type of the PostgreSQL instance [default: m6i.large].
+    #[arg(long)]
+    db_type: Option<String>,
+    /// aws: instance type of the nginx instance [default: c6i.large].
+    #[arg(long)]
+    proxy_type: Option<String>,
+    /// aws: the machine image (x86_64 Debian or Ubuntu) [default: the region's newest Debian, looked up].
+    #[arg(long)]
+    ami: Option<String>,
+    /// aws: where SSH to the instances is allowed from [default: this machine's public address/32].
+    #[arg(long, value_name = "CIDR")]
+    allow_ssh_from: Option<String>,
+}
+
+impl AwsArgs {
+    fn options(self) -> AwsOptions {
+        AwsOptions {
+            region: self.region,
+            profile: self.profile,
+            app_type: self.app_type,
+            agent_type: self.agent_type,
+            db_type: self.db_type,
+            proxy_type: self.proxy_type,
+            ami: self.ami,
+            allow_ssh_from: self.allow_ssh_from,
+            cluster_id: None,
+        }
+    }
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Record a new cluster and provision what it needs.
@@ -45,12 +91,17 @@ a deploy. --type names the provider: `local` runs everything as processes on thi
 --database postgres: a private PostgreSQL, initialized and started in the cluster's directory); `ssh` \
 runs on hosts you already have, listed with their roles (app, db, agent, proxy) in an --inventory \
 file, reached with the system OpenSSH client (your ~/.ssh/config, agent, jump hosts and known_hosts \
-apply; new host keys are accepted on first contact and checked afterwards). `kubernetes` and `aws` \
-are reserved for the next version.\n\n\
+apply; new host keys are accepted on first contact and checked afterwards). `aws` provisions EC2: \
+a VPC, subnet, internet gateway, route table, a security group (SSH only from --allow-ssh-from), a \
+key pair generated in the cluster's directory and one instance per component, all tagged with the \
+cluster's name and id; every resource is recorded as soon as it exists, so an interrupted create is \
+resumed by running it again, and `delete` removes everything by id and by tag, then checks nothing \
+is left. `kubernetes` is reserved for the next version.\n\n\
 For ssh clusters the defaults come from the inventory: one agent per `agent` host, one server \
 instance per `app` host, PostgreSQL when there is a `db` host or a database_url, nginx when there is a \
-`proxy` host.",
-        after_help = "Examples:\n  ltops create --name laptop --agents 2\n  ltops create --name pg --database postgres --app-count 2 --agents 4\n  ltops create --name lab --type ssh --inventory hosts.toml --app-count 2 --agents 2 --proxy nginx\n\n\
+`proxy` host. For aws clusters: 1 agent, 1 server instance, PostgreSQL on its own instance, nginx \
+when --app-count is above 1.",
+        after_help = "Examples:\n  ltops create --name laptop --agents 2\n  ltops create --name pg --database postgres --app-count 2 --agents 4\n  ltops create --name lab --type ssh --inventory hosts.toml --app-count 2 --agents 2 --proxy nginx\n  ltops create --name cloud --type aws --region eu-west-1 --app-count 2 --agents 3\n  ltops create --name tf --type ssh --inventory-from-terraform terraform/aws\n\n\
 An inventory (TOML):\n  [defaults]\n  user = \"loadtest\"\n  identity_file = \"~/.ssh/id_ed25519\"\n  [[host]]\n  address = \"10.20.0.2\"\n  roles = [\"app\", \"db\"]\n  [[host]]\n  address = \"10.20.0.3\"\n  roles = [\"agent\", \"proxy\"]\n\
 See ltops/README.md for every key."
     )]
@@ -73,9 +124,14 @@ See ltops/README.md for every key."
         /// A reverse proxy in front of the server instances (ssh: on the `proxy` host).
         #[arg(long, value_enum)]
         proxy: Option<Proxy>,
-        /// The hosts of an ssh cluster and their roles (TOML).
+        /// The hosts of an ssh cluster and their roles (TOML, or JSON from `terraform output -json`).
         #[arg(long, value_name = "FILE")]
         inventory: Option<PathBuf>,
+        /// An ssh cluster's hosts from the `ltops_inventory` output of a Terraform directory (terraform/aws).
+        #[arg(long, value_name = "DIR", conflicts_with = "inventory")]
+        inventory_from_terraform: Option<PathBuf>,
+        #[command(flatten)]
+        aws: AwsArgs,
     },
     /// Start (or restart) a cluster's servers and agents.
     #[command(
@@ -183,6 +239,19 @@ Asks for confirmation on a terminal; elsewhere --yes is required.",
         /// Remove the cluster even if some hosts cannot be reached (what runs there is listed).
         #[arg(long)]
         forget_unreachable: bool,
+        /// With no state for NAME: delete what a cluster of this type left behind, found by its
+        /// tags (aws: the name and this home's owner tag, or --cluster-id).
+        #[arg(long = "type", value_enum)]
+        kind: Option<ClusterType>,
+        /// aws: the region of a cluster without state.
+        #[arg(long)]
+        region: Option<String>,
+        /// aws: the AWS profile [default: `ltops` if it exists, else the SDK's chain].
+        #[arg(long)]
+        profile: Option<String>,
+        /// aws: delete exactly the cluster with this id (its `ltops:cluster-id` tag).
+        #[arg(long)]
+        cluster_id: Option<String>,
     },
 }
 
@@ -197,6 +266,8 @@ async fn run(cli: Cli) -> ltops::Result<i32> {
             app_count,
             proxy,
             inventory,
+            inventory_from_terraform,
+            aws,
         } => {
             commands::create::create(
                 &home,
@@ -208,6 +279,8 @@ async fn run(cli: Cli) -> ltops::Result<i32> {
                     app_count,
                     proxy,
                     inventory,
+                    inventory_from_terraform,
+                    aws: aws.options(),
                 },
             )
             .await
@@ -248,8 +321,28 @@ async fn run(cli: Cli) -> ltops::Result<i32> {
             name,
             yes,
             forget_unreachable,
+            kind,
+            region,
+            profile,
+            cluster_id,
         } => {
-            commands::delete::delete(&home, &name, yes, DeleteOptions { forget_unreachable }).await
+            let lost = kind.map(|kind| commands::delete::Lost {
+                kind,
+                aws: AwsOptions {
+                    region,
+                    profile,
+                    cluster_id,
+                    ..Default::default()
+                },
+            });
+            commands::delete::delete(
+                &home,
+                &name,
+                yes,
+                DeleteOptions { forget_unreachable },
+                lost,
+            )
+            .await
         }
     }
 }

@@ -326,6 +326,12 @@ pub struct ClusterState {
     pub provider: ProviderSection,
 }
 
+/// Where in `[provider]` one provider keeps its state: `Slot(None)` is the whole section; a
+/// provider built on another keeps that one's state under a key (`aws` keeps its SSH state in
+/// `[provider.ssh]`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Slot(pub Option<&'static str>);
+
 /// The provider-tagged section (`[provider]`, `type = "local" | "ssh" | …`). Its other keys
 /// belong to that provider, which decodes them with [`ClusterState::provider_state`].
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -562,6 +568,59 @@ impl ClusterState {
                 ))
             },
         )
+    }
+
+    /// A provider's state kept under one key of `[provider]` (`Slot(Some("ssh"))`: the SSH
+    /// state of an `aws` cluster, whose provider builds on the SSH one), or the whole section.
+    pub fn provider_state_in<T: serde::de::DeserializeOwned>(
+        &self,
+        slot: Slot,
+        file: &Path,
+    ) -> Result<T> {
+        let Some(key) = slot.0 else {
+            return self.provider_state(file);
+        };
+        let table = match self.provider.data.get(key) {
+            Some(toml::Value::Table(t)) => t.clone(),
+            Some(_) => {
+                return Err(Error::Usage(format!(
+                    "{}: provider.{key}: not a table\n{}",
+                    file.display(),
+                    hand_edit_hint(file)
+                )))
+            }
+            None => toml::Table::new(),
+        };
+        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            Error::Usage(format!(
+                "{}: provider.{key}.{}: {}\n{}",
+                file.display(),
+                e.path(),
+                e.inner().message(),
+                hand_edit_hint(file)
+            ))
+        })
+    }
+
+    /// Whether the slot holds anything yet.
+    pub fn provider_slot_is_empty(&self, slot: Slot) -> bool {
+        match slot.0 {
+            None => self.provider.data.is_empty(),
+            Some(key) => !self.provider.data.contains_key(key),
+        }
+    }
+
+    /// Replaces a provider's state in its slot.
+    pub fn set_provider_state_in<T: Serialize>(&mut self, slot: Slot, value: &T) -> Result<()> {
+        let Some(key) = slot.0 else {
+            return self.set_provider_state(value);
+        };
+        let encoded = toml::Table::try_from(value)
+            .map_err(|e| Error::Runtime(format!("cannot encode the provider's state: {e}")))?;
+        self.provider
+            .data
+            .insert(key.to_string(), toml::Value::Table(encoded));
+        Ok(())
     }
 
     /// Replaces the provider's own section (keeping `type`).

@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use crate::commands::lock;
 use crate::error::{Error, Result};
+use crate::provider::aws::AwsOptions;
 use crate::provider::{self, CreateRequest, Provider, Shape};
 use crate::state::{self, ClusterState, ClusterType, Database, Home, ProviderSection, Proxy};
 
@@ -18,6 +19,10 @@ pub struct CreateOptions {
     pub proxy: Option<Proxy>,
     /// The hosts of an `ssh` cluster.
     pub inventory: Option<PathBuf>,
+    /// An `ssh` cluster's hosts from a Terraform directory's `ltops_inventory` output.
+    pub inventory_from_terraform: Option<PathBuf>,
+    /// The `aws` provider's flags.
+    pub aws: AwsOptions,
 }
 
 impl CreateOptions {
@@ -31,6 +36,8 @@ impl CreateOptions {
             app_count: Some(app_count),
             proxy: None,
             inventory: None,
+            inventory_from_terraform: None,
+            aws: AwsOptions::default(),
         }
     }
 
@@ -42,6 +49,8 @@ impl CreateOptions {
             database: self.database,
             proxy: self.proxy,
             inventory: self.inventory.clone(),
+            inventory_from_terraform: self.inventory_from_terraform.clone(),
+            aws: self.aws.clone(),
         }
     }
 }
@@ -50,9 +59,11 @@ impl CreateOptions {
 /// here a violation is reported against its flag).
 fn validate(opts: &CreateOptions, p: &dyn Provider) -> Result<Shape> {
     state::validate_name(&opts.name)?;
-    if opts.kind == ClusterType::Ssh && opts.inventory.is_none() {
+    if opts.kind == ClusterType::Ssh
+        && opts.inventory.is_none() == opts.inventory_from_terraform.is_none()
+    {
         return Err(Error::Usage(
-            "--type ssh needs --inventory FILE: the hosts and their roles (see `ltops create --help`)"
+            "--type ssh needs one of --inventory FILE (the hosts and their roles, see `ltops create --help`) or --inventory-from-terraform DIR"
                 .into(),
         ));
     }
@@ -70,38 +81,63 @@ fn validate(opts: &CreateOptions, p: &dyn Provider) -> Result<Shape> {
     Ok(shape)
 }
 
-/// Creates the cluster; the caller already holds its lock.
+/// Creates the cluster, or resumes a create its provider recorded as unfinished; the caller
+/// already holds its lock.
 pub async fn create_locked(home: &Home, opts: &CreateOptions) -> Result<ClusterState> {
     let p = provider::for_type(opts.kind, home)?;
     let shape = validate(opts, p.as_ref())?;
-    if home.exists(&opts.name) {
-        return Err(Error::Usage(format!(
-            "cluster {:?} already exists; deploy to it with `ltops deploy -c {}`, or remove it with `ltops delete {} --yes`",
-            opts.name, opts.name, opts.name
-        )));
-    }
-    let mut st = ClusterState {
-        schema: state::SCHEMA_VERSION,
-        name: opts.name.clone(),
-        cluster_id: state::random_token()[..8].to_string(),
-        agents: shape.agents,
-        database: shape.database,
-        app_count: shape.app_count,
-        proxy: shape.proxy,
-        created_at_ms: loadtest_contract::now_ms(),
-        control_token: state::random_token(),
-        workload: None,
-        binaries: None,
-        deployed_at_ms: None,
-        dataset: None,
-        last_run: None,
-        components: Vec::new(),
-        provider: ProviderSection {
-            kind: opts.kind,
-            data: Default::default(),
-        },
+    let mut st = if home.exists(&opts.name) {
+        let st = home.load(&opts.name)?;
+        if st.kind() != opts.kind || !p.pending_create(&st) {
+            return Err(Error::Usage(format!(
+                "cluster {:?} already exists; deploy to it with `ltops deploy -c {}`, or remove it with `ltops delete {} --yes`",
+                opts.name, opts.name, opts.name
+            )));
+        }
+        st
+    } else {
+        ClusterState {
+            schema: state::SCHEMA_VERSION,
+            name: opts.name.clone(),
+            cluster_id: state::random_token()[..8].to_string(),
+            agents: shape.agents,
+            database: shape.database,
+            app_count: shape.app_count,
+            proxy: shape.proxy,
+            created_at_ms: loadtest_contract::now_ms(),
+            control_token: state::random_token(),
+            workload: None,
+            binaries: None,
+            deployed_at_ms: None,
+            dataset: None,
+            last_run: None,
+            components: Vec::new(),
+            provider: ProviderSection {
+                kind: opts.kind,
+                data: Default::default(),
+            },
+        }
     };
-    if let Err(e) = p.create(&opts.request(), &mut st).await {
+    let save = |s: &ClusterState| home.save(s);
+    if let Err(e) = p.create(&opts.request(), &mut st, &save).await {
+        if p.pending_create(&st) {
+            // What exists is recorded (and may cost money): keep it for a resume or a delete.
+            let _ = home.save(&st);
+            let hint = format!(
+                "What was created so far is recorded in {}: run the same `ltops create` again to resume, \
+                 or `ltops delete {} --yes` to remove it.",
+                home.cluster_dir(&opts.name).display(),
+                opts.name
+            );
+            return Err(match e {
+                Error::Usage(m) => Error::Usage(format!("{m}\n{hint}")),
+                Error::Interrupted => {
+                    eprintln!("{hint}");
+                    Error::Interrupted
+                }
+                other => Error::Runtime(format!("{other}\n{hint}")),
+            });
+        }
         // Undo: stop what may have started, remove the directory.
         let noop = |_: &ClusterState| Ok(());
         let _ = p.delete(&mut st, Default::default(), &noop).await;
@@ -116,7 +152,7 @@ pub async fn create(home: &Home, opts: &CreateOptions) -> Result<i32> {
     // Refuse unsupported types and bad shapes before touching the state directory.
     let p = provider::for_type(opts.kind, home)?;
     validate(opts, p.as_ref())?;
-    if home.exists(&opts.name) {
+    if home.exists(&opts.name) && !home.load(&opts.name).is_ok_and(|st| p.pending_create(&st)) {
         return create_locked(home, opts).await.map(|_| 0);
     }
     let _lock = lock(home, &opts.name)?;

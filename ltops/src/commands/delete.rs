@@ -4,10 +4,38 @@ use std::io::{BufRead, IsTerminal, Write};
 
 use crate::commands::lock;
 use crate::error::{Error, IoContext, Result};
-use crate::provider::{self, DeleteOptions};
-use crate::state::Home;
+use crate::provider::aws::AwsOptions;
+use crate::provider::{self, CreateRequest, DeleteOptions};
+use crate::state::{ClusterType, Home};
 
-pub async fn delete(home: &Home, name: &str, yes: bool, opts: DeleteOptions) -> Result<i32> {
+/// A cluster whose state is gone: `delete NAME --type aws --region R` finds it by its tags.
+#[derive(Clone, Debug)]
+pub struct Lost {
+    pub kind: ClusterType,
+    pub aws: AwsOptions,
+}
+
+pub async fn delete(
+    home: &Home,
+    name: &str,
+    yes: bool,
+    opts: DeleteOptions,
+    lost: Option<Lost>,
+) -> Result<i32> {
+    crate::state::validate_name(name)?;
+    if !home.exists(name) {
+        if let Some(lost) = lost {
+            return delete_lost(home, name, yes, lost).await;
+        }
+        return Err(Error::UnknownCluster {
+            name: name.into(),
+            home: home.root.clone(),
+            hint: format!(
+                "if it was an aws cluster whose state was lost, `ltops delete {name} --type aws --region REGION --yes` \
+                 removes what carries its tags"
+            ),
+        });
+    }
     let st = home.load(name)?;
     if !yes {
         if !std::io::stdin().is_terminal() {
@@ -46,5 +74,34 @@ pub async fn delete(home: &Home, name: &str, yes: bool, opts: DeleteOptions) -> 
     let dir = home.cluster_dir(name);
     std::fs::remove_dir_all(&dir).context(|| format!("removing {}", dir.display()))?;
     println!("deleted cluster {name:?}");
+    Ok(0)
+}
+
+/// Deletes what a cluster without a state left behind (found by its provider's tags).
+async fn delete_lost(home: &Home, name: &str, yes: bool, lost: Lost) -> Result<i32> {
+    if !yes {
+        return Err(Error::Usage(format!(
+            "cluster {name:?} has no state in {}; to delete whatever carries its tags, pass --yes",
+            home.root.display()
+        )));
+    }
+    let p = provider::for_type(lost.kind, home)?;
+    let req = CreateRequest {
+        name: name.into(),
+        aws: lost.aws,
+        ..Default::default()
+    };
+    let dir = home.cluster_dir(name);
+    let _lock = if dir.exists() {
+        Some(lock(home, name)?)
+    } else {
+        None
+    };
+    p.delete_lost(name, &req).await?;
+    if dir.exists() {
+        drop(_lock);
+        std::fs::remove_dir_all(&dir).context(|| format!("removing {}", dir.display()))?;
+    }
+    println!("deleted what remained of cluster {name:?}");
     Ok(0)
 }

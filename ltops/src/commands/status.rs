@@ -66,7 +66,17 @@ async fn show(home: &Home, st: &ClusterState) {
     );
     println!("  state:    {}", home.cluster_dir(&st.name).display());
     match provider::for_type(st.kind(), home) {
-        Ok(p) => print_components(st, p.as_ref()).await,
+        Ok(p) => {
+            print_components(st, p.as_ref()).await;
+            match p.summary(st).await {
+                Ok(lines) => {
+                    for l in lines {
+                        println!("  {l}");
+                    }
+                }
+                Err(e) => println!("  {} details: unknown ({e})", st.kind().name()),
+            }
+        }
         Err(e) => println!("  components: unknown ({e})"),
     }
     match &st.dataset {

@@ -444,7 +444,12 @@ impl Provider for LocalProvider {
         })
     }
 
-    async fn create(&self, _req: &CreateRequest, state: &mut ClusterState) -> Result<()> {
+    async fn create(
+        &self,
+        _req: &CreateRequest,
+        state: &mut ClusterState,
+        _save: &Save<'_>,
+    ) -> Result<()> {
         let dir = self.dir(state);
         for sub in ["logs", "results"] {
             crate::state::create_private_dir(&dir.join(sub))?;

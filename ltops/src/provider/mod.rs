@@ -13,10 +13,12 @@
 //! ([`ClusterState::provider_state`]); only it knows what a PID, a host or a pod is. Everything
 //! here is async (one tokio runtime in `ltops`) and fallible.
 //!
-//! `local` (processes on this machine) and `ssh` (hosts you already have) are implemented;
-//! `kubernetes` and `aws` are accepted names that answer "not yet supported", so the command line
-//! is stable when they arrive.
+//! `local` (processes on this machine), `ssh` (hosts you already have) and `aws` (EC2 instances
+//! it provisions, then driven through the SSH provider) are implemented; `kubernetes` is an
+//! accepted name that answers "not yet supported", so the command line is stable when it
+//! arrives.
 
+pub mod aws;
 pub mod local;
 pub mod postgres;
 pub mod ssh;
@@ -79,6 +81,11 @@ pub struct CreateRequest {
     pub proxy: Option<Proxy>,
     /// `--inventory`: the hosts of an `ssh` cluster.
     pub inventory: Option<PathBuf>,
+    /// `--inventory-from-terraform`: a Terraform directory whose `ltops_inventory` output lists
+    /// the hosts of an `ssh` cluster.
+    pub inventory_from_terraform: Option<PathBuf>,
+    /// The `aws` provider's flags.
+    pub aws: aws::AwsOptions,
 }
 
 /// A cluster's shape, as resolved by its provider.
@@ -223,8 +230,35 @@ pub trait Provider: Send + Sync {
     fn shape(&self, req: &CreateRequest) -> Result<Shape>;
 
     /// Provisions what a new cluster needs before anything is deployed and fills in the
-    /// provider's section. `state` already holds the shape, the id and the token.
-    async fn create(&self, req: &CreateRequest, state: &mut ClusterState) -> Result<()>;
+    /// provider's section. `state` already holds the shape, the id and the token. A provider
+    /// whose resources cost money records each one with `save` as soon as it exists.
+    async fn create(
+        &self,
+        req: &CreateRequest,
+        state: &mut ClusterState,
+        save: &Save<'_>,
+    ) -> Result<()>;
+
+    /// Whether `state` records a create that did not finish and can be resumed by running the
+    /// same `create` again (a failed create is then kept, not undone, so `delete` can also
+    /// clean up what it made). Providers whose create is cheap to redo answer `false`.
+    fn pending_create(&self, _state: &ClusterState) -> bool {
+        false
+    }
+
+    /// Extra lines for `status` below the components (instances, cost).
+    async fn summary(&self, _state: &ClusterState) -> Result<Vec<String>> {
+        Ok(Vec::new())
+    }
+
+    /// Deletes what a cluster whose state directory is gone left behind, found by what the
+    /// provider put on it (cloud tags). `req` carries the provider's flags (region…).
+    async fn delete_lost(&self, name: &str, _req: &CreateRequest) -> Result<()> {
+        Err(Error::Usage(format!(
+            "no cluster named {name:?} is recorded, and a {} cluster leaves nothing to find without its state",
+            self.kind().name()
+        )))
+    }
 
     /// Starts (or brings up to date) every component from `artifacts`; on failure stops
     /// whatever this call started and explains why (naming the component and its last log
@@ -287,6 +321,7 @@ pub fn for_type(kind: ClusterType, home: &Home) -> Result<Box<dyn Provider>> {
     match kind {
         ClusterType::Local => Ok(Box::new(local::LocalProvider::new(home.clone()))),
         ClusterType::Ssh => Ok(Box::new(ssh::SshProvider::new(home.clone()))),
+        ClusterType::Aws => Ok(Box::new(aws::AwsProvider::new(home.clone()))),
         other => Err(Error::Unsupported {
             kind: other.name().into(),
         }),

@@ -25,6 +25,10 @@
 //!
 //! Relative paths are relative to the inventory file; `~/` is the operator's home. Every
 //! mistake is reported as `file:line: key: what to write instead`.
+//!
+//! The same keys as JSON are accepted too, as `terraform output -json` writes them (the
+//! `ltops_inventory` output of `terraform/aws/`, alone or inside the whole output map);
+//! [`Inventory::from_terraform`] runs that command in a Terraform directory.
 
 use std::path::{Path, PathBuf};
 
@@ -171,7 +175,43 @@ pub(crate) fn plain_path(s: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '/' | '+' | '@'))
 }
 
+/// The line of a JSON document where the last part of a dotted key (`host[1].roles`) appears.
+fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    let leaf = key.rsplit('.').next()?.split('[').next()?;
+    let needle = format!("\"{leaf}\"");
+    text.lines()
+        .position(|l| l.contains(&needle))
+        .map(|i| i + 1)
+}
+
 impl Inventory {
+    /// The `ltops_inventory` output of a Terraform directory (`terraform output -json`).
+    pub fn from_terraform(dir: &Path) -> Result<Self> {
+        let out = std::process::Command::new("terraform")
+            .arg(format!("-chdir={}", dir.display()))
+            .args(["output", "-json", "ltops_inventory"])
+            .env("CHECKPOINT_DISABLE", "1")
+            .stdin(std::process::Stdio::null())
+            .output()
+            .map_err(|e| {
+                Error::Usage(format!(
+                    "--inventory-from-terraform {}: running terraform: {e}; install Terraform, or write the inventory with \
+                     `terraform output -json ltops_inventory > hosts.json` where it is installed and pass --inventory hosts.json",
+                    dir.display()
+                ))
+            })?;
+        if !out.status.success() {
+            return Err(Error::Usage(format!(
+                "--inventory-from-terraform {}: `terraform output -json ltops_inventory` failed: {}\n\
+                 Apply the module there first (see terraform/README.md).",
+                dir.display(),
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        Self::parse(&text, &dir.join("ltops_inventory.json"))
+    }
+
     pub fn from_file(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).context(|| {
             format!(
@@ -190,20 +230,37 @@ impl Inventory {
         let bad = |line: Option<usize>, key: &str, msg: String| {
             Error::Usage(format!("{}: {key}: {msg}", at(line)))
         };
-        let de = toml::Deserializer::new(text);
-        let file: InventoryFile = serde_path_to_error::deserialize(de).map_err(|e| {
-            let key = e.path().to_string();
-            let line = e
-                .inner()
-                .span()
-                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
-            let key = if key == "." {
-                "(top level)".into()
+        let top = |key: String| {
+            if key == "." {
+                "(top level)".to_string()
             } else {
                 key
-            };
-            bad(line, &key, e.inner().message().to_string())
-        })?;
+            }
+        };
+        let file: InventoryFile = if text.trim_start().starts_with('{') {
+            // JSON, as `terraform output -json` writes it: the whole output map (with an
+            // `ltops_inventory` output) or that one output's value.
+            let mut v: serde_json::Value = serde_json::from_str(text)
+                .map_err(|e| bad(Some(e.line()), "(json)", format!("{e}")))?;
+            if let Some(out) = v.get_mut("ltops_inventory") {
+                v = out.get_mut("value").map(|x| x.take()).unwrap_or(out.take());
+            }
+            serde_path_to_error::deserialize(v).map_err(|e| {
+                let key = top(e.path().to_string());
+                let line = line_of_key(text, &key);
+                bad(line, &key, e.inner().to_string())
+            })?
+        } else {
+            let de = toml::Deserializer::new(text);
+            serde_path_to_error::deserialize(de).map_err(|e| {
+                let key = e.path().to_string();
+                let line = e
+                    .inner()
+                    .span()
+                    .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+                bad(line, &top(key), e.inner().message().to_string())
+            })?
+        };
         let base = path.parent().unwrap_or(Path::new("."));
         let line_of = |needle: &str| text.lines().position(|l| l.contains(needle)).map(|i| i + 1);
         if file.hosts.is_empty() {
@@ -490,5 +547,34 @@ roles = ["agent", "proxy"]
             let msg = e.to_string();
             assert!(msg.contains(want), "{text:?}\n got: {msg}\nwant: {want}");
         }
+    }
+
+    #[test]
+    fn json_from_terraform_output_is_read_with_the_same_rules() {
+        let key = tempfile::NamedTempFile::new().unwrap();
+        let k = key.path().display().to_string();
+        let value = r#"{"defaults":{"identity_file":"KEY","user":"admin"},
+            "host":[{"address":"54.1.2.3","private_address":"10.60.1.4","roles":["app"]},
+                    {"address":"54.1.2.4","private_address":"10.60.1.5","roles":["agent"]}]}"#
+            .replace("KEY", &k);
+        let whole = format!(
+            r#"{{"cluster_id":{{"value":"ab12"}},"ltops_inventory":{{"sensitive":false,"value":{value}}}}}"#
+        );
+        for text in [value.to_string(), whole] {
+            let inv = Inventory::parse(&text, Path::new("/x/out.json")).unwrap();
+            assert_eq!(inv.hosts.len(), 2);
+            assert_eq!(inv.hosts[0].user.as_deref(), Some("admin"));
+            assert_eq!(inv.hosts[1].private_address, "10.60.1.5");
+            assert_eq!(inv.hosts[0].identity_file.as_deref(), Some(key.path()));
+        }
+        let bad = r#"{"host":[{"address":"54.1.2.3","roles":["web"]}]}"#;
+        let e = Inventory::parse(bad, Path::new("/x/out.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("/x/out.json:1: host[0].roles"), "{e}");
+        let e = Inventory::parse("{ not json", Path::new("/x/out.json"))
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("/x/out.json:1: (json)"), "{e}");
     }
 }

@@ -43,7 +43,7 @@ use crate::error::{Error, IoContext, Result};
 use crate::interrupt;
 use crate::process::indent;
 use crate::state::{
-    ClusterState, ClusterType, Component, Database, Home, Proxy, Role, CLUSTER_FILE,
+    ClusterState, ClusterType, Component, Database, Home, Proxy, Role, Slot, CLUSTER_FILE,
 };
 
 /// The supervisor uploaded to every host.
@@ -123,16 +123,121 @@ fn parse_supervised(line: &str) -> Supervised {
 
 pub struct SshProvider {
     home: Home,
+    slot: Slot,
 }
 
 impl SshProvider {
     pub fn new(home: Home) -> Self {
-        Self { home }
+        Self {
+            home,
+            slot: Slot(None),
+        }
+    }
+
+    /// The SSH provider working for another one (`aws`), its state kept in `slot`.
+    pub fn nested(home: Home, slot: Slot) -> Self {
+        Self { home, slot }
+    }
+
+    /// Places a new cluster's components on `inv`'s hosts and records the result (this
+    /// provider's state and the cluster's components) in `st`.
+    pub(crate) fn record(&self, inv: &Inventory, st: &mut ClusterState) -> Result<SshState> {
+        let shape = Shape {
+            agents: st.agents,
+            app_count: st.app_count,
+            database: st.database,
+            proxy: st.proxy,
+        };
+        let private_db = st.database == Database::Postgres && inv.database_url.is_none();
+        let placements = place(inv, &shape, private_db)?;
+        let ss = SshState {
+            inventory: std::fs::canonicalize(&inv.path).unwrap_or(inv.path.clone()),
+            remote_dir: inv.remote_dir.clone(),
+            nginx: inv.nginx.clone(),
+            postgres_bin_dir: inv.postgres_bin_dir.clone(),
+            ports: inv.ports,
+            hosts: inv.hosts.clone(),
+            database_url: if st.database == Database::Postgres {
+                inv.database_url.clone()
+            } else {
+                None
+            },
+            pg_bin: None,
+            postgres_password: None,
+            placements,
+        };
+        Self::external_database(&ss)?;
+        st.components = ss.placements.iter().map(|p| component(&ss, p)).collect();
+        st.set_provider_state_in(self.slot, &ss)?;
+        Ok(ss)
+    }
+
+    /// Closes this cluster's SSH connections and removes their control directory (the hosts
+    /// themselves are going away).
+    pub(crate) async fn disconnect_all(&self, st: &ClusterState) {
+        if let Ok(ss) = self.state(st) {
+            if let Ok(c) = Cluster::new(st, ss, self.slot) {
+                for h in &c.ss.hosts {
+                    c.ssh.disconnect(h).await;
+                }
+                c.ssh.remove_control_dir();
+            }
+        }
+    }
+
+    /// Waits until every host in use accepts SSH and `ready` (a shell command) succeeds there;
+    /// for machines that are still booting. Gives up after `timeout`, naming the hosts.
+    pub(crate) async fn wait_ready(
+        &self,
+        st: &ClusterState,
+        ready: &str,
+        timeout: Duration,
+    ) -> Result<()> {
+        let ss = self.state(st)?;
+        let c = Cluster::new(st, ss, self.slot)?;
+        let deadline = tokio::time::Instant::now() + timeout;
+        let wait_one = |i: usize| {
+            let c = &c;
+            async move {
+                let h = &c.ss.hosts[i];
+                let mut last;
+                loop {
+                    last = match c.ssh.connect(h).await {
+                        Ok(()) => match c
+                            .ssh
+                            .run_ok(h, "waiting until the host is ready", ready, None)
+                            .await
+                        {
+                            Ok(_) => return Ok(()),
+                            Err(e) => e.to_string(),
+                        },
+                        Err(e) => e.to_string(),
+                    };
+                    if tokio::time::Instant::now() >= deadline {
+                        return Err(format!(
+                            "  {}: not ready after {timeout:?}: {last}",
+                            h.label()
+                        ));
+                    }
+                    tokio::time::sleep(Duration::from_secs(5)).await;
+                }
+            }
+        };
+        let results = join_all(c.hosts_in_use().into_iter().map(wait_one)).await;
+        let errors: Vec<String> = results.into_iter().filter_map(|r| r.err()).collect();
+        if errors.is_empty() {
+            Ok(())
+        } else {
+            Err(Error::Runtime(format!(
+                "{}\nCheck that the hosts boot (console output) and that SSH is allowed from here; then deploy again",
+                errors.join("\n")
+            )))
+        }
     }
 
     fn state(&self, st: &ClusterState) -> Result<SshState> {
         let file = self.home.cluster_dir(&st.name).join(CLUSTER_FILE);
-        let ss: SshState = st.provider_state(&file)?;
+        let ss: SshState = st.provider_state_in(self.slot, &file)?;
         // Everything below ends up in ssh arguments and remote scripts: a hand-edited value must
         // not become an option or a command.
         let bad = |key: &str, v: &str| {
@@ -182,6 +287,9 @@ impl SshProvider {
     }
 
     fn inventory(req: &CreateRequest) -> Result<Inventory> {
+        if let Some(dir) = &req.inventory_from_terraform {
+            return Inventory::from_terraform(dir);
+        }
         let path = req.inventory.as_ref().ok_or_else(|| {
             Error::Usage("--type ssh needs --inventory FILE: the hosts and their roles".into())
         })?;
@@ -214,14 +322,17 @@ struct Cluster {
     st: ClusterState,
     ss: SshState,
     ssh: Ssh,
+    /// Where `ss` is kept in the cluster's state.
+    slot: Slot,
 }
 
 impl Cluster {
-    fn new(st: &ClusterState, ss: SshState) -> Result<Self> {
+    fn new(st: &ClusterState, ss: SshState, slot: Slot) -> Result<Self> {
         Ok(Cluster {
             st: st.clone(),
             ssh: Ssh::new(&st.cluster_id)?,
             ss,
+            slot,
         })
     }
 
@@ -781,7 +892,7 @@ impl<'a> Deploy<'a> {
             .await?;
         self.c.ss.placements[idx].spec = Some(l.spec.clone());
         mark_started(st, &p, true);
-        st.set_provider_state(&self.c.ss)?;
+        st.set_provider_state_in(self.c.slot, &self.c.ss)?;
         save(st)?;
         self.wait_healthy(&p).await?;
         self.say(format!("{name}: started on {}", h.label()));
@@ -882,7 +993,7 @@ impl<'a> Deploy<'a> {
             None => {
                 let pw = crate::state::random_token()[..32].to_string();
                 self.c.ss.postgres_password = Some(pw.clone());
-                st.set_provider_state(&self.c.ss)?;
+                st.set_provider_state_in(self.c.slot, &self.c.ss)?;
                 save(st)?;
                 pw
             }
@@ -1205,37 +1316,16 @@ impl Provider for SshProvider {
         Ok(shape)
     }
 
-    async fn create(&self, req: &CreateRequest, st: &mut ClusterState) -> Result<()> {
+    async fn create(
+        &self,
+        req: &CreateRequest,
+        st: &mut ClusterState,
+        _save: &Save<'_>,
+    ) -> Result<()> {
         let inv = Self::inventory(req)?;
-        let shape = Shape {
-            agents: st.agents,
-            app_count: st.app_count,
-            database: st.database,
-            proxy: st.proxy,
-        };
-        let private_db = st.database == Database::Postgres && inv.database_url.is_none();
-        let placements = place(&inv, &shape, private_db)?;
-        let ss = SshState {
-            inventory: std::fs::canonicalize(&inv.path).unwrap_or(inv.path.clone()),
-            remote_dir: inv.remote_dir.clone(),
-            nginx: inv.nginx.clone(),
-            postgres_bin_dir: inv.postgres_bin_dir.clone(),
-            ports: inv.ports,
-            hosts: inv.hosts.clone(),
-            database_url: if st.database == Database::Postgres {
-                inv.database_url.clone()
-            } else {
-                None
-            },
-            pg_bin: None,
-            postgres_password: None,
-            placements,
-        };
-        Self::external_database(&ss)?;
-        st.components = ss.placements.iter().map(|p| component(&ss, p)).collect();
-        st.set_provider_state(&ss)?;
+        let ss = self.record(&inv, st)?;
         // Reach every host now: a wrong address or key is found before anything is deployed.
-        let c = Cluster::new(st, ss)?;
+        let c = Cluster::new(st, ss, self.slot)?;
         let hosts = c.hosts_in_use();
         eprintln!("checking SSH access to {} host(s)…", hosts.len());
         c.connect_all(&hosts).await?;
@@ -1261,7 +1351,7 @@ impl Provider for SshProvider {
         let ss = self.state(st)?;
         let db_external = Self::external_database(&ss)?;
         let mut d = Deploy {
-            c: Cluster::new(st, ss)?,
+            c: Cluster::new(st, ss, self.slot)?,
             artifacts,
             started: Vec::new(),
             notes: Vec::new(),
@@ -1298,17 +1388,17 @@ impl Provider for SshProvider {
                     }
                 }
             }
-            st.set_provider_state(&d.c.ss)?;
+            st.set_provider_state_in(self.slot, &d.c.ss)?;
             let _ = save(st);
             return Err(e);
         }
-        st.set_provider_state(&d.c.ss)?;
+        st.set_provider_state_in(self.slot, &d.c.ss)?;
         save(st)
     }
 
     async fn status(&self, st: &ClusterState) -> Result<Vec<ComponentHealth>> {
         let ss = self.state(st)?;
-        let c = Cluster::new(st, ss)?;
+        let c = Cluster::new(st, ss, self.slot)?;
         let mut out = Vec::new();
         let mut per_host: HashMap<usize, std::result::Result<HashMap<String, Supervised>, String>> =
             HashMap::new();
@@ -1360,7 +1450,7 @@ impl Provider for SshProvider {
 
     async fn endpoints(&self, st: &ClusterState) -> Result<Endpoints> {
         let ss = self.state(st)?;
-        let c = Cluster::new(st, ss)?;
+        let c = Cluster::new(st, ss, self.slot)?;
         let agents: Vec<&Placement> =
             c.ss.placements
                 .iter()
@@ -1409,7 +1499,7 @@ impl Provider for SshProvider {
         dest: &Path,
     ) -> Result<LostAgent> {
         let ss = self.state(st)?;
-        let c = Cluster::new(st, ss)?;
+        let c = Cluster::new(st, ss, self.slot)?;
         let p = c.placement(Role::Agent, index)?.clone();
         let h = c.host(&p).clone();
         c.ssh.connect(&h).await?;
@@ -1449,7 +1539,7 @@ impl Provider for SshProvider {
         cmd: &ShellCommand,
     ) -> Result<i32> {
         let ss = self.state(st)?;
-        let c = Cluster::new(st, ss)?;
+        let c = Cluster::new(st, ss, self.slot)?;
         let comp = st.find(role, index)?.clone();
         let p = c.placement(role, index)?.clone();
         let h = c.host(&p).clone();
@@ -1508,7 +1598,7 @@ impl Provider for SshProvider {
         lines: Option<usize>,
     ) -> Result<()> {
         let ss = self.state(st)?;
-        let c = Cluster::new(st, ss)?;
+        let c = Cluster::new(st, ss, self.slot)?;
         let p = c.placement(role, index)?.clone();
         let h = c.host(&p).clone();
         c.ssh.connect(&h).await?;
@@ -1569,12 +1659,12 @@ impl Provider for SshProvider {
         opts: DeleteOptions,
         save: &Save<'_>,
     ) -> Result<()> {
-        if st.provider.data.is_empty() {
+        if st.provider_slot_is_empty(self.slot) {
             // Nothing was recorded (a create that failed early): nothing to remove remotely.
             return Ok(());
         }
         let ss = self.state(st)?;
-        let c = Cluster::new(st, ss)?;
+        let c = Cluster::new(st, ss, self.slot)?;
         let hosts: Vec<usize> = (0..c.ss.hosts.len())
             .filter(|i| c.ss.placements.iter().any(|p| p.host == *i))
             .collect();
