@@ -210,6 +210,21 @@ impl Teardown<'_, '_> {
         self.report.removed.push(what);
     }
 
+    /// Deletes each resource of `kind` with `del` (retried while in use) and notes it.
+    async fn remove_each<F, Fut>(&mut self, kind: &str, ids: Vec<String>, del: F) -> Result<()>
+    where
+        F: Fn(aws_sdk_ec2::Client, String) -> Fut,
+        Fut: Future<Output = Result<()>>,
+    {
+        for id in ids {
+            let what = format!("deleting {kind} {id}");
+            let c = self.s.client.clone();
+            self.delete(&what, || del(c.clone(), id.clone())).await?;
+            self.done(format!("{kind} {id}"));
+        }
+        Ok(())
+    }
+
     /// Runs a delete; "not found" is success, "still in use" is retried until `wait` passes.
     async fn delete<F, Fut>(&self, what: &str, mut call: F) -> Result<()>
     where
@@ -318,21 +333,15 @@ impl Teardown<'_, '_> {
                 .filter_map(|k| k.key_name().map(str::to_string))
                 .collect(),
         );
-        for name in names {
-            let what = format!("deleting key pair {name}");
-            self.delete(&what, || async {
-                self.s
-                    .client
-                    .delete_key_pair()
-                    .key_name(&name)
-                    .send()
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| Error::api(&what, e))
-            })
-            .await?;
-            self.done(format!("key pair {name}"));
-        }
+        self.remove_each("key pair", names, |c, id| async move {
+            c.delete_key_pair()
+                .key_name(&id)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| Error::api(&format!("deleting key pair {id}"), e))
+        })
+        .await?;
         self.res.key_pair = None;
         self.save()
     }
@@ -354,21 +363,15 @@ impl Teardown<'_, '_> {
                 .filter_map(|g| g.group_id().map(str::to_string))
                 .collect(),
         );
-        for id in ids {
-            let what = format!("deleting security group {id}");
-            self.delete(&what, || async {
-                self.s
-                    .client
-                    .delete_security_group()
-                    .group_id(&id)
-                    .send()
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| Error::api(&what, e))
-            })
-            .await?;
-            self.done(format!("security group {id}"));
-        }
+        self.remove_each("security group", ids, |c, id| async move {
+            c.delete_security_group()
+                .group_id(&id)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| Error::api(&format!("deleting security group {id}"), e))
+        })
+        .await?;
         self.res.security_group = None;
         self.save()
     }
@@ -519,19 +522,15 @@ impl Teardown<'_, '_> {
                 .filter_map(|s| s.subnet_id().map(str::to_string))
                 .collect(),
         );
-        for id in ids {
-            let what = format!("deleting subnet {id}");
-            self.delete(&what, || async {
-                c.delete_subnet()
-                    .subnet_id(&id)
-                    .send()
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| Error::api(&what, e))
-            })
-            .await?;
-            self.done(format!("subnet {id}"));
-        }
+        self.remove_each("subnet", ids, |c, id| async move {
+            c.delete_subnet()
+                .subnet_id(&id)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| Error::api(&format!("deleting subnet {id}"), e))
+        })
+        .await?;
         self.res.subnet = None;
         self.save()
     }
@@ -552,19 +551,15 @@ impl Teardown<'_, '_> {
                 .filter_map(|v| v.vpc_id().map(str::to_string))
                 .collect(),
         );
-        for id in ids {
-            let what = format!("deleting VPC {id}");
-            self.delete(&what, || async {
-                c.delete_vpc()
-                    .vpc_id(&id)
-                    .send()
-                    .await
-                    .map(|_| ())
-                    .map_err(|e| Error::api(&what, e))
-            })
-            .await?;
-            self.done(format!("VPC {id}"));
-        }
+        self.remove_each("VPC", ids, |c, id| async move {
+            c.delete_vpc()
+                .vpc_id(&id)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| Error::api(&format!("deleting VPC {id}"), e))
+        })
+        .await?;
         self.res.vpc = None;
         self.save()
     }

@@ -15,83 +15,32 @@
 
 mod util;
 
-use std::net::TcpListener;
-use std::path::PathBuf;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
+use util::moto::Moto;
 use util::{text, Env};
 
-/// A `moto_server` on a free loopback port; killed on drop.
-struct Moto {
-    child: Child,
-    url: String,
-    python: PathBuf,
+/// The emulator, and `ltops` run against it.
+struct Ec2 {
+    m: Moto,
 }
 
-fn on_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p)
-            .map(|d| d.join(name))
-            .find(|f| f.is_file())
-    })
+impl std::ops::Deref for Ec2 {
+    type Target = Moto;
+    fn deref(&self) -> &Moto {
+        &self.m
+    }
 }
 
-impl Moto {
-    fn start() -> Option<Moto> {
-        let Some(bin) = on_path("moto_server") else {
-            if std::env::var("CI").as_deref() == Ok("true") {
-                panic!("moto_server is not installed (CI=true requires it): pip install 'moto[server,ec2]'");
-            }
-            eprintln!("note: skipping: moto_server not found (pip install 'moto[server,ec2]')");
-            return None;
-        };
-        // boto3 for the independent checks: next to moto_server (a venv), else python3.
-        let python = [bin.with_file_name("python3"), PathBuf::from("python3")]
-            .into_iter()
-            .find(|p| {
-                Command::new(p)
-                    .args(["-c", "import boto3"])
-                    .stderr(Stdio::null())
-                    .status()
-                    .is_ok_and(|s| s.success())
-            })
-            .expect("no python3 with boto3 next to moto_server or on PATH");
-        let port = TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = Command::new(&bin)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .env("MOTO_EC2_ENABLE_INSTANCE_TYPE_VALIDATION", "true")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut m = Moto {
-            child,
-            url: format!("http://127.0.0.1:{port}"),
-            python,
-        };
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                m.child.try_wait().unwrap().is_none(),
-                "moto_server exited at start"
-            );
-            assert!(
-                Instant::now() < deadline,
-                "moto_server did not listen in 60 s"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
-        Some(m)
+impl Ec2 {
+    fn start() -> Option<Ec2> {
+        Moto::start(true).map(|m| Ec2 { m })
     }
 
-    /// Runs `ltops` against the emulator with static test credentials and nothing of the
-    /// machine's own AWS configuration.
-    fn ltops(&self, env: &Env, args: &[&str]) -> Output {
+    /// `ltops` against the emulator with static test credentials and nothing of the machine's
+    /// own AWS configuration.
+    fn command(&self, env: &Env, args: &[&str]) -> Command {
         let mut c = env.cmd(args);
         for v in [
             "AWS_PROFILE",
@@ -106,7 +55,12 @@ impl Moto {
             .env("AWS_ACCESS_KEY_ID", "test")
             .env("AWS_SECRET_ACCESS_KEY", "test")
             .env("AWS_EC2_METADATA_DISABLED", "true");
-        let out = c.output().unwrap();
+        c
+    }
+
+    /// Runs `ltops` to the end against the emulator.
+    fn ltops(&self, env: &Env, args: &[&str]) -> Output {
+        let out = self.command(env, args).output().unwrap();
         eprintln!(
             "$ ltops {}\n[exit {:?}]\n{}",
             args.join(" "),
@@ -119,25 +73,7 @@ impl Moto {
     /// What exists with tag `key=value`, read with boto3: live instances, VPCs, subnets,
     /// gateways, route tables, security groups, key pairs, and the SSH ingress CIDRs.
     fn inventory(&self, key: &str, value: &str) -> serde_json::Value {
-        let out = Command::new(&self.python)
-            .args(["-c", CHECK, &self.url, key, value])
-            .env("AWS_ACCESS_KEY_ID", "test")
-            .env("AWS_SECRET_ACCESS_KEY", "test")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "boto3 check failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
-    }
-}
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.boto3(CHECK, &[key, value])
     }
 }
 
@@ -192,7 +128,7 @@ fn create_args<'a>(name: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
 /// delete removes it all and the leak check finds nothing.
 #[test]
 fn create_status_delete_leaves_nothing_behind() {
-    let Some(moto) = Moto::start() else { return };
+    let Some(moto) = Ec2::start() else { return };
     let env = Env::new();
     let out = moto.ltops(
         &env,
@@ -293,7 +229,7 @@ fn create_status_delete_leaves_nothing_behind() {
 /// refused, `delete` removes it all; another such create is resumed with a corrected type.
 #[test]
 fn an_interrupted_create_is_deleted_or_resumed() {
-    let Some(moto) = Moto::start() else { return };
+    let Some(moto) = Ec2::start() else { return };
     let env = Env::new();
     let out = moto.ltops(&env, &create_args("half", &["--agent-type", "x9.nope"]));
     assert_eq!(out.status.code(), Some(1));
@@ -369,19 +305,11 @@ fn an_interrupted_create_is_deleted_or_resumed() {
 /// and the same create then completes, and delete leaves nothing.
 #[test]
 fn ctrl_c_during_a_create_leaves_a_resumable_cluster() {
-    let Some(moto) = Moto::start() else { return };
+    let Some(moto) = Ec2::start() else { return };
     let env = Env::new();
     let args = create_args("intr", &["--app-count", "3", "--agents", "4"]);
-    let mut c = env.cmd(&args);
-    for v in ["AWS_PROFILE", "AWS_REGION", "AWS_DEFAULT_REGION"] {
-        c.env_remove(v);
-    }
-    let child = c
-        .env("HOME", env.home.path())
-        .env("AWS_ENDPOINT_URL", &moto.url)
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
+    let child = moto
+        .command(&env, &args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -426,7 +354,7 @@ fn ctrl_c_during_a_create_leaves_a_resumable_cluster() {
 /// deletes cleanly.
 #[test]
 fn a_lost_state_is_deleted_by_tag_without_touching_a_namesake() {
-    let Some(moto) = Moto::start() else { return };
+    let Some(moto) = Ec2::start() else { return };
     let a = Env::new();
     let b = Env::new();
     assert!(moto.ltops(&a, &create_args("same", &[])).status.success());
@@ -476,7 +404,7 @@ fn a_lost_state_is_deleted_by_tag_without_touching_a_namesake() {
 /// created.
 #[test]
 fn bad_input_names_the_flag_or_the_key() {
-    let Some(moto) = Moto::start() else { return };
+    let Some(moto) = Ec2::start() else { return };
     let env = Env::new();
     for (args, want) in [
         (vec!["--allow-ssh-from", "0.0.0.0/99"], "--allow-ssh-from"),

@@ -12,28 +12,11 @@
 
 mod util;
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Output, Stdio};
 
 use ltops::provider::ssh::inventory::{HostRole, Inventory};
-
-fn on_path(name: &str) -> Option<PathBuf> {
-    std::env::var_os("PATH").and_then(|p| {
-        std::env::split_paths(&p)
-            .map(|d| d.join(name))
-            .find(|f| f.is_file())
-    })
-}
-
-fn missing(what: &str) -> bool {
-    if std::env::var("CI").as_deref() == Ok("true") {
-        panic!("{what} (CI=true requires it; .ci/run installs it)");
-    }
-    eprintln!("note: skipping: {what}");
-    true
-}
+use util::moto::{missing, on_path, python_with, Moto};
 
 fn module() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../terraform/aws")
@@ -51,30 +34,12 @@ fn plugin_dir(tmp: &Path) -> Option<PathBuf> {
         z = os.path.join(sysconfig.get_paths()['purelib'], 'cloudrail', 'terraform_plugins', 'terraform-provider-aws_3.39.0_linux_amd64.zip')\n\
         zipfile.ZipFile(z).extractall(sys.argv[1])\n\
         [os.chmod(os.path.join(sys.argv[1], f), 0o755) for f in os.listdir(sys.argv[1])]\n";
-    let mut pythons = vec![PathBuf::from("python3")];
-    if let Some(c) = on_path("checkov") {
-        pythons.insert(0, c.with_file_name("python3"));
-    }
-    for py in pythons {
-        let ok = Command::new(&py)
-            .args(["-c", script, dest.to_str().unwrap()])
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success());
-        if ok {
-            return Some(tmp.join("plugins"));
-        }
-    }
-    None
-}
-
-struct Moto(Child);
-
-impl Drop for Moto {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+    let py = python_with("cloudrail", Some("checkov"))?;
+    let ok = Command::new(&py)
+        .args(["-c", script, dest.to_str().unwrap()])
+        .status()
+        .is_ok_and(|s| s.success());
+    ok.then(|| tmp.join("plugins"))
 }
 
 fn tf(dir: &Path, cli_config: &Path, args: &[&str]) -> Output {
@@ -97,9 +62,8 @@ fn tf(dir: &Path, cli_config: &Path, args: &[&str]) -> Output {
     out
 }
 
-/// Counts what carries `ltops:cluster=NAME` in the emulator, read with boto3.
-fn live(python: &Path, url: &str, name: &str) -> serde_json::Value {
-    let script = r#"
+/// What carries `ltops:cluster=NAME` in the emulator, read with boto3.
+const LIVE: &str = r#"
 import json, sys, boto3
 c = boto3.client("ec2", region_name="us-east-1", endpoint_url=sys.argv[1])
 f = [{"Name": "tag:ltops:cluster", "Values": [sys.argv[2]]}]
@@ -111,29 +75,13 @@ print(json.dumps({
   "key_pairs": len(c.describe_key_pairs(Filters=f)["KeyPairs"]),
 }))
 "#;
-    let out = Command::new(python)
-        .args(["-c", script, url, name])
-        .env("AWS_ACCESS_KEY_ID", "test")
-        .env("AWS_SECRET_ACCESS_KEY", "test")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).unwrap()
-}
 
 #[test]
 fn the_module_validates_applies_and_destroys_and_ltops_reads_its_inventory() {
     if on_path("terraform").is_none() && missing("terraform is not installed") {
         return;
     }
-    let Some(moto_bin) = on_path("moto_server") else {
-        missing("moto_server is not installed (pip install 'moto[server,ec2]')");
-        return;
-    };
+
     let Some(checkov) = on_path("checkov") else {
         missing("checkov is not installed (pip install checkov)");
         return;
@@ -188,25 +136,10 @@ fn the_module_validates_applies_and_destroys_and_ltops_reads_its_inventory() {
     }
 
     // A copy to run in (the repository keeps no .terraform or state), pointed at the emulator.
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let _moto = Moto(
-        Command::new(&moto_bin)
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap(),
-    );
-    let url = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "moto_server did not start");
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let Some(moto) = Moto::start(false) else {
+        return;
+    };
+    let url = moto.url.clone();
     let work = tmp.path().join("aws");
     std::fs::create_dir_all(work.join("cloud-init")).unwrap();
     for sub in ["", "cloud-init"] {
@@ -297,17 +230,7 @@ fn the_module_validates_applies_and_destroys_and_ltops_reads_its_inventory() {
             .collect::<Vec<_>>(),
     );
     assert!(apply.status.success());
-    let python = PathBuf::from("python3");
-    let python = [moto_bin.with_file_name("python3"), python]
-        .into_iter()
-        .find(|p| {
-            Command::new(p)
-                .args(["-c", "import boto3"])
-                .status()
-                .is_ok_and(|s| s.success())
-        })
-        .unwrap();
-    let found = live(&python, &url, "tfmod");
+    let found = moto.boto3(LIVE, &["tfmod"]);
     assert_eq!(found["vpcs"], 1);
     assert_eq!(found["security_groups"], 1);
     assert_eq!(found["key_pairs"], 1);
@@ -369,7 +292,7 @@ fn the_module_validates_applies_and_destroys_and_ltops_reads_its_inventory() {
             .collect::<Vec<_>>(),
     );
     assert!(destroy.status.success());
-    let after = live(&python, &url, "tfmod");
+    let after = moto.boto3(LIVE, &["tfmod"]);
     assert_eq!(
         after,
         serde_json::json!({"instances": [], "vpcs": 0, "security_groups": 0, "key_pairs": 0})

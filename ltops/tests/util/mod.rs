@@ -2,6 +2,8 @@
 //! and an isolated state directory (`LTOPS_HOME`) to run it in.
 #![allow(clippy::unwrap_used, dead_code)]
 
+pub mod moto;
+
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
 
