@@ -470,3 +470,47 @@ fn bad_input_names_the_flag_or_the_key() {
         .status
         .success());
 }
+
+/// A profile named `ltops` in the shared config is used when no `--profile` is given (its
+/// region too).
+#[test]
+fn the_ltops_profile_is_the_default() {
+    let Some(moto) = Ec2::start() else { return };
+    let env = Env::new();
+    let aws = env.home.path().join(".aws");
+    std::fs::create_dir_all(&aws).unwrap();
+    std::fs::write(
+        aws.join("config"),
+        "[default]\nregion = eu-north-1\n[profile ltops]\nregion = us-east-1\n",
+    )
+    .unwrap();
+    let out = moto.ltops(
+        &env,
+        &[
+            "create",
+            "--name",
+            "prof",
+            "--type",
+            "aws",
+            "--allow-ssh-from",
+            ALLOW,
+        ],
+    );
+    assert!(out.status.success());
+    assert!(text(&out).contains("region us-east-1"));
+    let toml = std::fs::read_to_string(env.home.path().join("clusters/prof/cluster.toml")).unwrap();
+    assert!(toml.contains("profile = \"ltops\""), "{toml}");
+    let id = env.state("prof").cluster_id;
+    assert_eq!(
+        moto.inventory("ltops:cluster-id", &id)["instances"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
+    assert!(moto
+        .ltops(&env, &["delete", "prof", "--yes"])
+        .status
+        .success());
+    assert_eq!(moto.inventory("ltops:cluster-id", &id), empty());
+}
