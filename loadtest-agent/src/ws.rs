@@ -28,7 +28,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 /// carry that space.
 pub type Ws = WebSocketStream<Box<dyn Io>>;
 
-/// rustls client configuration with the web PKI roots, built once per process.
+/// rustls client configuration with the web PKI roots, built once per process. The crypto
+/// provider is named (ring) rather than taken from rustls's process default, which panics when a
+/// build enables more than one provider (a workspace build also compiles the AWS SDK's).
 fn tls_connector() -> tokio_rustls::TlsConnector {
     static CONFIG: std::sync::OnceLock<std::sync::Arc<tokio_rustls::rustls::ClientConfig>> =
         std::sync::OnceLock::new();
@@ -36,8 +38,11 @@ fn tls_connector() -> tokio_rustls::TlsConnector {
         let roots = tokio_rustls::rustls::RootCertStore {
             roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
         };
+        let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
         std::sync::Arc::new(
-            tokio_rustls::rustls::ClientConfig::builder()
+            tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .expect("ring supports rustls's default protocol versions")
                 .with_root_certificates(roots)
                 .with_no_client_auth(),
         )

@@ -165,7 +165,7 @@ pub enum ClusterType {
     Ssh,
     /// Pods in an existing Kubernetes cluster (not yet supported).
     Kubernetes,
-    /// EC2 instances (not yet supported).
+    /// EC2 instances it provisions (through the `ltops-aws` crate).
     Aws,
 }
 

@@ -387,7 +387,11 @@ fn bad_arguments_say_what_to_do() {
     // A cluster of a type this version cannot drive.
     let path = env.home.path().join("clusters/c/cluster.toml");
     let t = std::fs::read_to_string(&path).unwrap();
-    std::fs::write(&path, t.replace("type = \"local\"", "type = \"aws\"")).unwrap();
+    std::fs::write(
+        &path,
+        t.replace("type = \"local\"", "type = \"kubernetes\""),
+    )
+    .unwrap();
     let o = env.run(&["deploy", "-c", "c"]);
     assert_eq!(o.status.code(), usage);
     assert!(text(&o).contains("not yet supported"), "{}", text(&o));
