@@ -38,7 +38,9 @@ pub enum Error {
         home: PathBuf,
         hint: String,
     },
-    #[error("cluster type {kind:?} is not yet supported in this version; use --type local or --type ssh")]
+    #[error(
+        "cluster type {kind:?} is not yet supported in this version; use --type local, ssh or aws"
+    )]
     Unsupported { kind: String },
     #[error("{what} not found at {path}; {hint}")]
     MissingBinary {
