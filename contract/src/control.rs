@@ -32,6 +32,9 @@ pub const PATH_STOP: &str = "/v1/run/stop";
 pub const PATH_STATUS: &str = "/v1/run/status";
 pub const PATH_RESULTS: &str = "/v1/run/results";
 pub const PATH_METRICS: &str = "/metrics";
+/// Liveness and readiness for probes (Kubernetes, load balancers): unauthenticated, answers
+/// `200 ok` while the control API serves; added in contract 1.0 additively.
+pub const PATH_HEALTH: &str = "/healthz";
 /// Data-set creation (`loadtest-agent setup` over HTTP); added in contract 1.0 additively.
 pub const PATH_SETUP: &str = "/v1/setup";
 

@@ -1,7 +1,8 @@
 //! The control API of `loadtest-agent serve`, as `ltops` drives it (paths and bodies in the
 //! contract's `control` module). Every `/v1/*` request must carry `Authorization: Bearer
 //! <token>`; anything else gets 401 and an `ErrorReply`. `GET /metrics` (Prometheus text) is open
-//! so a scraper needs no secret, and exposes only counters.
+//! so a scraper needs no secret, and exposes only counters; so is `GET /healthz` (`200 ok`), for
+//! probes.
 //!
 //! One run at a time: `POST /v1/run` stores a validated plan (state `ready`), `start` launches
 //! it (optionally at a coordinator time corrected by the clock offset), `users` changes the
@@ -25,8 +26,8 @@ use axum::routing::{get, post};
 use axum::{Json, Router};
 use loadtest_contract::control::{
     ClockReply, CreateRun, ErrorReply, RunState, RunStatus, SetUsers, SetupRequest, SetupState,
-    SetupStatus, StartRun, PATH_CLOCK, PATH_METRICS, PATH_RESULTS, PATH_RUN, PATH_SETUP,
-    PATH_START, PATH_STATUS, PATH_STOP, PATH_USERS,
+    SetupStatus, StartRun, PATH_CLOCK, PATH_HEALTH, PATH_METRICS, PATH_RESULTS, PATH_RUN,
+    PATH_SETUP, PATH_START, PATH_STATUS, PATH_STOP, PATH_USERS,
 };
 use loadtest_contract::now_ms;
 use tokio::net::TcpListener;
@@ -325,6 +326,7 @@ pub fn router(cfg: ServeConfig) -> Router {
         .route(PATH_SETUP, post(setup_start).get(setup_status))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth))
         .route(PATH_METRICS, get(metrics))
+        .route(PATH_HEALTH, get(|| async { "ok\n" }))
         .with_state(state)
 }
 

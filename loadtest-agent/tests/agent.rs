@@ -480,6 +480,14 @@ mod control {
             .await
             .expect("request");
         assert_eq!(r.status(), 200);
+        // So is the health route that Kubernetes probes (they cannot carry the token).
+        let r = http
+            .get(format!("{base}/healthz"))
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.expect("body"), "ok\n");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

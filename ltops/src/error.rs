@@ -12,7 +12,7 @@ pub mod exit {
     pub const OK: i32 = 0;
     /// A runtime failure: a process that would not start, an agent that died, I/O.
     pub const FAILURE: i32 = 1;
-    /// Bad input: unknown cluster, unsupported type, missing binary, invalid config.
+    /// Bad input: unknown cluster, missing binary, invalid config.
     pub const USAGE: i32 = 2;
     /// `loadtest`: a threshold failed (same code as `ltparse`).
     pub const THRESHOLDS: i32 = 3;
@@ -38,10 +38,6 @@ pub enum Error {
         home: PathBuf,
         hint: String,
     },
-    #[error(
-        "cluster type {kind:?} is not yet supported in this version; use --type local, ssh or aws"
-    )]
-    Unsupported { kind: String },
     #[error("{what} not found at {path}; {hint}")]
     MissingBinary {
         what: &'static str,
@@ -69,7 +65,6 @@ impl Error {
         match self {
             Error::Usage(_)
             | Error::UnknownCluster { .. }
-            | Error::Unsupported { .. }
             | Error::MissingBinary { .. }
             | Error::Config(_) => exit::USAGE,
             Error::Locked { .. } => exit::LOCKED,

@@ -6,6 +6,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use ltops::commands::{self, create::CreateOptions, deploy::DeployOptions, loadtest};
 use ltops::provider::aws::AwsOptions;
+use ltops::provider::kubernetes::KubeOptions;
 use ltops::provider::DeleteOptions;
 use ltops::state::{ClusterType, Database, Home, Proxy, Role};
 
@@ -13,7 +14,7 @@ const EXIT_CODES: &str = "\
 Exit codes:
   0    success (loadtest: thresholds and baseline passed)
   1    runtime failure (a process would not start, an agent died mid-run, I/O)
-  2    bad input (unknown cluster, unsupported type, missing binary, invalid config or flag)
+  2    bad input (unknown cluster, missing binary, invalid config or flag, a Kubernetes cluster too small)
   3    loadtest: a threshold failed              (same as ltparse)
   4    loadtest: regression against the baseline (same as ltparse)
   5    loadtest: thresholds failed and regression (same as ltparse)
@@ -82,6 +83,56 @@ impl AwsArgs {
     }
 }
 
+/// `create --type kubernetes` flags.
+#[derive(clap::Args)]
+struct KubeArgs {
+    /// kubernetes: the kubeconfig context [default: the current one].
+    #[arg(long)]
+    context: Option<String>,
+    /// kubernetes: the namespace [default: ltops-NAME, created and labelled].
+    #[arg(long)]
+    namespace: Option<String>,
+    /// kubernetes: put the cluster into an existing --namespace (delete removes only its labelled objects).
+    #[arg(long)]
+    use_existing_namespace: bool,
+    /// kubernetes: the product image (Dockerfile) [default: ghcr.io/chat-loadtest/chat-loadtest:VERSION].
+    #[arg(long)]
+    image: Option<String>,
+    /// kubernetes: an existing database: the Secret NAME[:KEY] holding its URL [default key: database-url].
+    #[arg(long, value_name = "NAME[:KEY]")]
+    database_url_secret: Option<String>,
+    /// kubernetes: the storage class of PostgreSQL's volume [default: the cluster's default class].
+    #[arg(long)]
+    storage_class: Option<String>,
+    /// kubernetes: the size of PostgreSQL's volume [default: 10Gi].
+    #[arg(long)]
+    storage: Option<String>,
+    /// kubernetes: the simulated users to size CPU and memory for [default: 1000].
+    #[arg(long)]
+    users: Option<u64>,
+    /// kubernetes: the URL agents load instead of the server Service's cluster name (an ingress, say).
+    #[arg(long, value_name = "URL")]
+    server_url: Option<String>,
+}
+
+impl KubeArgs {
+    fn options(self) -> KubeOptions {
+        KubeOptions {
+            context: self.context,
+            namespace: self.namespace,
+            use_existing_namespace: self.use_existing_namespace,
+            image: self.image,
+            database_url_secret: self.database_url_secret,
+            storage_class: self.storage_class,
+            storage: self.storage,
+            users: self.users,
+            server_url: self.server_url,
+        }
+    }
+}
+
+// Parsed once per process: the size of `Create`'s many provider flags does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Subcommand)]
 enum Command {
     /// Record a new cluster and provision what it needs.
@@ -96,12 +147,15 @@ a VPC, subnet, internet gateway, route table, a security group (SSH only from --
 key pair generated in the cluster's directory and one instance per component, all tagged with the \
 cluster's name and id; every resource is recorded as soon as it exists, so an interrupted create is \
 resumed by running it again, and `delete` removes everything by id and by tag, then checks nothing \
-is left. `kubernetes` is reserved for the next version.\n\n\
+is left. `kubernetes` runs the server, a PostgreSQL StatefulSet and the agents as pods in an existing \
+cluster (--context, default the kubeconfig's current one), in a namespace of their own (`ltops-NAME`, \
+or an existing one with --use-existing-namespace), sized for --users and checked against the nodes' \
+allocatable resources before anything is created.\n\n\
 For ssh clusters the defaults come from the inventory: one agent per `agent` host, one server \
 instance per `app` host, PostgreSQL when there is a `db` host or a database_url, nginx when there is a \
 `proxy` host. For aws clusters: 1 agent, 1 server instance, PostgreSQL on its own instance, nginx \
 when --app-count is above 1.",
-        after_help = "Examples:\n  ltops create --name laptop --agents 2\n  ltops create --name pg --database postgres --app-count 2 --agents 4\n  ltops create --name lab --type ssh --inventory hosts.toml --app-count 2 --agents 2 --proxy nginx\n  ltops create --name cloud --type aws --region eu-west-1 --app-count 2 --agents 3\n  ltops create --name tf --type ssh --inventory-from-terraform terraform/aws\n\n\
+        after_help = "Examples:\n  ltops create --name laptop --agents 2\n  ltops create --name pg --database postgres --app-count 2 --agents 4\n  ltops create --name lab --type ssh --inventory hosts.toml --app-count 2 --agents 2 --proxy nginx\n  ltops create --name cloud --type aws --region eu-west-1 --app-count 2 --agents 3\n  ltops create --name tf --type ssh --inventory-from-terraform terraform/aws\n  ltops create --name k8s --type kubernetes --context prod-eu --app-count 2 --agents 4 --users 20000\n\n\
 An inventory (TOML):\n  [defaults]\n  user = \"loadtest\"\n  identity_file = \"~/.ssh/id_ed25519\"\n  [[host]]\n  address = \"10.20.0.2\"\n  roles = [\"app\", \"db\"]\n  [[host]]\n  address = \"10.20.0.3\"\n  roles = [\"agent\", \"proxy\"]\n\
 See ltops/README.md for every key."
     )]
@@ -132,6 +186,8 @@ See ltops/README.md for every key."
         inventory_from_terraform: Option<PathBuf>,
         #[command(flatten)]
         aws: AwsArgs,
+        #[command(flatten)]
+        kube: KubeArgs,
     },
     /// Start (or restart) a cluster's servers and agents.
     #[command(
@@ -154,6 +210,12 @@ optionally record a workload config as the cluster's default for `loadtest`.",
         /// Workload config (TOML) to use by default in `ltops loadtest`.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// kubernetes: print the objects it would apply instead of applying them (with -o yaml).
+        #[arg(long)]
+        dry_run: bool,
+        /// The format of --dry-run's output.
+        #[arg(short = 'o', long = "output", value_enum, requires = "dry_run")]
+        output: Option<ltops::commands::deploy::Output>,
     },
     /// Run a coordinated load test and print its summary.
     #[command(
@@ -268,6 +330,7 @@ async fn run(cli: Cli) -> ltops::Result<i32> {
             inventory,
             inventory_from_terraform,
             aws,
+            kube,
         } => {
             commands::create::create(
                 &home,
@@ -281,6 +344,7 @@ async fn run(cli: Cli) -> ltops::Result<i32> {
                     inventory,
                     inventory_from_terraform,
                     aws: aws.options(),
+                    kube: kube.options(),
                 },
             )
             .await
@@ -290,6 +354,8 @@ async fn run(cli: Cli) -> ltops::Result<i32> {
             server,
             agent,
             config,
+            dry_run,
+            output,
         } => {
             commands::deploy::deploy(
                 &home,
@@ -298,6 +364,7 @@ async fn run(cli: Cli) -> ltops::Result<i32> {
                     server,
                     agent,
                     config,
+                    dry_run: dry_run.then(|| output.unwrap_or_default()),
                 },
             )
             .await

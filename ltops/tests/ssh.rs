@@ -165,18 +165,7 @@ impl Drop for Hosts {
 
 impl Env {
     fn config(&self, duration: &str) -> PathBuf {
-        let p = self.home.path().join(format!("tiny-{duration}.toml"));
-        std::fs::write(
-            &p,
-            format!(
-                "preset = \"quick\"\n[dataset]\nteams = 1\nusers = 40\nposts_per_channel = 2\n\
-                 [[dataset.channels]]\ncount = 4\nmembers = 10\n[users]\ncount = 20\nramp_up = \"1s\"\n\
-                 duration = \"{duration}\"\n[behaviour]\nmode = \"closed\"\nmean_interval = \"500ms\"\n\
-                 interval_jitter = \"200ms\"\n[run]\ninterval = \"1s\"\n"
-            ),
-        )
-        .unwrap();
-        p
+        util::tiny_workload(self.home.path(), duration)
     }
 }
 

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use crate::commands::lock;
 use crate::error::{Error, Result};
 use crate::provider::aws::AwsOptions;
+use crate::provider::kubernetes::KubeOptions;
 use crate::provider::{self, CreateRequest, Provider, Shape};
 use crate::state::{self, ClusterState, ClusterType, Database, Home, ProviderSection, Proxy};
 
@@ -23,6 +24,8 @@ pub struct CreateOptions {
     pub inventory_from_terraform: Option<PathBuf>,
     /// The `aws` provider's flags.
     pub aws: AwsOptions,
+    /// The `kubernetes` provider's flags.
+    pub kube: KubeOptions,
 }
 
 impl CreateOptions {
@@ -38,6 +41,7 @@ impl CreateOptions {
             inventory: None,
             inventory_from_terraform: None,
             aws: AwsOptions::default(),
+            kube: KubeOptions::default(),
         }
     }
 
@@ -51,6 +55,7 @@ impl CreateOptions {
             inventory: self.inventory.clone(),
             inventory_from_terraform: self.inventory_from_terraform.clone(),
             aws: self.aws.clone(),
+            kube: self.kube.clone(),
         }
     }
 }
@@ -65,6 +70,11 @@ fn validate(opts: &CreateOptions, p: &dyn Provider) -> Result<Shape> {
         return Err(Error::Usage(
             "--type ssh needs one of --inventory FILE (the hosts and their roles, see `ltops create --help`) or --inventory-from-terraform DIR"
                 .into(),
+        ));
+    }
+    if opts.kind != ClusterType::Kubernetes && opts.kube.given() {
+        return Err(Error::Usage(
+            "--context, --namespace, --use-existing-namespace, --image, --database-url-secret, --storage-class, --storage, --users and --server-url are for --type kubernetes".into(),
         ));
     }
     let shape = p.shape(&opts.request())?;

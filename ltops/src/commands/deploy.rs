@@ -16,6 +16,16 @@ pub struct DeployOptions {
     pub agent: Option<PathBuf>,
     /// Workload config to record as the cluster's default for `loadtest`.
     pub config: Option<PathBuf>,
+    /// `--dry-run -o FORMAT`: print what would be applied, change nothing.
+    pub dry_run: Option<Output>,
+}
+
+/// The format of `deploy --dry-run`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Output {
+    /// Kubernetes manifests, one YAML document each.
+    #[default]
+    Yaml,
 }
 
 /// Deploys with the lock held.
@@ -26,15 +36,28 @@ pub async fn deploy_locked(
     artifacts: &Artifacts,
 ) -> Result<()> {
     let save = |s: &ClusterState| home.save(s);
-    st.binaries = Some(artifacts.binaries());
+    if p.uses_binaries() {
+        st.binaries = Some(artifacts.binaries());
+    }
     p.deploy(st, artifacts, &save).await?;
     st.deployed_at_ms = Some(loadtest_contract::now_ms());
     home.save(st)
 }
 
 pub async fn deploy(home: &Home, opts: &DeployOptions) -> Result<i32> {
-    let (_, p) = open(home, &opts.cluster)?;
-    let binaries = provider::resolve_binaries(opts.server.clone(), opts.agent.clone())?;
+    let (st, p) = open(home, &opts.cluster)?;
+    if opts.dry_run.is_some() {
+        print!("{}", p.manifests(&st).await?);
+        return Ok(0);
+    }
+    let binaries = if p.uses_binaries() {
+        Some(provider::resolve_binaries(
+            opts.server.clone(),
+            opts.agent.clone(),
+        )?)
+    } else {
+        None
+    };
     let config_text = match &opts.config {
         Some(path) => {
             WorkloadConfig::from_file(path)?;
@@ -56,7 +79,14 @@ pub async fn deploy(home: &Home, opts: &DeployOptions) -> Result<i32> {
         st.app_count,
         st.agents
     );
-    let artifacts = Artifacts::from_binaries(&binaries);
+    let artifacts = match &binaries {
+        Some(b) => Artifacts::from_binaries(b),
+        // The provider runs its image: nothing of this machine's is installed.
+        None => Artifacts::from_binaries(&state::Binaries {
+            server: PathBuf::new(),
+            agent: PathBuf::new(),
+        }),
+    };
     deploy_locked(home, &mut st, p.as_ref(), &artifacts).await?;
     status::print_components(&st, p.as_ref()).await;
     println!(

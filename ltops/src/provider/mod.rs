@@ -13,12 +13,12 @@
 //! ([`ClusterState::provider_state`]); only it knows what a PID, a host or a pod is. Everything
 //! here is async (one tokio runtime in `ltops`) and fallible.
 //!
-//! `local` (processes on this machine), `ssh` (hosts you already have) and `aws` (EC2 instances
-//! it provisions, then driven through the SSH provider) are implemented; `kubernetes` is an
-//! accepted name that answers "not yet supported", so the command line is stable when it
-//! arrives.
+//! `local` (processes on this machine), `ssh` (hosts you already have), `aws` (EC2 instances
+//! it provisions, then driven through the SSH provider) and `kubernetes` (pods in an existing
+//! cluster, through its API server) are the providers.
 
 pub mod aws;
+pub mod kubernetes;
 pub mod local;
 pub mod postgres;
 pub mod ssh;
@@ -86,6 +86,8 @@ pub struct CreateRequest {
     pub inventory_from_terraform: Option<PathBuf>,
     /// The `aws` provider's flags.
     pub aws: aws::AwsOptions,
+    /// The `kubernetes` provider's flags.
+    pub kube: kubernetes::KubeOptions,
 }
 
 /// A cluster's shape, as resolved by its provider.
@@ -246,6 +248,22 @@ pub trait Provider: Send + Sync {
         false
     }
 
+    /// Whether `deploy` installs the `chat-server` and `loadtest-agent` binaries built here
+    /// (a kubernetes cluster runs the product image instead).
+    fn uses_binaries(&self) -> bool {
+        true
+    }
+
+    /// The objects `deploy` would apply, as YAML (`deploy --dry-run -o yaml`); only providers
+    /// that deploy manifests have them.
+    async fn manifests(&self, state: &ClusterState) -> Result<String> {
+        Err(Error::Usage(format!(
+            "`deploy --dry-run` prints Kubernetes manifests; {:?} is a {} cluster, which has none",
+            state.name,
+            self.kind().name()
+        )))
+    }
+
     /// Extra lines for `status` below the components (instances, cost).
     async fn summary(&self, _state: &ClusterState) -> Result<Vec<String>> {
         Ok(Vec::new())
@@ -322,9 +340,7 @@ pub fn for_type(kind: ClusterType, home: &Home) -> Result<Box<dyn Provider>> {
         ClusterType::Local => Ok(Box::new(local::LocalProvider::new(home.clone()))),
         ClusterType::Ssh => Ok(Box::new(ssh::SshProvider::new(home.clone()))),
         ClusterType::Aws => Ok(Box::new(aws::AwsProvider::new(home.clone()))),
-        other => Err(Error::Unsupported {
-            kind: other.name().into(),
-        }),
+        ClusterType::Kubernetes => Ok(Box::new(kubernetes::KubeProvider::new(home.clone()))),
     }
 }
 

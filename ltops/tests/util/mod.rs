@@ -2,6 +2,7 @@
 //! and an isolated state directory (`LTOPS_HOME`) to run it in.
 #![allow(clippy::unwrap_used, dead_code)]
 
+pub mod fake_kube;
 pub mod moto;
 
 use std::path::PathBuf;
@@ -61,6 +62,22 @@ impl Env {
     pub fn state(&self, name: &str) -> ClusterState {
         Home::at(self.home.path()).load(name).unwrap()
     }
+}
+
+/// A small closed-model workload of `duration` (20 users, 40 in the data set), written in `dir`.
+pub fn tiny_workload(dir: &std::path::Path, duration: &str) -> PathBuf {
+    let p = dir.join(format!("tiny-{duration}.toml"));
+    std::fs::write(
+        &p,
+        format!(
+            "preset = \"quick\"\n[dataset]\nteams = 1\nusers = 40\nposts_per_channel = 2\n\
+             [[dataset.channels]]\ncount = 4\nmembers = 10\n[users]\ncount = 20\nramp_up = \"1s\"\n\
+             duration = \"{duration}\"\n[behaviour]\nmode = \"closed\"\nmean_interval = \"500ms\"\n\
+             interval_jitter = \"200ms\"\n[run]\ninterval = \"1s\"\n"
+        ),
+    )
+    .unwrap();
+    p
 }
 
 /// Standard output and error of a finished command, as one text.
