@@ -95,7 +95,6 @@ struct KubeState {
 }
 
 pub struct KubeProvider {
-    #[allow(dead_code)]
     home: Home,
 }
 
