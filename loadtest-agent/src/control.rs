@@ -136,6 +136,12 @@ async fn create(
     c.config
         .validate()
         .map_err(|(k, m)| error(StatusCode::BAD_REQUEST, format!("config: {k}: {m}")))?;
+    crate::net::check_capacity(c.config.users.count).map_err(|m| {
+        error(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("users.count: {m}"),
+        )
+    })?;
     for (what, id) in [("run_id", &c.run_id), ("agent_id", &c.agent_id)] {
         if id.is_empty()
             || id.len() > 100

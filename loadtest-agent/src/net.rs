@@ -49,6 +49,37 @@ pub fn raise_nofile(needed: u64) -> Result<u64, FdLimitError> {
     Err(FdLimitError { needed, soft, hard })
 }
 
+/// Memory one simulated user may need at most (measured steady: about 20 KiB; setup and
+/// reconnect bursts add to it).
+pub const BYTES_PER_USER: u64 = 32 * 1024;
+
+/// Whether this process can hold `users` simulated users: memory (`MemAvailable` against
+/// [`BYTES_PER_USER`] each) and open files (raising the limit if it may). The error says how
+/// many it can hold and what to do; checked before anything is allocated per user.
+pub fn check_capacity(users: u64) -> Result<(), String> {
+    if let Some(avail) = mem_available() {
+        let fit = avail / BYTES_PER_USER;
+        if users > fit {
+            return Err(format!(
+                "this agent can hold about {fit} simulated users in its available memory ({} MiB at {} KiB each), not {users}: spread the users over more agents or give this one more memory",
+                avail >> 20,
+                BYTES_PER_USER >> 10
+            ));
+        }
+    }
+    raise_nofile(fds_needed(users)).map(|_| ()).map_err(|e| {
+        format!("cannot hold {users} simulated users: {e}; or spread them over more agents")
+    })
+}
+
+/// `MemAvailable` of /proc/meminfo in bytes (Linux), if readable.
+fn mem_available() -> Option<u64> {
+    let text = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = text.lines().find(|l| l.starts_with("MemAvailable:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// Source addresses to bind outgoing sockets to, handed out round-robin. Empty means "let the OS
 /// choose", which is right until one address pair's ports run out.
 #[derive(Debug, Default)]

@@ -82,6 +82,14 @@ impl ResultsSink {
         &self.path
     }
 
+    /// Marks the moment the run really starts (after a synchronized start's wait): the first
+    /// interval and the summary measure from here, not from when the file was opened.
+    pub fn begin(&mut self) {
+        let now = now_ms();
+        self.started_at_ms = now;
+        self.last_end_ms = now;
+    }
+
     /// Closes the current interval: writes its record and adds it to the totals.
     pub fn flush_interval(&mut self) -> std::io::Result<IntervalRecord> {
         let r = &self.recorder;

@@ -290,6 +290,7 @@ async fn engine_inner(
         }
     }
     let start = Instant::now();
+    sink.begin();
     *shared.started.lock() = Some(start);
     let end = start + cfg.users.duration;
     let count = cfg.users.count;

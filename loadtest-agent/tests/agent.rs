@@ -571,6 +571,15 @@ mod control {
             .await
             .expect("bad json");
         assert_eq!(r.status(), 400);
+        // More users than this agent can hold: refused before anything is allocated per user.
+        let mut huge = create.clone();
+        huge.config.dataset.users = 1 << 40;
+        huge.config.users.count = 1 << 40;
+        let r = post("/v1/run").json(&huge).send().await.expect("huge");
+        assert_eq!(r.status(), 422);
+        let e: ErrorReply = r.json().await.expect("error body");
+        assert!(e.error.contains("users.count"), "{}", e.error);
+        assert!(e.error.contains("more agents"), "{}", e.error);
 
         let s: RunStatus = post("/v1/run/start")
             .json(&serde_json::json!({}))
@@ -640,6 +649,47 @@ mod control {
         assert_eq!(r.summary.stop_reason, StopReason::Interrupted);
         assert!(r.summary.totals.actions.contains_key("switch_channel"));
         assert!(dir.path().join("results/ctl-run-agent-c.jsonl").exists());
+
+        // A synchronized start two seconds ahead: the wait is not part of the first interval
+        // (nor of the run's duration), which starts when the run does.
+        let mut second = create.clone();
+        second.run_id = "ctl-sync".into();
+        let r = post("/v1/run").json(&second).send().await.expect("create");
+        assert_eq!(r.status(), 200);
+        let now_ms = || {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .expect("clock")
+                .as_millis() as i64
+        };
+        let start_at_ms = now_ms() + 2_000;
+        let r = post("/v1/run/start")
+            .json(&serde_json::json!({ "start_at_ms": start_at_ms }))
+            .send()
+            .await
+            .expect("start");
+        assert_eq!(r.status(), 200);
+        while now_ms() < start_at_ms + 1_000 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        post("/v1/run/stop").send().await.expect("stop");
+        let mut finished = false;
+        for _ in 0..200 {
+            if status(&http, &base).await.state == RunState::Finished {
+                finished = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(finished, "the synchronized run did not finish after stop");
+        let r = read_results(&dir.path().join("results/ctl-sync-agent-c.jsonl"));
+        let first = r.intervals.first().expect("an interval");
+        assert!(
+            first.start_ms >= start_at_ms - 50,
+            "the first interval starts at {} but the run started at {start_at_ms}",
+            first.start_ms
+        );
+        assert!(r.summary.started_at_ms >= start_at_ms - 50);
         server.stop().await;
     }
 }

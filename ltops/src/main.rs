@@ -227,7 +227,7 @@ ltparse summary. The exit code follows ltparse: 0 pass, 3 thresholds failed, 4 r
 1 when an agent was lost.\n\n\
 --quick creates (or reuses) the local cluster `quick` (2 agents, SQLite), deploys it when it is not \
 running, and runs the `quick` preset: about a minute with a few hundred users.",
-        after_help = "Examples:\n  ltops loadtest --quick\n  ltops loadtest -c laptop --config examples/standard-day.toml --users 2000 --duration 5m\n  ltops loadtest -c laptop --threshold 'create_post.p99<200ms' --baseline ~/.ltops/clusters/laptop/results/RUN_ID"
+        after_help = "Examples:\n  ltops loadtest --quick\n  ltops loadtest -c laptop --config examples/standard-day.toml --users 2000 --duration 5m\n  ltops loadtest -c laptop --threshold 'create_post.p99<200ms' --baseline ~/.ltops/results/laptop/RUN_ID"
     )]
     Loadtest(loadtest::LoadtestOptions),
     /// Show clusters: components, addresses, health, data set, last run.
@@ -284,11 +284,12 @@ and optionally follow it until ctrl-c.",
         #[arg(short = 'n', long = "lines")]
         lines: Option<usize>,
     },
-    /// Stop everything a cluster started and remove its state (results included).
+    /// Stop everything a cluster started and remove its state (its results stay unless --purge-results).
     #[command(
         long_about = "Stop every process the cluster started (SIGTERM, SIGKILL after 10 s), stop its \
-PostgreSQL and proxy, remove what it installed on remote hosts, and remove its state directory, results \
-included. A host that cannot be reached is reported and the state is kept, so the delete can be \
+PostgreSQL and proxy, remove what it installed on remote hosts, and remove its state directory. Its \
+results (LTOPS_HOME/results/NAME/RUN_ID, baselines included) are kept unless --purge-results is given; \
+`delete NAME --purge-results --yes` also removes the results of a cluster already deleted. A host that cannot be reached is reported and the state is kept, so the delete can be \
 repeated; --forget-unreachable removes the state anyway and lists what may be left on those hosts. \
 Asks for confirmation on a terminal; elsewhere --yes is required.",
         after_help = "Example:\n  ltops delete quick --yes"
@@ -301,6 +302,9 @@ Asks for confirmation on a terminal; elsewhere --yes is required.",
         /// Remove the cluster even if some hosts cannot be reached (what runs there is listed).
         #[arg(long)]
         forget_unreachable: bool,
+        /// Remove the cluster's results too (kept by default).
+        #[arg(long)]
+        purge_results: bool,
         /// With no state for NAME: delete what a cluster of this type left behind, found by its
         /// tags (aws: the name and this home's owner tag, or --cluster-id).
         #[arg(long = "type", value_enum)]
@@ -388,6 +392,7 @@ async fn run(cli: Cli) -> ltops::Result<i32> {
             name,
             yes,
             forget_unreachable,
+            purge_results,
             kind,
             region,
             profile,
@@ -404,10 +409,13 @@ async fn run(cli: Cli) -> ltops::Result<i32> {
             });
             commands::delete::delete(
                 &home,
-                &name,
-                yes,
-                DeleteOptions { forget_unreachable },
-                lost,
+                commands::delete::DeleteRequest {
+                    name,
+                    yes,
+                    opts: DeleteOptions { forget_unreachable },
+                    purge_results,
+                    lost,
+                },
             )
             .await
         }

@@ -65,6 +65,12 @@ impl Home {
         self.clusters_dir().join(name)
     }
 
+    /// Where a cluster's load-test results go (`results/<name>/<run-id>/`): outside its state
+    /// directory, so `delete` keeps them (baselines a CI gate compares against) unless asked.
+    pub fn results_dir(&self, name: &str) -> PathBuf {
+        self.root.join("results").join(name)
+    }
+
     /// Names of the recorded clusters, sorted.
     pub fn cluster_names(&self) -> Result<Vec<String>> {
         let dir = self.clusters_dir();

@@ -210,11 +210,26 @@ fn lifecycle_create_deploy_loadtest_status_delete() {
     let o = env.run(&["ssh", "server", "-c", "e2e", "--", "echo", "$LTOPS_CLUSTER"]);
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "e2e");
 
+    // Results are the user's data: a delete keeps them (and says where) unless asked.
     let o = env.run(&["delete", "e2e", "--yes"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     wait_gone(&started);
     assert_eq!(running_under(env.home.path()), Vec::<u32>::new());
     assert!(!env.home.path().join("clusters/e2e").exists());
+    assert!(
+        text(&o).contains("kept its results: 2 run(s)"),
+        "{}",
+        text(&o)
+    );
+    assert!(last.results_dir.join("agent-0.jsonl").is_file());
+    assert!(last
+        .results_dir
+        .starts_with(env.home.path().join("results/e2e")));
+    let o = env.run(&["delete", "e2e", "--purge-results"]);
+    assert_eq!(o.status.code(), Some(ltops::exit::USAGE), "{}", text(&o));
+    let o = env.run(&["delete", "e2e", "--purge-results", "--yes"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(!env.home.path().join("results/e2e").exists());
 }
 
 #[test]
@@ -413,4 +428,61 @@ fn bad_arguments_say_what_to_do() {
         "{}",
         text(&o)
     );
+}
+
+/// No secret in any command line: a running local cluster with its private PostgreSQL and two
+/// server instances (the database URL holds a password) and an agent (the control token). Every
+/// process on the machine is inspected, so forks (PostgreSQL's backends) count too.
+#[test]
+fn no_secret_appears_in_a_command_line_of_a_running_cluster() {
+    require_binaries();
+    if !Path::new("/usr/lib/postgresql").is_dir() {
+        if std::env::var("CI").as_deref() == Ok("true") {
+            panic!(
+                "PostgreSQL binaries are missing (CI=true requires them; .ci/run installs them)"
+            );
+        }
+        eprintln!("note: skipping: no PostgreSQL binaries");
+        return;
+    }
+    let env = Env::new();
+    let o = env.run(&[
+        "create",
+        "--name",
+        "pgsec",
+        "--database",
+        "postgres",
+        "--app-count",
+        "2",
+        "--agents",
+        "1",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = env.run(&["deploy", "-c", "pgsec"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let st = env.state("pgsec");
+    let local: LocalState = st.provider_state(Path::new("cluster.toml")).unwrap();
+    let password = local.postgres.as_ref().unwrap().password.clone();
+    assert!(password.len() >= 8);
+    let mut seen = 0;
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(raw) = std::fs::read(e.path().join("cmdline")) else {
+            continue;
+        };
+        let line = String::from_utf8_lossy(&raw).replace('\0', " ");
+        if line.contains("pgsec") || line.contains(env.home.path().to_str().unwrap()) {
+            seen += 1;
+        }
+        assert!(
+            !line.contains(&password),
+            "the database password is in: {line}"
+        );
+        assert!(
+            !line.contains(&st.control_token),
+            "the control token is in: {line}"
+        );
+    }
+    assert!(seen >= 3, "the cluster's processes were found ({seen})");
+    let o = env.run(&["delete", "pgsec", "--yes"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
 }

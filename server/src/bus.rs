@@ -101,6 +101,10 @@ pub enum Message {
         user_id: String,
         status: String,
     },
+    /// A session was revoked (logout): every instance closes its sockets.
+    SessionRevoked {
+        session: String,
+    },
 }
 
 impl Message {
@@ -122,6 +126,9 @@ impl Message {
                 user_id,
             } => hub.remove_channel_member(channel_id, user_id),
             Message::ManualStatus { user_id, status } => hub.set_status(user_id, status),
+            Message::SessionRevoked { session } => {
+                hub.revoke_session(session);
+            }
             Message::Event { .. } | Message::PostRef { .. } => {}
         }
     }
@@ -175,6 +182,9 @@ pub fn encode(instance: &str, n: u64, m: &Message) -> String {
         }
         Message::ManualStatus { user_id, status } => {
             let _ = write!(s, "S|{user_id}|{status}");
+        }
+        Message::SessionRevoked { session } => {
+            let _ = write!(s, "X|{session}");
         }
     }
     s
@@ -252,6 +262,9 @@ pub fn decode(payload: &str) -> Option<(&str, Message)> {
             let (user_id, status) = two()?;
             Message::ManualStatus { user_id, status }
         }
+        "X" if !rest.is_empty() && !rest.contains('|') => Message::SessionRevoked {
+            session: rest.to_string(),
+        },
         _ => return None,
     };
     Some((instance, m))
@@ -619,6 +632,9 @@ mod tests {
             Message::ManualStatus {
                 user_id: "u".into(),
                 status: "dnd".into(),
+            },
+            Message::SessionRevoked {
+                session: "ab12".into(),
             },
         ];
         for (i, m) in msgs.iter().enumerate() {

@@ -161,6 +161,30 @@ impl Hub {
         self.by_conn_id.read().get(conn_id).cloned()
     }
 
+    /// Closes and forgets every connection of `session` (a logout): their sockets are closed by
+    /// their writers, and a resume with their `connection_id` finds nothing. Returns how many.
+    pub fn revoke_session(&self, session: &str) -> usize {
+        let gone: Vec<Arc<Conn>> = self
+            .by_conn_id
+            .read()
+            .values()
+            .filter(|c| &*c.session == session)
+            .cloned()
+            .collect();
+        for c in &gone {
+            c.revoke();
+            self.by_conn_id.write().remove(&c.id);
+            let mut shard = self.shard(&c.user_id).write();
+            if let Some(conns) = shard.get_mut(&c.user_id) {
+                conns.retain(|x| x.id != c.id);
+                if conns.is_empty() {
+                    shard.remove(&c.user_id);
+                }
+            }
+        }
+        gone.len()
+    }
+
     /// Drops connections that have had no socket for longer than `keep`.
     pub fn reap(&self, keep: Duration) {
         let mut gone = Vec::new();
@@ -193,13 +217,12 @@ impl Hub {
                 .events_dropped
                 .with_label_values(&["queue_half_full"])
                 .inc(),
-            Offer::ClosedSlow => {
-                self.metrics
-                    .events_dropped
-                    .with_label_values(&["queue_full"])
-                    .inc();
-                self.metrics.slow_closed.inc();
-            }
+            // `slow_closed` is counted by the socket's task once the close has happened.
+            Offer::ClosedSlow => self
+                .metrics
+                .events_dropped
+                .with_label_values(&["queue_full"])
+                .inc(),
             Offer::Detached | Offer::Skipped => {}
         }
     }
@@ -350,7 +373,13 @@ mod tests {
         hub.upsert_channel("c", "t", "O");
         let mut rxs = vec![];
         for u in ["a", "b", "x"] {
-            let conn = Arc::new(Conn::new(format!("conn-{u}"), Arc::from(u), 16, 16));
+            let conn = Arc::new(Conn::new(
+                format!("conn-{u}"),
+                Arc::from(u),
+                Arc::from("s"),
+                16,
+                16,
+            ));
             rxs.push(conn.attach(None).expect("attach"));
             hub.register(conn);
         }

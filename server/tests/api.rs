@@ -763,3 +763,85 @@ async fn nul_characters_are_a_client_error_on_postgres() {
 
 #[path = "support/pg.rs"]
 mod support_pg;
+
+/// Paths with doubled slashes (a widely used client library builds some) or `.`/`..` segments
+/// are redirected to the cleaned path, query kept, as Mattermost's router does; a client that
+/// follows redirects gets the answer of the clean path.
+#[tokio::test]
+async fn doubled_slashes_redirect_to_the_clean_path() {
+    let h = Harness::start().await;
+    let a = h.user("dslash").await;
+    let team = h.team(&a, "dslash").await;
+    let ch = h.channel(&a, &team, "dslash", "O").await;
+    let post = h.create_post(&a, &ch, "hello").await;
+    let id = post["id"].as_str().unwrap();
+    let raw = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = raw
+        .get(format!("{}/api/v4/posts/{id}//reactions?x=1", h.server.url))
+        .bearer_auth(&a.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 301);
+    assert_eq!(
+        r.headers()["location"].to_str().unwrap(),
+        format!("/api/v4/posts/{id}/reactions?x=1")
+    );
+    let r = raw
+        .get(format!("{}//api/v4/./users/../system/ping", h.server.url))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 301);
+    assert_eq!(r.headers()["location"], "/api/v4/system/ping");
+    // Followed, as clients do.
+    let r = h.get(&format!("/posts/{id}//reactions"), &a.token).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    assert!(r.body.is_array(), "{}", r.text);
+    h.stop().await;
+}
+
+/// Errors produced before any handler: an over-long URI is 414 and oversized or too many
+/// headers are 431, each with the Mattermost error body and `Content-Type: application/json`.
+/// Beyond the HTTP layer's own hard limits (hyper: 100 headers) it answers by itself with an
+/// empty body, as documented; the status is still right.
+#[tokio::test]
+async fn limits_below_the_handlers_answer_with_mattermost_errors() {
+    let h = Harness::start().await;
+    let long = format!("/system/ping?pad={}", "a".repeat(9 * 1024));
+    let r = h.req(Method::GET, &long, None, None).await;
+    r.assert_error(414);
+    assert_eq!(r.body["id"], "api.context.uri_too_long.app_error");
+
+    let mut rb = h.http.get(h.url("/system/ping"));
+    for i in 0..70 {
+        rb = rb.header(format!("x-pad-{i}"), "v");
+    }
+    let r = support::into_resp(rb.send().await.unwrap()).await;
+    r.assert_error(431);
+    assert_eq!(r.body["id"], "api.context.headers_too_large.app_error");
+
+    let r = h
+        .http
+        .get(h.url("/system/ping"))
+        .header("x-big", "b".repeat(40 * 1024))
+        .send()
+        .await
+        .unwrap();
+    support::into_resp(r).await.assert_error(431);
+
+    // Past hyper's own limit of 100 headers: its bare 431 (documented in api/edge.rs).
+    let mut rb = h.http.get(h.url("/system/ping"));
+    for i in 0..120 {
+        rb = rb.header(format!("x-pad-{i}"), "v");
+    }
+    let r = rb.send().await.unwrap();
+    assert_eq!(r.status(), 431);
+    // A normal request is unaffected.
+    let r = h.req(Method::GET, "/system/ping", None, None).await;
+    assert_eq!(r.status, 200);
+    h.stop().await;
+}

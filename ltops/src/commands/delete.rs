@@ -1,4 +1,5 @@
-//! `ltops delete`: stops everything a cluster started and removes its state (results included).
+//! `ltops delete`: stops everything a cluster started and removes its state. Its results are
+//! the user's data and stay (`Home::results_dir`) unless `--purge-results` is given.
 
 use std::io::{BufRead, IsTerminal, Write};
 
@@ -15,14 +16,41 @@ pub struct Lost {
     pub aws: AwsOptions,
 }
 
-pub async fn delete(
-    home: &Home,
-    name: &str,
-    yes: bool,
-    opts: DeleteOptions,
-    lost: Option<Lost>,
-) -> Result<i32> {
+/// What `ltops delete` was asked.
+#[derive(Clone, Debug, Default)]
+pub struct DeleteRequest {
+    pub name: String,
+    /// Confirmed on the command line (`--yes`).
+    pub yes: bool,
+    pub opts: DeleteOptions,
+    /// Remove the cluster's results too.
+    pub purge_results: bool,
+    /// `--type`: a cluster whose state is gone, found by its provider's tags.
+    pub lost: Option<Lost>,
+}
+
+pub async fn delete(home: &Home, req: DeleteRequest) -> Result<i32> {
+    let DeleteRequest {
+        name,
+        yes,
+        opts,
+        purge_results,
+        lost,
+    } = req;
+    let name = name.as_str();
     crate::state::validate_name(name)?;
+    let results = home.results_dir(name);
+    if !home.exists(name) && lost.is_none() && purge_results && results.is_dir() {
+        if !yes {
+            return Err(Error::Usage(format!(
+                "removing the results of {name:?} ({}) needs --yes",
+                results.display()
+            )));
+        }
+        std::fs::remove_dir_all(&results).context(|| format!("removing {}", results.display()))?;
+        println!("removed the results of {name:?} ({})", results.display());
+        return Ok(0);
+    }
     if !home.exists(name) {
         if let Some(lost) = lost {
             return delete_lost(home, name, yes, lost).await;
@@ -40,12 +68,18 @@ pub async fn delete(
     if !yes {
         if !std::io::stdin().is_terminal() {
             return Err(Error::Usage(format!(
-                "deleting cluster {name:?} removes its results too; pass --yes to confirm (stdin is not a terminal, so ltops cannot ask)"
+                "deleting cluster {name:?} stops everything it runs and removes its state{}; pass --yes to confirm (stdin is not a terminal, so ltops cannot ask)",
+                if purge_results { " and its results" } else { "" }
             )));
         }
         eprint!(
-            "Delete cluster {name:?}, stop everything it runs and remove {} (results included)? [y/N] ",
-            home.cluster_dir(name).display()
+            "Delete cluster {name:?}, stop everything it runs and remove {}{}? [y/N] ",
+            home.cluster_dir(name).display(),
+            if purge_results {
+                format!(" and its results ({})", results.display())
+            } else {
+                String::new()
+            }
         );
         let _ = std::io::stderr().flush();
         let mut answer = String::new();
@@ -74,7 +108,28 @@ pub async fn delete(
     let dir = home.cluster_dir(name);
     std::fs::remove_dir_all(&dir).context(|| format!("removing {}", dir.display()))?;
     println!("deleted cluster {name:?}");
+    report_results(name, &results, purge_results)?;
     Ok(0)
+}
+
+/// Removes the results when asked, else says where they are kept.
+fn report_results(name: &str, results: &std::path::Path, purge: bool) -> Result<()> {
+    if !results.is_dir() {
+        return Ok(());
+    }
+    if purge {
+        std::fs::remove_dir_all(results).context(|| format!("removing {}", results.display()))?;
+        println!("removed its results ({})", results.display());
+        return Ok(());
+    }
+    let runs = std::fs::read_dir(results)
+        .map(|d| d.flatten().filter(|e| e.path().is_dir()).count())
+        .unwrap_or(0);
+    println!(
+        "kept its results: {runs} run(s) in {} (`ltops delete {name} --purge-results --yes` removes them)",
+        results.display()
+    );
+    Ok(())
 }
 
 /// Deletes what a cluster without a state left behind (found by its provider's tags).

@@ -283,7 +283,7 @@ pub async fn loadtest(home: &Home, opts: &LoadtestOptions) -> Result<i32> {
     config.target.websocket_url = None;
 
     let run_id = coordinator::new_run_id();
-    let results_dir = home.cluster_dir(&name).join("results").join(&run_id);
+    let results_dir = home.results_dir(&name).join(&run_id);
     state::create_private_dir(&results_dir)?;
     let config_file = results_dir.join("workload.toml");
     let text = toml::to_string(&config)

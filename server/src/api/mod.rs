@@ -7,6 +7,7 @@
 //! tell the other instances when there is a [`bus`](crate::bus).
 
 pub mod channels;
+pub mod edge;
 pub mod model;
 pub mod posts;
 pub mod status;
@@ -461,6 +462,7 @@ pub fn router(state: Shared) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .route_layer(middleware::from_fn(label_route))
         .layer(DefaultBodyLimit::max(state.config.limits.max_body_bytes))
+        .layer(middleware::from_fn(edge::guard))
         .layer(middleware::from_fn_with_state(state.clone(), observe))
         .with_state(state)
 }

@@ -5,6 +5,7 @@ use axum::http::{header, HeaderValue, StatusCode};
 use serde::Deserialize;
 
 use super::{json, model, ok, status_ok, ApiResult, Body, Paging, Session, Shared, P, Q};
+use crate::bus::Message;
 use crate::error::ApiError;
 use crate::ids::{new_id, now_ms};
 use crate::store::UserRow;
@@ -152,6 +153,10 @@ pub async fn login(State(st): State<Shared>, Body(l): Body<Login>) -> ApiResult 
 
 pub async fn logout(State(st): State<Shared>, s: Session) -> ApiResult {
     st.auth.revoke(&s.token).await?;
+    // Its WebSockets end too, here and on every other instance.
+    st.change(Message::SessionRevoked {
+        session: crate::auth::hash_token(&s.token),
+    });
     let mut resp = status_ok()?;
     resp.headers_mut().append(
         header::SET_COOKIE,

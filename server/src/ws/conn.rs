@@ -68,16 +68,31 @@ struct Inner {
 pub struct Conn {
     pub id: String,
     pub user_id: Arc<str>,
+    /// The session it authenticated with (`auth::hash_token` of its token): a logout of that
+    /// session closes it, and only that session may resume it.
+    pub session: Arc<str>,
+    revoked: std::sync::atomic::AtomicBool,
+    /// The queue overflowed: the socket is being closed as too slow.
+    slow: std::sync::atomic::AtomicBool,
     queue_cap: usize,
     ring_cap: usize,
     inner: Mutex<Inner>,
 }
 
 impl Conn {
-    pub fn new(id: String, user_id: Arc<str>, queue_cap: usize, ring_cap: usize) -> Conn {
+    pub fn new(
+        id: String,
+        user_id: Arc<str>,
+        session: Arc<str>,
+        queue_cap: usize,
+        ring_cap: usize,
+    ) -> Conn {
         Conn {
             id,
             user_id,
+            session,
+            revoked: std::sync::atomic::AtomicBool::new(false),
+            slow: std::sync::atomic::AtomicBool::new(false),
             queue_cap,
             ring_cap,
             inner: Mutex::new(Inner {
@@ -104,6 +119,7 @@ impl Conn {
             Offer::ClosedSlow => {
                 inner.tx = None;
                 inner.kick.cancel();
+                self.slow.store(true, std::sync::atomic::Ordering::Release);
                 inner.detached_at = Some(Instant::now());
                 return Offer::ClosedSlow;
             }
@@ -194,6 +210,27 @@ impl Conn {
     }
 
     /// How long the connection has been without a socket, if it has none.
+    /// Ends the connection for good because its session was revoked: the socket is kicked
+    /// (its writer closes it) and nothing more is queued or kept for a resume.
+    pub fn revoke(&self) {
+        self.revoked
+            .store(true, std::sync::atomic::Ordering::Release);
+        let mut g = self.inner.lock();
+        g.kick.cancel();
+        g.tx = None;
+        g.ring.clear();
+        g.detached_at.get_or_insert_with(Instant::now);
+    }
+
+    /// Whether the socket was kicked for being too slow (once: the flag is cleared).
+    pub fn take_slow(&self) -> bool {
+        self.slow.swap(false, std::sync::atomic::Ordering::AcqRel)
+    }
+
+    pub fn is_revoked(&self) -> bool {
+        self.revoked.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     pub fn detached_since(&self) -> Option<Instant> {
         self.inner.lock().detached_at
     }
@@ -223,7 +260,7 @@ mod tests {
 
     #[test]
     fn seq_contiguous_and_full_queue_kicks() {
-        let c = Conn::new("c".into(), Arc::from("u"), 4, 4);
+        let c = Conn::new("c".into(), Arc::from("u"), Arc::from("s"), 4, 4);
         let mut a = c.attach(None).expect("attach");
         for _ in 0..4 {
             assert_eq!(c.offer(&ev(EventKind::Posted)), Offer::Queued);
@@ -239,7 +276,7 @@ mod tests {
 
     #[test]
     fn typing_dropped_at_half_full_without_consuming_seq() {
-        let c = Conn::new("c".into(), Arc::from("u"), 4, 4);
+        let c = Conn::new("c".into(), Arc::from("u"), Arc::from("s"), 4, 4);
         let mut a = c.attach(None).expect("attach");
         c.offer(&ev(EventKind::Posted));
         c.offer(&ev(EventKind::Posted));
@@ -254,7 +291,7 @@ mod tests {
 
     #[test]
     fn resume_replays_missed_or_refuses_gap() {
-        let c = Conn::new("c".into(), Arc::from("u"), 8, 3);
+        let c = Conn::new("c".into(), Arc::from("u"), Arc::from("s"), 8, 3);
         let a = c.attach(None).expect("attach");
         c.detach(a.generation);
         for _ in 0..5 {
@@ -278,7 +315,7 @@ mod tests {
 
     #[test]
     fn replay_larger_than_queue_starts_over() {
-        let c = Conn::new("c".into(), Arc::from("u"), 2, 4);
+        let c = Conn::new("c".into(), Arc::from("u"), Arc::from("s"), 2, 4);
         let a = c.attach(None).expect("attach");
         c.detach(a.generation);
         for _ in 0..4 {

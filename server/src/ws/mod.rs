@@ -32,6 +32,12 @@ pub const SERVER_VERSION: &str = concat!("9.11.0.chat-server.", env!("CARGO_PKG_
 const AUTH_TIMEOUT: Duration = Duration::from_secs(10);
 /// Server-initiated ping period; a socket silent for three periods is considered dead.
 const PING_EVERY: Duration = Duration::from_secs(30);
+/// Longest a write to a socket may block (a client that stopped reading) before it is closed.
+const WRITE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+/// Longest the closing handshake may take before the socket is simply dropped.
+const CLOSE_DEADLINE: std::time::Duration = std::time::Duration::from_secs(3);
+/// Close code for a connection whose session was revoked (logout): policy violation.
+const CLOSE_REVOKED: u16 = 1008;
 /// Close code for a connection dropped because it could not keep up (Mattermost closes too).
 const CLOSE_SLOW: u16 = 4002;
 
@@ -51,12 +57,13 @@ pub async fn upgrade(
 ) -> Result<Response, ApiError> {
     // A token at upgrade must be valid; without one the client authenticates in-band.
     let user = match token_from_request(&headers, uri.query()) {
-        Some(t) => Some(
+        Some(t) => Some((
             st.auth
                 .user_for_token(&t)
                 .await?
                 .ok_or_else(ApiError::unauthorized)?,
-        ),
+            Arc::from(crate::auth::hash_token(&t)),
+        )),
         None => None,
     };
     let l = &st.config.limits;
@@ -89,18 +96,35 @@ async fn send_text(socket: &mut WebSocket, text: String) -> bool {
         .is_ok()
 }
 
-/// Sends a close frame, or, when the client closed first, flushes the echo of its close frame
-/// that the protocol layer queued, so the closing handshake completes either way.
-async fn close(socket: &mut WebSocket, code: u16, reason: &'static str) {
-    let sent = socket
-        .send(Message::Close(Some(CloseFrame {
-            code,
-            reason: Utf8Bytes::from_static(reason),
-        })))
-        .await;
-    if sent.is_err() {
-        let _ = socket.flush().await;
+/// Ends a socket whose connection was kicked: revoked (logout), too slow (counted here, once
+/// the close has happened), or taken over by a newer socket.
+async fn kicked_close(st: &Shared, socket: &mut WebSocket, conn: &Conn) {
+    if conn.is_revoked() {
+        close(socket, CLOSE_REVOKED, "session revoked").await;
+    } else if conn.take_slow() {
+        close(socket, CLOSE_SLOW, "too slow").await;
+        st.metrics.slow_closed.inc();
+    } else {
+        close(socket, CLOSE_SLOW, "superseded").await;
     }
+}
+
+/// Sends a close frame, or, when the client closed first, flushes the echo of its close frame
+/// that the protocol layer queued, so the closing handshake completes either way. Bounded by
+/// [`CLOSE_DEADLINE`]: a client that does not read gets its socket dropped instead.
+async fn close(socket: &mut WebSocket, code: u16, reason: &'static str) {
+    let _ = tokio::time::timeout(CLOSE_DEADLINE, async {
+        let sent = socket
+            .send(Message::Close(Some(CloseFrame {
+                code,
+                reason: Utf8Bytes::from_static(reason),
+            })))
+            .await;
+        if sent.is_err() {
+            let _ = socket.flush().await;
+        }
+    })
+    .await;
 }
 
 /// The close code and reason for a frame the client should not have sent (RFC 6455 §7.4.1);
@@ -117,7 +141,8 @@ fn close_for(e: axum::Error) -> Option<(u16, &'static str)> {
 }
 
 /// Waits for a valid `authentication_challenge`; answers it and returns the user.
-async fn challenge(st: &Shared, socket: &mut WebSocket) -> Option<Arc<str>> {
+/// The user and session (`auth::hash_token`) of a socket that authenticated in-band.
+async fn challenge(st: &Shared, socket: &mut WebSocket) -> Option<(Arc<str>, Arc<str>)> {
     let deadline = tokio::time::sleep(AUTH_TIMEOUT);
     tokio::pin!(deadline);
     loop {
@@ -156,7 +181,7 @@ async fn challenge(st: &Shared, socket: &mut WebSocket) -> Option<Arc<str>> {
         match st.auth.user_for_token(token).await {
             Ok(Some(uid)) => {
                 send_text(socket, reply::<Value>(a.seq, "OK", None)).await;
-                return Some(uid);
+                return Some((uid, Arc::from(crate::auth::hash_token(token))));
             }
             _ => {
                 send_text(
@@ -173,8 +198,13 @@ async fn challenge(st: &Shared, socket: &mut WebSocket) -> Option<Arc<str>> {
     }
 }
 
-async fn serve(st: Shared, mut socket: WebSocket, user: Option<Arc<str>>, params: WsParams) {
-    let user = match user {
+async fn serve(
+    st: Shared,
+    mut socket: WebSocket,
+    user: Option<(Arc<str>, Arc<str>)>,
+    params: WsParams,
+) {
+    let (user, session) = match user {
         Some(u) => u,
         None => match challenge(&st, &mut socket).await {
             Some(u) => u,
@@ -191,7 +221,7 @@ async fn serve(st: Shared, mut socket: WebSocket, user: Option<Arc<str>>, params
     } else {
         st.hub
             .find_conn(&params.connection_id)
-            .filter(|c| c.user_id == user)
+            .filter(|c| c.user_id == user && c.session == session && !c.is_revoked())
             .and_then(|c| {
                 let from = u64::try_from(params.sequence_number.unwrap_or(0)).ok()?;
                 c.attach(Some(from)).map(|a| (c, a))
@@ -203,6 +233,7 @@ async fn serve(st: Shared, mut socket: WebSocket, user: Option<Arc<str>>, params
             let conn = Arc::new(Conn::new(
                 new_id(),
                 user.clone(),
+                session.clone(),
                 limits.send_queue,
                 limits.replay_buffer,
             ));
@@ -254,13 +285,24 @@ async fn pump(st: &Shared, socket: &mut WebSocket, conn: &Arc<Conn>, a: Attachme
                 break;
             }
             _ = &mut kicked => {
-                close(socket, CLOSE_SLOW, "too slow or superseded").await;
+                kicked_close(st, socket, conn).await;
                 break;
             }
             out = rx.recv() => {
                 let Some(first) = out else { break };
-                if !write_batch(socket, first, &mut rx).await {
-                    break;
+                // A client that stops reading blocks this write once the kernel's buffers are
+                // full: a kick (queue full, logout) or the write deadline ends the wait.
+                tokio::select! {
+                    biased;
+                    _ = &mut kicked => {
+                        kicked_close(st, socket, conn).await;
+                        break;
+                    }
+                    wrote = tokio::time::timeout(WRITE_DEADLINE, write_batch(socket, first, &mut rx)) => {
+                        if !matches!(wrote, Ok(true)) {
+                            break;
+                        }
+                    }
                 }
             }
             msg = socket.recv() => {
@@ -284,7 +326,8 @@ async fn pump(st: &Shared, socket: &mut WebSocket, conn: &Arc<Conn>, a: Attachme
             }
             _ = ping.tick() => {
                 silent_ticks += 1;
-                if silent_ticks > 3 || socket.send(Message::Ping(bytes::Bytes::new())).await.is_err() {
+                let pinged = tokio::time::timeout(WRITE_DEADLINE, socket.send(Message::Ping(bytes::Bytes::new()))).await;
+                if silent_ticks > 3 || !matches!(pinged, Ok(Ok(()))) {
                     break;
                 }
             }
