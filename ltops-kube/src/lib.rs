@@ -11,7 +11,7 @@
 //! names the object and what to do.
 
 pub mod manifests;
-mod quantity;
+pub mod quantity;
 mod session;
 
 pub use manifests::{ClusterSpec, DatabaseSpec, Kind, Manifest, Resources, Secrets, Sizing};

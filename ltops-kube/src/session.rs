@@ -83,7 +83,7 @@ impl Error {
                         "; your kubeconfig user lacks that permission in namespace {ns:?}: ask a cluster administrator for a Role that allows it, or pick a namespace you may manage with --namespace"
                     ),
                     409 => "; another field manager owns these fields (was the object edited by hand or by another tool?): delete the object or the cluster and retry".to_string(),
-                    422 => "; this is a bug in ltops's manifests: please report it with `ltops deploy --dry-run -o yaml`".to_string(),
+                    422 => "; a value given to `ltops create` (--image, --storage-class, --database-url-secret) may be wrong; otherwise report it with the output of `ltops deploy --dry-run -o yaml`".to_string(),
                     _ => String::new(),
                 };
                 Error::Api {

@@ -302,6 +302,41 @@ async fn refusals_say_what_to_do() {
     .await;
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
 
+    // A hand-edited cluster.toml is input too: a bad size names the file and the key.
+    let state_file = env.home.path().join("clusters/busy/cluster.toml");
+    let good = std::fs::read_to_string(&state_file).unwrap();
+    assert!(good.contains("storage = \"10Gi\""), "{good}");
+    std::fs::write(
+        &state_file,
+        good.replace("storage = \"10Gi\"", "storage = \"lots\""),
+    )
+    .unwrap();
+    let o = run(&env, &fake, &["deploy", "-c", "busy"]).await;
+    assert_eq!(o.status.code(), usage, "{}", text(&o));
+    assert!(
+        text(&o).contains("cluster.toml: [provider] storage"),
+        "{}",
+        text(&o)
+    );
+    std::fs::write(&state_file, good).unwrap();
+
+    let o = run(
+        &env,
+        &fake,
+        &[
+            "create",
+            "--name",
+            "odd",
+            "--type",
+            "kubernetes",
+            "--storage",
+            "10 Gi",
+        ],
+    )
+    .await;
+    assert_eq!(o.status.code(), usage, "{}", text(&o));
+    assert!(text(&o).contains("--storage"), "{}", text(&o));
+
     fake.fail_next(
         "PATCH",
         "/secrets/",

@@ -94,6 +94,51 @@ struct KubeState {
     server_url: Option<String>,
 }
 
+impl KubeState {
+    /// What a hand edit could break: names, sizes and the image.
+    fn check(&self) -> Result<()> {
+        check_dns_label(&self.namespace, "namespace")?;
+        check_storage(&self.storage, "storage")?;
+        check_image(&self.image, "image")?;
+        check_image(&self.postgres_image, "postgres_image")?;
+        if self.users == 0 {
+            return Err(Error::Usage("users must be at least 1".into()));
+        }
+        if self.context.trim().is_empty() {
+            return Err(Error::Usage(
+                "context is empty; name a kubeconfig context".into(),
+            ));
+        }
+        if let Some([name, key]) = &self.external_database {
+            check_dns_label(name, "external_database")?;
+            if key.is_empty() {
+                return Err(Error::Usage("external_database has an empty key".into()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A volume size Kubernetes accepts (`10Gi`, `500Mi`), of at least 1 MiB.
+fn check_storage(q: &str, what: &str) -> Result<()> {
+    match ltops_kube::quantity::memory_mib(q) {
+        Some(mib) if mib >= 1 && q.trim() == q => Ok(()),
+        _ => Err(Error::Usage(format!(
+            "{what}: {q:?} is not a volume size; write it as Kubernetes does, e.g. 10Gi or 500Mi"
+        ))),
+    }
+}
+
+/// An image reference: non-empty, no whitespace.
+fn check_image(image: &str, what: &str) -> Result<()> {
+    if image.is_empty() || image.chars().any(char::is_whitespace) {
+        return Err(Error::Usage(format!(
+            "{what}: {image:?} is not an image reference; e.g. registry.example.com/chat-loadtest:0.1.0"
+        )));
+    }
+    Ok(())
+}
+
 pub struct KubeProvider {
     home: Home,
 }
@@ -103,8 +148,13 @@ impl KubeProvider {
         KubeProvider { home }
     }
 
+    /// The provider's section, checked like flags are (a hand-edited `cluster.toml` is input).
     fn state(&self, st: &ClusterState) -> Result<KubeState> {
-        st.provider_state(&self.file(st))
+        let file = self.file(st);
+        let ks: KubeState = st.provider_state(&file)?;
+        ks.check()
+            .map_err(|e| Error::Usage(format!("{}: [provider] {e}", file.display())))?;
+        Ok(ks)
     }
 
     fn file(&self, st: &ClusterState) -> std::path::PathBuf {
@@ -268,6 +318,22 @@ impl KubeProvider {
                     "--server-url {u:?} must start with http:// or https://"
                 )));
             }
+        }
+        if let Some(s) = &o.storage {
+            check_storage(s, "--storage")?;
+        }
+        if let Some(i) = &o.image {
+            check_image(i, "--image")?;
+        }
+        if let Some(c) = &o.storage_class {
+            // A DNS subdomain: labels joined by dots (`ebs.csi.example.com`).
+            if c.len() > 253 {
+                return Err(Error::Usage(
+                    "--storage-class is longer than 253 characters".into(),
+                ));
+            }
+            c.split('.')
+                .try_for_each(|label| check_dns_label(label, "--storage-class"))?;
         }
         let users = o.users.unwrap_or(DEFAULT_USERS);
         if users == 0 {
@@ -771,6 +837,20 @@ mod tests {
             (s.agents, s.app_count, s.database),
             (1, 1, Database::Postgres)
         );
+    }
+
+    #[test]
+    fn sizes_and_images_are_checked_with_the_flag_named() {
+        check_storage("10Gi", "--storage").unwrap();
+        check_storage("500Mi", "--storage").unwrap();
+        for bad in ["", "abc", "-1Gi", "10 Gi", "0"] {
+            let e = check_storage(bad, "--storage").unwrap_err();
+            assert!(e.to_string().contains("--storage"), "{bad:?}: {e}");
+        }
+        check_image("registry.example.com/chat-loadtest:0.1.0", "--image").unwrap();
+        for bad in ["", "a b", "x\n"] {
+            assert!(check_image(bad, "--image").is_err(), "{bad:?}");
+        }
     }
 
     #[test]
