@@ -441,16 +441,15 @@ async fn dry_run_and_chart_agree_and_validate_strictly() {
         std::fs::write(&ltops_yaml, &o.stdout).unwrap();
         let chart_yaml = out_dir.join(format!("{name}-chart.yaml"));
         let values_file = out_dir.join(format!("{name}-values.yaml"));
-        std::fs::write(&values_file, values).unwrap();
         let id = env.state(name).cluster_id;
+        // The id as a quoted string: `--set` would read an all-digit id as a number.
+        std::fs::write(&values_file, format!("{values}clusterId: \"{id}\"\n").replace("{}\nclusterId", "clusterId")).unwrap();
         let ns = format!("ltops-{name}");
         let o = check(
             &py,
             &[
                 "render",
                 values_file.to_str().unwrap(),
-                "--set",
-                &format!("clusterId={id}"),
                 "--release",
                 name,
                 "--namespace",
