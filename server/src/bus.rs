@@ -34,11 +34,10 @@ use sqlx::postgres::{PgListener, PgNotification, PgPool};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use crate::api::AppState;
 use crate::event::{Event, EventKind};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::store::PostEventRow;
+use crate::store::{PostEventRow, Store};
 
 /// The PostgreSQL notification channel every instance listens on.
 pub const CHANNEL: &str = "chat_bus";
@@ -385,10 +384,10 @@ impl Bus {
     /// Starts the publishing and receiving tasks; both end when `shutdown` is cancelled.
     pub fn spawn(
         self,
-        state: Arc<AppState>,
+        relay: Relay,
         shutdown: CancellationToken,
     ) -> [tokio::task::JoinHandle<()>; 2] {
-        let metrics = state.metrics.clone();
+        let metrics = relay.metrics.clone();
         let instance = self.publisher.instance().to_string();
         [
             tokio::spawn(publish_loop(self.pool, self.rx, metrics, shutdown.clone())),
@@ -396,11 +395,19 @@ impl Bus {
                 self.listener,
                 self.url,
                 instance,
-                state,
+                Arc::new(relay),
                 shutdown,
             )),
         ]
     }
+}
+
+/// What received messages are applied to: the instance's hub, its store (to load posts relayed
+/// by reference and to rebuild membership after a gap) and its metrics.
+pub struct Relay {
+    pub store: Store,
+    pub hub: Arc<Hub>,
+    pub metrics: Arc<Metrics>,
 }
 
 async fn publish_loop(
@@ -458,10 +465,10 @@ async fn listen(url: &str) -> Result<PgListener, sqlx::Error> {
 }
 
 /// After a gap in notifications: count it and rebuild membership from the database.
-async fn resync(st: &AppState) {
+async fn resync(st: &Relay) {
     st.metrics.bus_reconnects.inc();
     tracing::warn!("bus listener reconnected; reloading membership (events of the gap are lost)");
-    if let Err(e) = crate::load_membership(&st.store, &st.hub).await {
+    if let Err(e) = st.hub.load_membership(&st.store).await {
         tracing::error!("reloading membership after a bus reconnect: {e}");
     }
 }
@@ -470,7 +477,7 @@ async fn listen_loop(
     mut listener: PgListener,
     url: String,
     instance: String,
-    st: Arc<AppState>,
+    st: Arc<Relay>,
     shutdown: CancellationToken,
 ) {
     let mut backoff = Duration::from_millis(100);
@@ -516,7 +523,7 @@ async fn listen_loop(
 }
 
 /// Applies one batch of notifications in order, loading every referenced post with one query.
-async fn apply_batch(st: &AppState, me: &str, batch: &[PgNotification]) {
+async fn apply_batch(st: &Relay, me: &str, batch: &[PgNotification]) {
     let mut msgs = Vec::with_capacity(batch.len());
     for n in batch {
         match decode(n.payload()) {
@@ -575,7 +582,7 @@ async fn apply_batch(st: &AppState, me: &str, batch: &[PgNotification]) {
             }
             Message::PostRef { kind, post_id } => match posts.get(&post_id) {
                 Some(row) => {
-                    let ev = crate::api::posts::post_event(kind, row);
+                    let ev = crate::event::relayed_post_event(kind, row);
                     st.hub.broadcast_channel(&row.post.channel_id, &ev, None);
                 }
                 None => st

@@ -9,6 +9,10 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 
 use serde::Serialize;
+use serde_json::json;
+
+use crate::model;
+use crate::store::{PostEventRow, PostRow};
 
 /// Event types the server emits.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -172,6 +176,57 @@ pub fn error_reply(seq_reply: i64, id: &str, message: &str) -> String {
         "error": {"id": id, "message": message},
     })
     .to_string()
+}
+
+/// The channel fields a post event carries.
+pub struct PostChannel<'a> {
+    pub id: &'a str,
+    pub team_id: &'a str,
+    pub name: &'a str,
+    pub display_name: &'a str,
+    pub kind: &'a str,
+}
+
+/// Builds a post event (`posted`, `post_edited`, `post_deleted`); `sender` is `@username` or "".
+pub fn post_event(kind: EventKind, ch: &PostChannel<'_>, post: &PostRow, sender: &str) -> Event {
+    let post_json = serde_json::to_string(&model::post(post, "")).unwrap_or_default();
+    let data = match kind {
+        EventKind::Posted => json!({
+            "channel_display_name": ch.display_name,
+            "channel_name": ch.name,
+            "channel_type": ch.kind,
+            "post": post_json,
+            "sender_name": sender,
+            "set_online": true,
+            "team_id": ch.team_id,
+        }),
+        _ => json!({"post": post_json}),
+    };
+    Event::new(
+        kind,
+        data,
+        Broadcast {
+            channel_id: ch.id,
+            ..Broadcast::default()
+        },
+    )
+}
+
+/// Rebuilds a post event from a post loaded by another instance (the bus relays large post
+/// events by reference); identical to the sender's for an unchanged post.
+pub fn relayed_post_event(kind: EventKind, row: &PostEventRow) -> Event {
+    let ch = PostChannel {
+        id: &row.post.channel_id,
+        team_id: &row.ch_team_id,
+        name: &row.ch_name,
+        display_name: &row.ch_display_name,
+        kind: &row.ch_kind,
+    };
+    let sender = match kind {
+        EventKind::Posted if !row.sender_username.is_empty() => format!("@{}", row.sender_username),
+        _ => String::new(),
+    };
+    post_event(kind, &ch, &row.post, &sender)
 }
 
 #[cfg(test)]

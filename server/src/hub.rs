@@ -17,6 +17,7 @@ use parking_lot::{Mutex, RwLock};
 
 use crate::event::{Broadcast, Event, EventKind};
 use crate::metrics::Metrics;
+use crate::store::{Store, StoreError};
 use crate::ws::conn::{Conn, Offer};
 
 const SHARDS: usize = 64;
@@ -71,6 +72,15 @@ impl Hub {
                 members: RwLock::new(HashSet::new()),
             })
         });
+    }
+
+    /// Fills (or refills) the membership index from the database.
+    pub async fn load_membership(&self, store: &Store) -> Result<(), StoreError> {
+        let channels = store.all_channels().await?;
+        let channel_members = store.all_channel_members().await?;
+        let team_members = store.all_team_members().await?;
+        self.replace_membership(channels, channel_members, team_members);
+        Ok(())
     }
 
     /// Replaces the whole membership index (startup, and after the cross-instance bus lost

@@ -18,6 +18,7 @@ pub mod event;
 pub mod hub;
 pub mod ids;
 pub mod metrics;
+pub mod model;
 pub mod store;
 pub mod testing;
 pub mod ws;
@@ -47,7 +48,7 @@ pub async fn run(
     let store = store::Store::open(&config.database, config.db_max_connections)
         .await?
         .with_timings(metrics.db_duration.clone());
-    let hub = hub::Hub::new(metrics.clone());
+    let hub = Arc::new(hub::Hub::new(metrics.clone()));
     // Several instances share a PostgreSQL database: LISTEN before loading membership, so a
     // change committed by another instance meanwhile arrives as a notification, not lost.
     let bus = match (&config.database, store.pg_pool()) {
@@ -56,7 +57,7 @@ pub async fn run(
         }
         _ => None,
     };
-    load_membership(&store, &hub).await?;
+    hub.load_membership(&store).await?;
 
     let state = Arc::new(api::AppState {
         auth: auth::Auth::new(
@@ -66,14 +67,21 @@ pub async fn run(
         ),
         config,
         store: store.clone(),
-        hub,
+        hub: hub.clone(),
         bus: bus.as_ref().map(|b| b.publisher.clone()),
         metrics: metrics.clone(),
         shutdown: CancellationToken::new(),
         ws_tasks: TaskTracker::new(),
     });
     let token = state.shutdown.clone();
-    let bus_tasks = bus.map(|b| b.spawn(state.clone(), token.clone()));
+    let bus_tasks = bus.map(|b| {
+        let relay = bus::Relay {
+            store: store.clone(),
+            hub,
+            metrics: metrics.clone(),
+        };
+        b.spawn(relay, token.clone())
+    });
 
     // Forget disconnected connections once their replay window has passed.
     let reaper = {
@@ -140,11 +148,47 @@ pub async fn run(
     result.map_err(Error::Io)
 }
 
-/// Fills (or refills) the hub's membership index from the database.
-async fn load_membership(store: &store::Store, hub: &hub::Hub) -> Result<(), store::StoreError> {
-    let channels = store.all_channels().await?;
-    let channel_members = store.all_channel_members().await?;
-    let team_members = store.all_team_members().await?;
-    hub.replace_membership(channels, channel_members, team_members);
-    Ok(())
+/// Infrastructure sits below the handlers: the bus, the hub, events, wire models, the store,
+/// authentication and metrics never reach up into the HTTP layer (`api`) or the WebSocket
+/// handler (`ws`, apart from its connection type `ws::conn`).
+#[cfg(test)]
+mod layering {
+    const INFRASTRUCTURE: &[(&str, &str)] = &[
+        ("auth.rs", include_str!("auth.rs")),
+        ("bus.rs", include_str!("bus.rs")),
+        ("config.rs", include_str!("config.rs")),
+        ("event.rs", include_str!("event.rs")),
+        ("hub.rs", include_str!("hub.rs")),
+        ("ids.rs", include_str!("ids.rs")),
+        ("metrics.rs", include_str!("metrics.rs")),
+        ("model.rs", include_str!("model.rs")),
+        ("store/mod.rs", include_str!("store/mod.rs")),
+        ("store/schema.rs", include_str!("store/schema.rs")),
+        ("ws/conn.rs", include_str!("ws/conn.rs")),
+    ];
+
+    #[test]
+    fn infrastructure_does_not_import_handlers() {
+        let mut found = Vec::new();
+        for (file, text) in INFRASTRUCTURE {
+            for (n, line) in text.lines().enumerate() {
+                let upward = [
+                    "crate::api",
+                    "super::api",
+                    "crate::ws::upgrade",
+                    "crate::ws::{",
+                ]
+                .iter()
+                .any(|p| line.contains(p));
+                if upward {
+                    found.push(format!("server/src/{file}:{}: {}", n + 1, line.trim()));
+                }
+            }
+        }
+        assert!(
+            found.is_empty(),
+            "handlers imported below them:\n{}",
+            found.join("\n")
+        );
+    }
 }

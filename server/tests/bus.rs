@@ -268,3 +268,46 @@ async fn listener_reconnect_reloads_membership() {
 
 #[path = "support/pg.rs"]
 mod support_pg;
+
+#[tokio::test]
+async fn logout_through_a_closes_the_sessions_websockets_on_b() {
+    let Some(admin) = support_pg::admin_url() else {
+        return;
+    };
+    let db = support_pg::fresh_database(&admin).await;
+    let (a, b) = pair(&db.url).await;
+    let alice = a.user("alice").await;
+    let bob = a.user("bob").await;
+    let t = a.team(&alice, "team1").await;
+    a.join_team(&alice, &t, &bob).await;
+    let c = a.channel(&alice, &t, "chan", "O").await;
+    a.join_channel(&alice, &c, &bob).await;
+    eventually_status(&b, &format!("/channels/{c}"), &bob.token, 200).await;
+
+    let mut wb = b.ws(&bob).await;
+    let hello = wb.event_named("hello").await;
+    let conn_id = hello["data"]["connection_id"].as_str().unwrap().to_string();
+    a.create_post(&alice, &c, "before").await;
+    assert!(wb.sees("posted", PROPAGATION).await);
+
+    let r = a.post("/users/logout", &bob.token, json!({})).await;
+    assert_eq!(r.status, 200, "{}", r.text);
+    let closed = tokio::time::timeout(PROPAGATION, wb.close_code())
+        .await
+        .expect("B did not close the socket of a session revoked through A");
+    assert_eq!(closed, Some(1008));
+
+    // Resuming it on B with a fresh login starts a new connection instead.
+    let again = a.login("bob").await;
+    let mut w2 = b
+        .ws_query(
+            &again,
+            &format!("?connection_id={conn_id}&sequence_number=1"),
+        )
+        .await;
+    let hello = w2.event_named("hello").await;
+    assert_ne!(hello["data"]["connection_id"], conn_id.as_str());
+    a.stop().await;
+    b.stop().await;
+    db.drop_db().await;
+}

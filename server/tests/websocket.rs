@@ -504,20 +504,7 @@ async fn logout_closes_the_sessions_websockets_and_refuses_their_resume() {
     h.join_team(&a, &t, &b).await;
     let c = h.channel(&a, &t, "chan", "O").await;
     h.join_channel(&a, &c, &b).await;
-    let login = |name: &str| {
-        h.req(
-            reqwest::Method::POST,
-            "/users/login",
-            None,
-            Some(json!({"login_id": name, "password": "password1"})),
-        )
-    };
-    let other = login("reader").await;
-    let other = support::User {
-        id: b.id.clone(),
-        username: b.username.clone(),
-        token: other.headers["token"].to_str().unwrap().to_string(),
-    };
+    let other = h.login("reader").await;
 
     let mut w = h.ws(&b).await;
     let hello = w.event().await;
@@ -531,18 +518,9 @@ async fn logout_closes_the_sessions_websockets_and_refuses_their_resume() {
     let r = h.post("/users/logout", &b.token, json!({})).await;
     assert_eq!(r.status, 200, "{}", r.text);
     // The server closes the socket: a close frame with 1008, then the end of the stream.
-    let closed = tokio::time::timeout(Duration::from_secs(5), async {
-        while let Some(m) = w.s.next().await {
-            match m {
-                Ok(Message::Close(Some(f))) => return Some(u16::from(f.code)),
-                Ok(Message::Close(None)) | Err(_) => return None,
-                Ok(_) => continue,
-            }
-        }
-        None
-    })
-    .await
-    .expect("the socket of the revoked session was not closed");
+    let closed = tokio::time::timeout(Duration::from_secs(5), w.close_code())
+        .await
+        .expect("the socket of the revoked session was not closed");
     assert_eq!(closed, Some(1008));
     h.create_post(&a, &c, "after").await;
     assert!(
@@ -551,12 +529,7 @@ async fn logout_closes_the_sessions_websockets_and_refuses_their_resume() {
     );
 
     // Resuming the revoked connection is refused, whatever token is used now.
-    let again = login("reader").await;
-    let again = support::User {
-        id: b.id.clone(),
-        username: b.username.clone(),
-        token: again.headers["token"].to_str().unwrap().to_string(),
-    };
+    let again = h.login("reader").await;
     let mut w3 = h
         .ws_query(
             &again,

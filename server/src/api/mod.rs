@@ -8,7 +8,7 @@
 
 pub mod channels;
 pub mod edge;
-pub mod model;
+use crate::model;
 pub mod posts;
 pub mod status;
 pub mod teams;
@@ -45,7 +45,7 @@ pub struct AppState {
     pub config: Config,
     pub store: Store,
     pub auth: Auth,
-    pub hub: Hub,
+    pub hub: Arc<Hub>,
     /// Relays changes and events to other instances (PostgreSQL only).
     pub bus: Option<Publisher>,
     pub metrics: Arc<Metrics>,

@@ -11,9 +11,9 @@ use super::{
     ApiResult, AppState, Body, Session, Shared, P, Q,
 };
 use crate::error::ApiError;
-use crate::event::{Broadcast, Event, EventKind};
+use crate::event::{post_event, Broadcast, Event, EventKind, PostChannel};
 use crate::ids::{new_id, now_ms};
-use crate::store::{ChannelRow, PostEventRow, PostRow, PostWindow, ReactionRow};
+use crate::store::{ChannelRow, PostRow, PostWindow, ReactionRow};
 
 #[derive(Deserialize)]
 pub struct NewPost {
@@ -51,67 +51,16 @@ fn props_text(props: Option<Value>) -> Result<String, ApiError> {
     }
 }
 
-/// The channel fields a post event carries.
-struct ChannelInfo<'a> {
-    id: &'a str,
-    team_id: &'a str,
-    name: &'a str,
-    display_name: &'a str,
-    kind: &'a str,
-}
-
-/// Builds a post event (`posted`, `post_edited`, `post_deleted`); `sender` is `@username` or "".
-fn build_post_event(kind: EventKind, ch: &ChannelInfo<'_>, post: &PostRow, sender: &str) -> Event {
-    let post_json = serde_json::to_string(&model::post(post, "")).unwrap_or_default();
-    let data = match kind {
-        EventKind::Posted => json!({
-            "channel_display_name": ch.display_name,
-            "channel_name": ch.name,
-            "channel_type": ch.kind,
-            "post": post_json,
-            "sender_name": sender,
-            "set_online": true,
-            "team_id": ch.team_id,
-        }),
-        _ => json!({"post": post_json}),
-    };
-    Event::new(
-        kind,
-        data,
-        Broadcast {
-            channel_id: ch.id,
-            ..Broadcast::default()
-        },
-    )
-}
-
-/// Rebuilds a post event from a post loaded by another instance (the bus relays large post
-/// events by reference); identical to the sender's for an unchanged post.
-pub fn post_event(kind: EventKind, row: &PostEventRow) -> Event {
-    let ch = ChannelInfo {
-        id: &row.post.channel_id,
-        team_id: &row.ch_team_id,
-        name: &row.ch_name,
-        display_name: &row.ch_display_name,
-        kind: &row.ch_kind,
-    };
-    let sender = match kind {
-        EventKind::Posted if !row.sender_username.is_empty() => format!("@{}", row.sender_username),
-        _ => String::new(),
-    };
-    build_post_event(kind, &ch, &row.post, &sender)
-}
-
 /// Sends a post event (`posted`, `post_edited`, `post_deleted`) to the channel.
 fn publish_post(st: &AppState, kind: EventKind, ch: &ChannelRow, post: &PostRow, sender: &str) {
-    let info = ChannelInfo {
+    let info = PostChannel {
         id: &ch.id,
         team_id: &ch.team_id,
         name: &ch.name,
         display_name: &ch.display_name,
         kind: &ch.kind,
     };
-    let ev = build_post_event(kind, &info, post, sender);
+    let ev = post_event(kind, &info, post, sender);
     st.broadcast_channel(&ch.id, &ev, None, Some(&post.id));
 }
 

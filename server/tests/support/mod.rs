@@ -130,6 +130,11 @@ impl Harness {
             )
             .await;
         assert_eq!(r.status, 201, "{}", r.text);
+        self.login(name).await
+    }
+
+    /// Logs `name` in again (password `password1`): a new session and token.
+    pub async fn login(&self, name: &str) -> User {
         let l = self
             .req(
                 Method::POST,
@@ -140,7 +145,7 @@ impl Harness {
             .await;
         assert_eq!(l.status, 200, "{}", l.text);
         User {
-            id: r.body["id"].as_str().unwrap().to_string(),
+            id: l.body["id"].as_str().unwrap().to_string(),
             username: name.to_string(),
             token: l.headers["token"].to_str().unwrap().to_string(),
         }
@@ -285,6 +290,19 @@ impl Ws {
     }
 
     /// The next event (frames with `event`), skipping replies; panics on timeout.
+    /// Reads until the server closes the socket: the close frame's code, or `None` for a close
+    /// without one or a dropped connection.
+    pub async fn close_code(&mut self) -> Option<u16> {
+        while let Some(m) = self.s.next().await {
+            match m {
+                Ok(Message::Close(f)) => return f.map(|f| u16::from(f.code)),
+                Err(_) => return None,
+                Ok(_) => continue,
+            }
+        }
+        None
+    }
+
     pub async fn event(&mut self) -> Value {
         loop {
             let v = self
