@@ -258,6 +258,22 @@ impl<'a> Builder<'a> {
 
     /// Every object in apply order; `namespace` adds the Namespace itself (when the cluster owns
     /// it). Without `secrets` (a dry run) the Secret holds placeholders.
+    /// The cluster's workloads (Deployments, StatefulSet) with zero replicas, agents first:
+    /// what `stop` applies. Every other object, the volumes and the data stay; applying
+    /// [`Builder::build`] again scales them back.
+    pub fn stopped(&self, secrets: Option<&Secrets>) -> Vec<Manifest> {
+        let mut ms: Vec<Manifest> = self
+            .build(false, secrets)
+            .into_iter()
+            .filter(|m| matches!(m.kind, Kind::Deployment | Kind::StatefulSet))
+            .rev()
+            .collect();
+        for m in &mut ms {
+            m.body["spec"]["replicas"] = json!(0);
+        }
+        ms
+    }
+
     pub fn build(&self, namespace: bool, secrets: Option<&Secrets>) -> Vec<Manifest> {
         let mut out = Vec::new();
         if namespace {

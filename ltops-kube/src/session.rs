@@ -29,6 +29,8 @@ pub const FIELD_MANAGER: &str = "ltops";
 const WATCH_SLICE: Duration = Duration::from_secs(120);
 /// Pause between checks while waiting for objects to go away.
 const DELETE_POLL: Duration = Duration::from_secs(2);
+/// How often `wait_no_pods` looks.
+const STOP_POLL: Duration = Duration::from_millis(500);
 
 /// A failure, worded for the person who runs `ltops`.
 #[derive(Debug, thiserror::Error)]
@@ -466,6 +468,24 @@ impl Session {
             Api::all_with(self.client.clone(), &ar)
         } else {
             Api::namespaced_with(self.client.clone(), &self.namespace, &ar)
+        }
+    }
+
+    /// Waits until the cluster has no pods left (after scaling it to zero); returns the names
+    /// of those still there at `timeout`.
+    pub async fn wait_no_pods(
+        &self,
+        name: &str,
+        cluster_id: &str,
+        timeout: Duration,
+    ) -> Result<Vec<String>> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let pods = self.pods(name, cluster_id).await?;
+            if pods.is_empty() || Instant::now() >= deadline {
+                return Ok(pods.into_iter().map(|p| p.name).collect());
+            }
+            tokio::time::sleep(STOP_POLL).await;
         }
     }
 

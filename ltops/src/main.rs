@@ -284,6 +284,15 @@ and optionally follow it until ctrl-c.",
         #[arg(short = 'n', long = "lines")]
         lines: Option<usize>,
     },
+    /// Stop a cluster's components and keep everything else (state, data, results).
+    #[command(
+        long_about = "Stop every component of the cluster (agents, then servers, then its database and \
+proxy) and keep everything else: its state, its database's data, its results and, for aws, its \
+instances (which keep billing; `ltops delete` removes them). `ltops deploy -c NAME` starts the \
+components again. On kubernetes the workloads are scaled to zero; objects and volumes stay.",
+        after_help = "Example:\n  ltops stop quick\n  ltops deploy -c quick"
+    )]
+    Stop { name: String },
     /// Stop everything a cluster started and remove its state (its results stay unless --purge-results).
     #[command(
         long_about = "Stop every process the cluster started (SIGTERM, SIGKILL after 10 s), stop its \
@@ -388,6 +397,7 @@ async fn run(cli: Cli) -> ltops::Result<i32> {
             follow,
             lines,
         } => commands::logs::logs(&home, &cluster, role, index, follow, lines).await,
+        Command::Stop { name } => commands::stop::stop(&home, &name).await,
         Command::Delete {
             name,
             yes,

@@ -90,7 +90,8 @@ pub fn is_alive(pid: u32, ticks: Option<u64>) -> bool {
 /// Stops the process group led by `pid`: SIGTERM, up to `grace` to exit, then SIGKILL.
 /// Returns true when it had to kill.
 pub fn stop_group(pid: u32, ticks: Option<u64>, grace: Duration) -> bool {
-    if !is_alive(pid, ticks) {
+    // 0 would signal our own group and 1 is init (a PID from a hand-edited state file): never.
+    if pid <= 1 || !is_alive(pid, ticks) {
         return false;
     }
     signal(pid, Signal::SIGTERM);

@@ -208,6 +208,17 @@ fn create_status_delete_leaves_nothing_behind() {
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("already exists"));
 
+    // `stop` keeps the instances, and says they keep billing.
+    let out = moto.ltops(&env, &["stop", "cloud"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("its 6 EC2 instance(s) in us-east-1 keep running, and billing"),
+        "{}",
+        text(&out)
+    );
+    let out = moto.ltops(&env, &["status", "cloud"]);
+    assert_eq!(text(&out).matches(" running  ").count(), 6);
+
     let out = moto.ltops(&env, &["delete", "cloud", "--yes"]);
     assert!(out.status.success());
     let t = text(&out);

@@ -210,6 +210,27 @@ fn lifecycle_create_deploy_loadtest_status_delete() {
     let o = env.run(&["ssh", "server", "-c", "e2e", "--", "echo", "$LTOPS_CLUSTER"]);
     assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), "e2e");
 
+    // `stop` ends every process and keeps the rest; `deploy` starts them again.
+    let o = env.run(&["stop", "e2e"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("kept"), "{}", text(&o));
+    wait_gone(&started);
+    assert_eq!(running_under(env.home.path()), Vec::<u32>::new());
+    let st = env.state("e2e");
+    assert!(pids(&st).is_empty(), "{st:?}");
+    assert!(st.last_run.is_some());
+    assert!(last.results_dir.join("agent-0.jsonl").is_file());
+    let o = env.run(&["status", "e2e"]);
+    assert!(!text(&o).contains("healthy"), "{}", text(&o));
+    let o = env.run(&["loadtest", "-c", "e2e", "--config", cfg.to_str().unwrap()]);
+    assert_ne!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("ltops deploy"), "{}", text(&o));
+    let o = env.run(&["deploy", "-c", "e2e"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let started = pids(&env.state("e2e"));
+    assert_eq!(started.len(), 3);
+    assert!(started.iter().all(|p| alive(*p)));
+
     // Results are the user's data: a delete keeps them (and says where) unless asked.
     let o = env.run(&["delete", "e2e", "--yes"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
@@ -485,4 +506,61 @@ fn no_secret_appears_in_a_command_line_of_a_running_cluster() {
     assert!(seen >= 3, "the cluster's processes were found ({seen})");
     let o = env.run(&["delete", "pgsec", "--yes"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+}
+
+/// `cluster.toml` is user-editable, so it is input: a PID ltops cannot prove it started (init's,
+/// or one without a start time) and a PostgreSQL data directory outside the places ltops uses
+/// are refused with the file and the key, before anything is signalled or removed; the
+/// directory named stays untouched.
+#[test]
+fn hand_edited_state_cannot_make_delete_signal_or_remove_what_ltops_did_not_create() {
+    require_binaries();
+    let env = Env::new();
+    let o = env.run(&["create", "--name", "h", "--agents", "1"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let path = env.home.path().join("clusters/h/cluster.toml");
+    let original = std::fs::read_to_string(&path).unwrap();
+    let usage = Some(ltops::exit::USAGE);
+
+    let edited = |provider: &str| {
+        let mut t: toml::Table = original.parse().unwrap();
+        let extra: toml::Table = provider.parse().unwrap();
+        t["provider"].as_table_mut().unwrap().extend(extra);
+        toml::to_string(&t).unwrap()
+    };
+    let pid1 = edited(
+        r#"processes = [{ role = "server", index = 0, pid = 1, dir = "/", log = "/tmp/x.log" }]"#,
+    );
+    std::fs::write(&path, pid1).unwrap();
+    let o = env.run(&["delete", "h", "--yes"]);
+    assert_eq!(o.status.code(), usage, "{}", text(&o));
+    assert!(
+        text(&o).contains("cluster.toml: [provider] processes[0] (server-0): pid = 1 is not a process ltops started"),
+        "{}",
+        text(&o)
+    );
+    assert!(path.exists(), "the state was removed anyway");
+
+    let victim = tempfile::tempdir().unwrap();
+    std::fs::create_dir_all(victim.path().join("data")).unwrap();
+    std::fs::write(victim.path().join("keep-me"), "user data").unwrap();
+    let pg = edited(&format!(
+        "postgres = {{ bin_dir = \"/usr/lib/postgresql/17/bin\", data_dir = {:?}, port = 5999, user = \"ltops\", password = \"pw\", database = \"chat\" }}",
+        victim.path().join("data").display().to_string()
+    ));
+    std::fs::write(&path, pg).unwrap();
+    let o = env.run(&["delete", "h", "--yes"]);
+    assert_eq!(o.status.code(), usage, "{}", text(&o));
+    assert!(
+        text(&o).contains("postgres.data_dir:") && text(&o).contains("is not where ltops keeps"),
+        "{}",
+        text(&o)
+    );
+    assert!(victim.path().join("keep-me").exists(), "{}", text(&o));
+    assert!(victim.path().join("data").exists());
+
+    std::fs::write(&path, &original).unwrap();
+    let o = env.run(&["delete", "h", "--yes"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(victim.path().join("keep-me").exists());
 }

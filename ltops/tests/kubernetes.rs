@@ -233,6 +233,22 @@ async fn full_lifecycle_against_a_scripted_api_server() {
     assert!(yaml.contains("kind: Deployment"), "{yaml}");
     assert!(!yaml.contains(&token), "a dry run prints no secret");
 
+    // `stop` scales the workloads to zero (objects and volumes stay); `deploy` brings them back.
+    let o = run(&env, &fake, &["stop", "k1"]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert!(text(&o).contains("PersistentVolumeClaims"), "{}", text(&o));
+    assert!(fake.processes().is_empty(), "{:?}", fake.processes());
+    assert!(fake.objects("pods", "ltops-k1").is_empty());
+    assert_eq!(fake.objects("deployments", "ltops-k1").len(), 1);
+    assert_eq!(fake.objects("statefulsets", "ltops-k1").len(), 2);
+    for o in fake.objects("statefulsets", "ltops-k1") {
+        assert_eq!(o["spec"]["replicas"], 0, "{o}");
+    }
+    assert_eq!(fake.objects("secrets", "ltops-k1").len(), 1);
+    let o = run(&env, &fake, &["deploy", "-c", "k1"]).await;
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(text(&o).matches("healthy").count(), 5, "{}", text(&o));
+
     let o = run(&env, &fake, &["delete", "k1", "--yes"]).await;
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(fake.processes().is_empty(), "{:?}", fake.processes());

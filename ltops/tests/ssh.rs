@@ -360,6 +360,31 @@ fn three_hosts_full_lifecycle() {
     let salvaged = std::fs::read_to_string(last.results_dir.join("agent-1.jsonl")).unwrap();
     assert!(salvaged.contains("\"interval\""), "{salvaged}");
 
+    // `stop` ends every component on every host and keeps what is installed and the data;
+    // `deploy` starts them again.
+    let o = env.run(&["stop", "lab"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    for i in 0..3 {
+        eventually(Duration::from_secs(15), "nothing left running", || {
+            let left = h.processes_of(i);
+            if left.is_empty() {
+                Ok(())
+            } else {
+                Err(format!("host {i}: {left:?}"))
+            }
+        });
+        assert!(
+            h.home_of(i).join(".ltops").exists(),
+            "host {i} lost ~/.ltops"
+        );
+    }
+    let o = env.run(&["deploy", "-c", "lab"]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    assert!(!out.contains("uploading"), "{out}");
+    let o = env.run(&["status", "lab"]);
+    assert_eq!(text(&o).matches("healthy").count(), 6, "{}", text(&o));
+
     let o = env.run(&["delete", "lab", "--yes"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     for i in 0..3 {

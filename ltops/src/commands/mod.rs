@@ -9,6 +9,7 @@ pub mod loadtest;
 pub mod logs;
 pub mod ssh;
 pub mod status;
+pub mod stop;
 
 use crate::error::Result;
 use crate::lock::ClusterLock;

@@ -748,6 +748,46 @@ impl Provider for KubeProvider {
         .map_err(kube_err)
     }
 
+    async fn stop(&self, st: &mut ClusterState, save: &Save<'_>) -> Result<Vec<String>> {
+        if st.provider.data.is_empty() {
+            return Ok(Vec::new());
+        }
+        let ks = self.state(st)?;
+        let spec = Self::spec(st, &ks);
+        let s = Self::session(&ks).await?;
+        let secrets = Secrets {
+            control_token: st.control_token.clone(),
+            postgres_password: ks.postgres_password.clone(),
+        };
+        let ms = Builder::new(&spec).stopped(Some(&secrets));
+        s.apply(&ms, &mut |what| eprintln!("  scaled {what} to 0"))
+            .await
+            .map_err(kube_err)?;
+        for c in &mut st.components {
+            c.started = false;
+        }
+        save(st)?;
+        let left = s
+            .wait_no_pods(&st.name, &st.cluster_id, DELETE_WAIT)
+            .await
+            .map_err(kube_err)?;
+        if !left.is_empty() {
+            return Err(Error::Runtime(format!(
+                "scaled to zero, but {} pod(s) are still there after {} s: {}; see `kubectl -n {} get pods`, \
+                 then run `ltops stop {}` again",
+                left.len(),
+                DELETE_WAIT.as_secs(),
+                left.join(", "),
+                ks.namespace,
+                st.name
+            )));
+        }
+        Ok(vec![format!(
+            "namespace {:?} keeps its objects, Secrets and PersistentVolumeClaims (the database's data)",
+            ks.namespace
+        )])
+    }
+
     async fn delete(
         &self,
         st: &mut ClusterState,

@@ -80,6 +80,36 @@ impl Process {
 }
 
 impl LocalState {
+    /// Rejects what ltops never writes and could not act on safely: a PID it cannot prove it
+    /// started (1 and below, or without the start time that detects reuse) and a PostgreSQL
+    /// data directory other than the two places `postgres::init` uses.
+    fn check(&self, cluster_dir: &Path, name: &str) -> std::result::Result<(), String> {
+        for (i, p) in self.processes.iter().enumerate() {
+            let at = format!("processes[{i}] ({}-{})", p.role.name(), p.index);
+            match (p.pid, p.start_ticks) {
+                (Some(pid), _) if pid <= 1 => {
+                    return Err(format!(
+                        "{at}: pid = {pid} is not a process ltops started; remove the pid and \
+                         start_ticks lines (the component then counts as stopped)"
+                    ))
+                }
+                (Some(pid), None) => {
+                    return Err(format!(
+                        "{at}: pid = {pid} has no start_ticks, so ltops cannot tell whether that \
+                         PID is still the process it started; remove the pid line (the component \
+                         then counts as stopped) or restore start_ticks"
+                    ))
+                }
+                _ => {}
+            }
+        }
+        if let Some(pg) = &self.postgres {
+            super::postgres::check_location(pg, cluster_dir, name)
+                .map_err(|e| format!("postgres.data_dir: {e}"))?;
+        }
+        Ok(())
+    }
+
     fn process(&self, role: Role, index: u32) -> Option<&Process> {
         self.processes
             .iter()
@@ -127,8 +157,15 @@ impl LocalProvider {
         self.dir(state).join(CLUSTER_FILE)
     }
 
+    /// The provider's section of `cluster.toml`, checked: it is user-editable, and what it names
+    /// is what `stop` signals and `delete` removes.
     fn local(&self, state: &ClusterState) -> Result<LocalState> {
-        state.provider_state(&self.file(state))
+        let file = self.file(state);
+        let local: LocalState = state.provider_state(&file)?;
+        local
+            .check(&self.dir(state), &state.name)
+            .map_err(|e| Error::Usage(format!("{}: [provider] {e}", file.display())))?;
+        Ok(local)
     }
 
     fn component_dir(&self, state: &ClusterState, role: Role, index: u32) -> PathBuf {
@@ -249,6 +286,15 @@ impl LocalProvider {
             role.name(),
             last_err.unwrap_or_default()
         )))
+    }
+
+    /// Stops agents, then servers, then the private PostgreSQL (`pg_ctl stop`, then by PID).
+    fn stop_all(state: &mut ClusterState, local: &mut LocalState) {
+        Self::stop_processes(state, local, &[Role::Agent, Role::Server]);
+        if let Some(pg) = &local.postgres {
+            super::postgres::stop(pg);
+        }
+        Self::stop_processes(state, local, &[Role::Postgres]);
     }
 
     /// Stops the processes of `roles` (clients before servers before the database).
@@ -729,6 +775,14 @@ impl Provider for LocalProvider {
         Ok(())
     }
 
+    async fn stop(&self, state: &mut ClusterState, save: &Save<'_>) -> Result<Vec<String>> {
+        let mut local = self.local(state)?;
+        Self::stop_all(state, &mut local);
+        state.set_provider_state(&local)?;
+        save(state)?;
+        Ok(Vec::new())
+    }
+
     async fn delete(
         &self,
         state: &mut ClusterState,
@@ -736,13 +790,47 @@ impl Provider for LocalProvider {
         save: &Save<'_>,
     ) -> Result<()> {
         let mut local = self.local(state)?;
-        Self::stop_processes(state, &mut local, &[Role::Agent, Role::Server]);
+        Self::stop_all(state, &mut local);
         if let Some(pg) = &local.postgres {
-            super::postgres::stop(pg);
-            super::postgres::remove(pg, &self.dir(state));
+            super::postgres::remove(pg, &self.dir(state), &state.name);
         }
-        Self::stop_processes(state, &mut local, &[Role::Postgres]);
         state.set_provider_state(&local)?;
         save(state)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn with_pid(pid: Option<u32>, start_ticks: Option<u64>) -> LocalState {
+        LocalState {
+            postgres: None,
+            processes: vec![Process {
+                role: Role::Server,
+                index: 0,
+                pid,
+                start_ticks,
+                dir: PathBuf::from("/c/server-0"),
+                log: PathBuf::from("/c/logs/server-0.log"),
+            }],
+        }
+    }
+
+    #[test]
+    fn pids_ltops_cannot_prove_it_started_are_rejected() {
+        let dir = Path::new("/c");
+        assert_eq!(with_pid(None, None).check(dir, "c"), Ok(()));
+        assert_eq!(with_pid(Some(4242), Some(99)).check(dir, "c"), Ok(()));
+        for (pid, ticks, says) in [
+            (1, Some(5), "pid = 1 is not a process ltops started"),
+            (0, Some(5), "pid = 0 is not a process ltops started"),
+            (4242, None, "pid = 4242 has no start_ticks"),
+        ] {
+            let e = with_pid(Some(pid), ticks).check(dir, "c").unwrap_err();
+            assert!(e.starts_with("processes[0] (server-0): "), "{e}");
+            assert!(e.contains(says), "{e}");
+        }
     }
 }

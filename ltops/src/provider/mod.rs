@@ -324,6 +324,11 @@ pub trait Provider: Send + Sync {
         lines: Option<usize>,
     ) -> Result<()>;
 
+    /// Stops every component and keeps everything else: the state, the data (database, volumes),
+    /// the results and, where the provider rents machines, the machines. `deploy` starts the
+    /// components again. Returns lines for the user about what keeps running (or billing).
+    async fn stop(&self, state: &mut ClusterState, save: &Save<'_>) -> Result<Vec<String>>;
+
     /// Stops everything the cluster started and removes what it installed, wherever it is.
     /// The local state directory itself is removed by the caller once this succeeds.
     async fn delete(

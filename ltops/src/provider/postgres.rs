@@ -145,12 +145,16 @@ pub fn init(cluster_dir: &Path, cluster: &str) -> Result<PostgresState> {
             inside
         } else {
             std::env::temp_dir().join(format!(
-                "ltops-postgres-{cluster}-{}",
+                "{}{}",
+                temp_prefix(cluster),
                 &crate::state::random_token()[..8]
             ))
         }
     };
     std::fs::create_dir_all(&base).context(|| format!("creating {}", base.display()))?;
+    let marker = base.join(MARKER);
+    std::fs::write(&marker, marker_text(cluster))
+        .context(|| format!("writing {}", marker.display()))?;
     std::fs::set_permissions(&base, std::fs::Permissions::from_mode(0o700))
         .context(|| format!("chmod {}", base.display()))?;
     chown_postgres(&base)?;
@@ -210,6 +214,12 @@ pub fn start(pg: &mut PostgresState) -> Result<(Component, Process)> {
     pg.port = port;
     let pid_file = std::fs::read_to_string(pg.data_dir.join("postmaster.pid")).unwrap_or_default();
     let pid: Option<u32> = pid_file.lines().next().and_then(|l| l.trim().parse().ok());
+    // A PID is kept only with its start time: without one, a later stop could not tell a
+    // reused PID from ours (and `pg_ctl stop` does the stopping anyway).
+    let (pid, start_ticks) = match pid.and_then(|p| process::start_ticks(p).map(|t| (p, t))) {
+        Some((p, t)) => (Some(p), Some(t)),
+        None => (None, None),
+    };
     // Create the database if it is missing (ignore "already exists").
     let createdb = pg.bin_dir.join("createdb");
     let out = Command::new(&createdb)
@@ -245,7 +255,7 @@ pub fn start(pg: &mut PostgresState) -> Result<(Component, Process)> {
             role: Role::Postgres,
             index: 0,
             pid,
-            start_ticks: pid.and_then(process::start_ticks),
+            start_ticks,
             dir: pg.data_dir.clone(),
             log,
         },
@@ -268,11 +278,138 @@ pub fn stop(pg: &PostgresState) {
     std::thread::sleep(Duration::from_millis(100));
 }
 
-/// Removes its directory when it lives outside the cluster directory.
-pub fn remove(pg: &PostgresState, cluster_dir: &Path) {
-    if let Some(base) = pg.data_dir.parent() {
-        if !base.starts_with(cluster_dir) {
-            let _ = std::fs::remove_dir_all(base);
+/// Removes its directory when it lives outside the cluster directory (inside, it goes with the
+/// cluster directory) — only if it carries the marker `init` wrote, never by path alone.
+pub fn remove(pg: &PostgresState, cluster_dir: &Path, cluster: &str) {
+    let Some(base) = pg.data_dir.parent() else {
+        return;
+    };
+    if base.starts_with(cluster_dir) {
+        return;
+    }
+    if owned_by(base, cluster) {
+        if let Err(e) = std::fs::remove_dir_all(base) {
+            eprintln!("warning: could not remove {}: {e}", base.display());
         }
+    } else {
+        eprintln!(
+            "warning: left {} in place: it has no {MARKER} naming cluster {cluster:?}, so ltops did not create it",
+            base.display()
+        );
+    }
+}
+
+/// The file `init` writes into the directory it creates, naming the cluster.
+const MARKER: &str = "ltops-cluster";
+
+fn marker_text(cluster: &str) -> String {
+    format!("created by ltops for cluster {cluster}\n")
+}
+
+fn owned_by(base: &Path, cluster: &str) -> bool {
+    std::fs::read_to_string(base.join(MARKER)).is_ok_and(|t| t == marker_text(cluster))
+}
+
+/// The prefix of the directory `init` makes in the temporary directory (when running as root
+/// and the cluster directory is not reachable by the `postgres` user).
+fn temp_prefix(cluster: &str) -> String {
+    format!("ltops-postgres-{cluster}-")
+}
+
+/// Checks a (possibly hand-edited) data directory is where `init` puts one:
+/// `CLUSTER_DIR/postgres/data`, or `TMP/ltops-postgres-NAME-XXXXXXXX/data`.
+pub fn check_location(
+    pg: &PostgresState,
+    cluster_dir: &Path,
+    cluster: &str,
+) -> std::result::Result<(), String> {
+    let d = &pg.data_dir;
+    let expected = cluster_dir.join("postgres").join("data");
+    if d == &expected {
+        return Ok(());
+    }
+    let in_temp = d.file_name().is_some_and(|n| n == "data")
+        && d.parent().is_some_and(|base| {
+            base.parent() == Some(std::env::temp_dir().as_path())
+                && base
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(|n| n.strip_prefix(&temp_prefix(cluster)))
+                    .is_some_and(|rest| {
+                        rest.len() == 8 && rest.bytes().all(|b| b.is_ascii_alphanumeric())
+                    })
+        });
+    if in_temp {
+        return Ok(());
+    }
+    Err(format!(
+        "{} is not where ltops keeps this cluster's database ({}); ltops only stops and removes a \
+         database it created. Restore the path, or stop that PostgreSQL yourself and remove the \
+         [provider.postgres] section",
+        d.display(),
+        expected.display()
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn pg(data_dir: PathBuf) -> PostgresState {
+        PostgresState {
+            bin_dir: PathBuf::from("/usr/lib/postgresql/17/bin"),
+            data_dir,
+            port: 0,
+            user: "ltops".into(),
+            password: "x".into(),
+            database: "chat".into(),
+        }
+    }
+
+    #[test]
+    fn only_the_places_init_uses_are_accepted() {
+        let cluster = Path::new("/home/u/.ltops/clusters/c1");
+        let ok = [
+            cluster.join("postgres/data"),
+            std::env::temp_dir().join("ltops-postgres-c1-0a1b2c3d/data"),
+        ];
+        for d in ok {
+            assert_eq!(
+                check_location(&pg(d.clone()), cluster, "c1"),
+                Ok(()),
+                "{d:?}"
+            );
+        }
+        let bad = [
+            PathBuf::from("/home/u/data"),
+            PathBuf::from("/home/u"),
+            cluster.join("postgres/../../data"),
+            std::env::temp_dir().join("ltops-postgres-other-0a1b2c3d/data"),
+            std::env::temp_dir().join("ltops-postgres-c1-0a1b2c3d/../x/data"),
+            std::env::temp_dir().join("data"),
+        ];
+        for d in bad {
+            let e = check_location(&pg(d.clone()), cluster, "c1").unwrap_err();
+            assert!(e.contains("is not where ltops keeps"), "{d:?}: {e}");
+        }
+    }
+
+    #[test]
+    fn remove_needs_the_marker_naming_the_cluster() {
+        let cluster = tempfile::tempdir().unwrap();
+        let outside = tempfile::tempdir().unwrap();
+        let base = outside.path().join("base");
+        std::fs::create_dir_all(base.join("data")).unwrap();
+        std::fs::write(base.join("precious"), "x").unwrap();
+        let state = pg(base.join("data"));
+        remove(&state, cluster.path(), "c1");
+        assert!(base.join("precious").exists(), "removed without a marker");
+        std::fs::write(base.join(MARKER), marker_text("c2")).unwrap();
+        remove(&state, cluster.path(), "c1");
+        assert!(base.exists(), "removed with another cluster's marker");
+        std::fs::write(base.join(MARKER), marker_text("c1")).unwrap();
+        remove(&state, cluster.path(), "c1");
+        assert!(!base.exists(), "its own directory stays");
     }
 }

@@ -803,6 +803,21 @@ impl Provider for AwsProvider {
         self.ssh.logs(st, role, index, follow, lines).await
     }
 
+    async fn stop(&self, st: &mut ClusterState, save: &Save<'_>) -> Result<Vec<String>> {
+        if st.provider.data.is_empty() {
+            return Ok(Vec::new());
+        }
+        if !st.provider_slot_is_empty(SSH_SLOT) {
+            self.ssh.stop(st, save).await?;
+        }
+        let a = self.state(st)?;
+        let n = a.resources.instances.len();
+        Ok(vec![format!(
+            "its {n} EC2 instance(s) in {} keep running, and billing; `ltops delete {}` removes them",
+            a.region, st.name
+        )])
+    }
+
     async fn delete(
         &self,
         st: &mut ClusterState,

@@ -1653,6 +1653,49 @@ impl Provider for SshProvider {
         }
     }
 
+    async fn stop(&self, st: &mut ClusterState, save: &Save<'_>) -> Result<Vec<String>> {
+        let ever_started = st.deployed_at_ms.is_some() || st.components.iter().any(|c| c.started);
+        if st.provider_slot_is_empty(self.slot) || !ever_started {
+            // Never deployed: nothing runs on the hosts, so none is contacted.
+            return Ok(Vec::new());
+        }
+        let ss = self.state(st)?;
+        let c = Cluster::new(st, ss, self.slot)?;
+        let hosts: Vec<usize> = (0..c.ss.hosts.len())
+            .filter(|i| c.ss.placements.iter().any(|p| p.host == *i))
+            .collect();
+        let reached = join_all(hosts.iter().map(|&i| c.ssh.connect(&c.ss.hosts[i]))).await;
+        let mut problems = Vec::new();
+        let mut ok_hosts = Vec::new();
+        for (&i, r) in hosts.iter().zip(reached) {
+            match r {
+                Ok(()) => ok_hosts.push(i),
+                Err(e) => problems.push(format!("{}: {e}", c.ss.hosts[i].label())),
+            }
+        }
+        let to_stop: Vec<&Placement> =
+            c.ss.placements
+                .iter()
+                .filter(|p| ok_hosts.contains(&p.host))
+                .collect();
+        problems.extend(c.stop(&to_stop).await);
+        for p in &to_stop {
+            mark_started(st, p, false);
+        }
+        for &i in &ok_hosts {
+            c.ssh.disconnect(&c.ss.hosts[i]).await;
+        }
+        save(st)?;
+        if !problems.is_empty() {
+            return Err(Error::Runtime(format!(
+                "{}\nwhat could be reached was stopped; fix the cause and run `ltops stop {}` again",
+                problems.join("\n"),
+                st.name
+            )));
+        }
+        Ok(Vec::new())
+    }
+
     async fn delete(
         &self,
         st: &mut ClusterState,
