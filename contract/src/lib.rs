@@ -14,6 +14,7 @@ pub mod actions;
 pub mod control;
 pub mod histogram;
 pub mod results;
+pub mod toml_span;
 pub mod workload;
 
 pub use actions::Action;

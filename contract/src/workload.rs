@@ -313,22 +313,6 @@ fn merge_tables(base: &mut toml::Table, over: toml::Table) {
     }
 }
 
-/// Best-effort line of `key`'s last segment in the file, for error messages.
-fn find_line(text: &str, key: &str) -> Option<usize> {
-    let last = key.rsplit('.').next()?;
-    let last = last.split('[').next().unwrap_or(last);
-    if last.is_empty() || last == "?" {
-        return None;
-    }
-    text.lines()
-        .position(|l| {
-            let t = l.trim_start();
-            t.starts_with(last) && t[last.len()..].trim_start().starts_with('=')
-                || t.starts_with('[') && t.trim_matches(|c| c == '[' || c == ']').ends_with(last)
-        })
-        .map(|i| i + 1)
-}
-
 impl WorkloadConfig {
     /// Reads, merges with its preset and validates a config file.
     pub fn from_file(path: &Path) -> Result<Self, ConfigError> {
@@ -354,9 +338,7 @@ impl WorkloadConfig {
             message,
         };
         let user: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-            let line = e
-                .span()
-                .map(|s| text[..s.start.min(text.len())].matches('\n').count() + 1);
+            let line = e.span().map(|s| crate::toml_span::line_at(text, s.start));
             invalid(line, "(syntax)", e.message().to_string())
         })?;
         let mut merged = match user.get("preset") {
@@ -366,7 +348,7 @@ impl WorkloadConfig {
                     PRESETS.iter().find(|(n, _, _)| n == name).ok_or_else(|| {
                         let names: Vec<&str> = PRESETS.iter().map(|(n, _, _)| *n).collect();
                         invalid(
-                            find_line(text, "preset"),
+                            crate::toml_span::key_line(text, "preset"),
                             "preset",
                             format!(
                                 "unknown preset {name:?}; expected one of {}",
@@ -380,7 +362,7 @@ impl WorkloadConfig {
             }
             Some(_) => {
                 return Err(invalid(
-                    find_line(text, "preset"),
+                    crate::toml_span::key_line(text, "preset"),
                     "preset",
                     "must be a string, e.g. preset = \"quick\"".into(),
                 ))
@@ -404,11 +386,11 @@ impl WorkloadConfig {
                 };
                 msg.push_str(" (add it, or start from a preset: preset = \"quick\")");
             }
-            invalid(find_line(text, &key), &key, msg)
+            invalid(crate::toml_span::nearest_line(text, &key), &key, msg)
         })?;
-        config
-            .validate()
-            .map_err(|(key, message)| invalid(find_line(text, &key), &key, message))?;
+        config.validate().map_err(|(key, message)| {
+            invalid(crate::toml_span::nearest_line(text, &key), &key, message)
+        })?;
         Ok(config)
     }
 
@@ -685,6 +667,27 @@ mod tests {
 
         let e = err_of("preset = \"quick\"\n[behaviour]\nmode = \"open\"\n");
         assert_eq!(e.key(), Some("behaviour.posts_per_second"));
+
+        // The line is that of the key in its own table, not of a same-named key elsewhere.
+        let e = err_of(
+            "preset = \"quick\"\n[[dataset.channels]]\ncount = 2\nmembers = 5\n[users]\nramp_up = \"1s\"\ncount = 0\n",
+        );
+        assert!(e.to_string().starts_with("w.toml:7: users.count:"), "{e}");
+        let e = err_of(
+            "preset = \"quick\"\n[users]\ncount = 3\n[[dataset.channels]]\ncount = 0\nmembers = 5\n",
+        );
+        assert!(
+            e.to_string()
+                .starts_with("w.toml:5: dataset.channels[0].count:"),
+            "{e}"
+        );
+        // A missing key is reported at the table that lacks it.
+        let e = err_of("preset = \"quick\"\n[users]\ncount = 3\n[[dataset.channels]]\ncount = 1\n");
+        assert!(
+            e.to_string()
+                .starts_with("w.toml:4: dataset.channels[0].members:"),
+            "{e}"
+        );
 
         let e = err_of("this is = = not toml");
         assert_eq!(e.key(), Some("(syntax)"));

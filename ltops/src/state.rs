@@ -422,31 +422,6 @@ impl Binaries {
     }
 }
 
-/// Where `text[..offset]` ends, as a 1-based line.
-fn line_of(text: &str, offset: usize) -> usize {
-    text[..offset.min(text.len())].matches('\n').count() + 1
-}
-
-/// The line of `key = …` (the last segment of a serde path) in `text`, if it is there once.
-fn key_line(text: &str, path: &str) -> Option<usize> {
-    let last = path
-        .rsplit('.')
-        .next()
-        .unwrap_or(path)
-        .split('[')
-        .next()
-        .unwrap_or(path);
-    if last.is_empty() {
-        return None;
-    }
-    let mut hits = text.lines().enumerate().filter(|(_, l)| {
-        let t = l.trim_start();
-        t.starts_with(last) && t[last.len()..].trim_start().starts_with('=')
-    });
-    let first = hits.next()?;
-    hits.next().is_none().then_some(first.0 + 1)
-}
-
 /// Rewrites a schema-1 definition (local only; `type` at the top; PID, start time, directory and
 /// log on each component; `postgres` at the top) as schema 2, in place.
 fn migrate_v1(table: &mut toml::Table) -> std::result::Result<(), String> {
@@ -521,7 +496,9 @@ impl ClusterState {
         let text = String::from_utf8(bytes)
             .map_err(|e| invalid(None, "(encoding)", &format!("not UTF-8 text ({e})")))?;
         let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
-            let line = e.span().map(|s| line_of(&text, s.start));
+            let line = e
+                .span()
+                .map(|s| loadtest_contract::toml_span::line_at(&text, s.start));
             invalid(line, "(syntax)", e.message())
         })?;
         match table.get("schema") {
@@ -539,7 +516,7 @@ impl ClusterState {
             }
             Some(other) => {
                 return Err(invalid(
-                    key_line(&text, "schema"),
+                    loadtest_contract::toml_span::key_line(&text, "schema"),
                     "schema",
                     &format!("{other} is not a layout version this ltops knows (1 to {SCHEMA_VERSION})"),
                 ))
@@ -547,7 +524,7 @@ impl ClusterState {
         }
         serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             let key = e.path().to_string();
-            let line = key_line(&text, &key);
+            let line = loadtest_contract::toml_span::nearest_line(&text, &key);
             let key = if key == "." {
                 "(top level)".into()
             } else {
@@ -565,10 +542,11 @@ impl ClusterState {
     pub fn provider_state<T: serde::de::DeserializeOwned>(&self, file: &Path) -> Result<T> {
         serde_path_to_error::deserialize(toml::Value::Table(self.provider.data.clone())).map_err(
             |e| {
+                let key = format!("provider.{}", e.path());
+                let text = std::fs::read_to_string(file).unwrap_or_default();
                 Error::Usage(format!(
-                    "{}: provider.{}: {}\n{}",
-                    file.display(),
-                    e.path(),
+                    "{}: {key}: {}\n{}",
+                    file_line(file, &text, &key),
                     e.inner().message(),
                     hand_edit_hint(file)
                 ))
@@ -598,10 +576,11 @@ impl ClusterState {
             None => toml::Table::new(),
         };
         serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+            let key = format!("provider.{key}.{}", e.path());
+            let text = std::fs::read_to_string(file).unwrap_or_default();
             Error::Usage(format!(
-                "{}: provider.{key}.{}: {}\n{}",
-                file.display(),
-                e.path(),
+                "{}: {key}: {}\n{}",
+                file_line(file, &text, &key),
                 e.inner().message(),
                 hand_edit_hint(file)
             ))
@@ -642,10 +621,11 @@ impl ClusterState {
     /// definition cannot make `deploy` start 100,000 agents or two servers on one SQLite file.
     /// `dir_name` is the cluster's directory, which the recorded name must match.
     pub fn check(&self, path: &Path, dir_name: &str) -> Result<()> {
+        let text = std::fs::read_to_string(path).unwrap_or_default();
         let bad = |key: &str, msg: String| {
             Err(Error::Usage(format!(
                 "{}: {key}: {msg}\n{}",
-                path.display(),
+                file_line(path, &text, key),
                 hand_edit_hint(path)
             )))
         };
@@ -726,6 +706,26 @@ impl ClusterState {
 }
 
 /// What to do about a damaged `cluster.toml`.
+/// `FILE:LINE` where `key` (a serde path such as `provider.processes[1].pid`) is written in
+/// the state file at `path`, or just `FILE` when it is not written there: for providers'
+/// messages about their (hand-editable) section.
+pub fn at_key(path: &Path, key: &str) -> String {
+    file_line(
+        path,
+        &std::fs::read_to_string(path).unwrap_or_default(),
+        key,
+    )
+}
+
+/// `FILE:LINE` where `key` (a serde path) is written in `text` (the file's contents), or just
+/// `FILE` when it is not written there.
+fn file_line(path: &Path, text: &str, key: &str) -> String {
+    match loadtest_contract::toml_span::nearest_line(text, key) {
+        Some(l) => format!("{}:{l}", path.display()),
+        None => path.display().to_string(),
+    }
+}
+
 fn hand_edit_hint(path: &Path) -> String {
     let dir = path.parent().unwrap_or(Path::new("."));
     format!(
@@ -1000,12 +1000,60 @@ log = "/c/logs/agent-0.log"
             let mut s = good.clone();
             edit(&mut s);
             let text = toml::to_string(&s).unwrap();
-            std::fs::write(&path, text).unwrap();
+            std::fs::write(&path, &text).unwrap();
             assert!(home.load("c1").is_ok(), "{key}");
             let e = home.load_checked("c1").unwrap_err();
             assert_eq!(e.exit_code(), crate::error::exit::USAGE, "{e}");
             assert!(e.to_string().contains(&format!(": {key}: ")), "{e}");
+            let line = text
+                .lines()
+                .position(|l| l.starts_with(&format!("{key} =")))
+                .unwrap()
+                + 1;
+            assert!(
+                e.to_string()
+                    .contains(&format!("cluster.toml:{line}: {key}: ")),
+                "{e}"
+            );
         }
+
+        // A provider key is found in its own table, whatever other tables hold the same name.
+        let mut s = good.clone();
+        s.provider.data = toml::toml! {
+            type = "local"
+            [[processes]]
+            role = "server"
+            index = 0
+            dir = "/c/server-0"
+            log = "/c/l"
+            [[processes]]
+            role = "agent"
+            index = "one"
+            dir = "/c/agent-0"
+            log = "/c/l"
+        };
+        let text = toml::to_string(&s).unwrap();
+        std::fs::write(&path, &text).unwrap();
+        let st = home.load("c1").unwrap();
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Proc {
+            role: String,
+            index: u32,
+        }
+        #[derive(Debug, serde::Deserialize)]
+        #[allow(dead_code)]
+        struct Section {
+            processes: Vec<Proc>,
+        }
+        let e = st.provider_state::<Section>(&path).unwrap_err().to_string();
+        let line = text.lines().position(|l| l.contains("\"one\"")).unwrap() + 1;
+        assert!(
+            e.contains(&format!(
+                "cluster.toml:{line}: provider.processes[1].index: "
+            )),
+            "{e}\n{text}"
+        );
     }
 
     #[test]

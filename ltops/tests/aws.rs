@@ -474,7 +474,15 @@ fn bad_input_names_the_flag_or_the_key() {
     let out = moto.ltops(&env, &["delete", "edit", "--yes"]);
     assert_eq!(out.status.code(), Some(2));
     let t = text(&out);
-    assert!(t.contains("cluster.toml: provider.region"), "{t}");
+    let line = toml
+        .lines()
+        .position(|l| l.starts_with("region ="))
+        .unwrap()
+        + 1;
+    assert!(
+        t.contains(&format!("cluster.toml:{line}: provider.region")),
+        "{t}"
+    );
     std::fs::write(&file, toml).unwrap();
     assert!(moto
         .ltops(&env, &["delete", "edit", "--yes"])

@@ -535,7 +535,9 @@ fn hand_edited_state_cannot_make_delete_signal_or_remove_what_ltops_did_not_crea
     let o = env.run(&["delete", "h", "--yes"]);
     assert_eq!(o.status.code(), usage, "{}", text(&o));
     assert!(
-        text(&o).contains("cluster.toml: [provider] processes[0] (server-0): pid = 1 is not a process ltops started"),
+        text(&o).contains(
+            "provider.processes[0].pid: server-0: pid = 1 is not a process ltops started"
+        ),
         "{}",
         text(&o)
     );
@@ -552,7 +554,8 @@ fn hand_edited_state_cannot_make_delete_signal_or_remove_what_ltops_did_not_crea
     let o = env.run(&["delete", "h", "--yes"]);
     assert_eq!(o.status.code(), usage, "{}", text(&o));
     assert!(
-        text(&o).contains("postgres.data_dir:") && text(&o).contains("is not where ltops keeps"),
+        text(&o).contains("provider.postgres.data_dir: ")
+            && text(&o).contains("is not where ltops keeps"),
         "{}",
         text(&o)
     );

@@ -83,21 +83,28 @@ impl LocalState {
     /// Rejects what ltops never writes and could not act on safely: a PID it cannot prove it
     /// started (1 and below, or without the start time that detects reuse) and a PostgreSQL
     /// data directory other than the two places `postgres::init` uses.
-    fn check(&self, cluster_dir: &Path, name: &str) -> std::result::Result<(), String> {
+    fn check(&self, cluster_dir: &Path, name: &str) -> std::result::Result<(), (String, String)> {
         for (i, p) in self.processes.iter().enumerate() {
-            let at = format!("processes[{i}] ({}-{})", p.role.name(), p.index);
+            let key = format!("processes[{i}].pid");
+            let who = format!("{}-{}", p.role.name(), p.index);
             match (p.pid, p.start_ticks) {
                 (Some(pid), _) if pid <= 1 => {
-                    return Err(format!(
-                        "{at}: pid = {pid} is not a process ltops started; remove the pid and \
-                         start_ticks lines (the component then counts as stopped)"
+                    return Err((
+                        key,
+                        format!(
+                            "{who}: pid = {pid} is not a process ltops started; remove the pid and \
+                             start_ticks lines (the component then counts as stopped)"
+                        ),
                     ))
                 }
                 (Some(pid), None) => {
-                    return Err(format!(
-                        "{at}: pid = {pid} has no start_ticks, so ltops cannot tell whether that \
-                         PID is still the process it started; remove the pid line (the component \
-                         then counts as stopped) or restore start_ticks"
+                    return Err((
+                        key,
+                        format!(
+                            "{who}: pid = {pid} has no start_ticks, so ltops cannot tell whether \
+                             that PID is still the process it started; remove the pid line (the \
+                             component then counts as stopped) or restore start_ticks"
+                        ),
                     ))
                 }
                 _ => {}
@@ -105,7 +112,7 @@ impl LocalState {
         }
         if let Some(pg) = &self.postgres {
             super::postgres::check_location(pg, cluster_dir, name)
-                .map_err(|e| format!("postgres.data_dir: {e}"))?;
+                .map_err(|e| ("postgres.data_dir".to_string(), e))?;
         }
         Ok(())
     }
@@ -164,7 +171,12 @@ impl LocalProvider {
         let local: LocalState = state.provider_state(&file)?;
         local
             .check(&self.dir(state), &state.name)
-            .map_err(|e| Error::Usage(format!("{}: [provider] {e}", file.display())))?;
+            .map_err(|(key, e)| {
+                Error::Usage(format!(
+                    "{}: provider.{key}: {e}",
+                    crate::state::at_key(&file, &format!("provider.{key}"))
+                ))
+            })?;
         Ok(local)
     }
 
@@ -828,8 +840,9 @@ mod tests {
             (0, Some(5), "pid = 0 is not a process ltops started"),
             (4242, None, "pid = 4242 has no start_ticks"),
         ] {
-            let e = with_pid(Some(pid), ticks).check(dir, "c").unwrap_err();
-            assert!(e.starts_with("processes[0] (server-0): "), "{e}");
+            let (key, e) = with_pid(Some(pid), ticks).check(dir, "c").unwrap_err();
+            assert_eq!(key, "processes[0].pid");
+            assert!(e.starts_with("server-0: "), "{e}");
             assert!(e.contains(says), "{e}");
         }
     }

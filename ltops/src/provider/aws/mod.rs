@@ -262,7 +262,7 @@ impl AwsProvider {
         let bad = |key: &str, v: &str| {
             Err(Error::Usage(format!(
                 "{}: provider.{key}: {v:?} is not a plain value; fix the file, or delete the cluster and create it again",
-                file.display()
+                crate::state::at_key(&file, &format!("provider.{key}"))
             )))
         };
         for (k, v) in [

@@ -243,7 +243,7 @@ impl SshProvider {
         let bad = |key: &str, v: &str| {
             Err(Error::Usage(format!(
                 "{}: {key}: {v:?} is not a plain value (letters, digits, . - _ : / only); fix the file, or delete and create the cluster again",
-                file.display()
+                crate::state::at_key(&file, key)
             )))
         };
         crate::state::validate_name(&st.name)?;
@@ -277,7 +277,7 @@ impl SshProvider {
             return Err(Error::Usage(format!(
                 "{}: provider.placements: {} is placed on host {} but only {} hosts are listed; \
                  fix the file or delete and create the cluster again",
-                file.display(),
+                crate::state::at_key(&file, "provider.placements"),
                 p.name(),
                 p.host,
                 ss.hosts.len()
