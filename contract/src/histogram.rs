@@ -81,6 +81,16 @@ impl LatencyHistogram {
             .map_err(|e| HistogramError::Merge(format!("{e:?}")))
     }
 
+    /// The sum over samples of how far each exceeds `floor_us`, microseconds: for lateness,
+    /// the time spent beyond a tolerated delay.
+    pub fn sum_above_us(&self, floor_us: u64) -> f64 {
+        self.inner
+            .iter_recorded()
+            .filter(|v| v.value_iterated_to() > floor_us)
+            .map(|v| (v.value_iterated_to() - floor_us) as f64 * v.count_at_value() as f64)
+            .sum()
+    }
+
     pub fn count(&self) -> u64 {
         self.inner.len()
     }

@@ -19,7 +19,7 @@ use crate::histogram::{HistogramError, LatencyHistogram};
 /// Major version: bumped when a reader of the previous major would misread a file.
 pub const SCHEMA_MAJOR: u32 = 1;
 /// Minor version: bumped when fields or record kinds are added; older readers skip them.
-pub const SCHEMA_MINOR: u32 = 1;
+pub const SCHEMA_MINOR: u32 = 2;
 
 /// The schema version string written in every header, e.g. `"1.0"`.
 pub fn schema_version() -> String {
@@ -217,8 +217,14 @@ impl DeliveryStats {
     }
 }
 
-/// How well the agent kept to its schedule. Large lag means the agent (not the server) was the
-/// bottleneck, and its latencies must not be trusted blindly.
+/// How well the agent kept to its schedule, and whose fault lateness was.
+///
+/// An action starts late either because the user's previous request was still waiting for the
+/// server at its intended time (the *server's* delay: the response time counted from the
+/// intended start already holds it) or because the agent's runtime did not get to it in time
+/// (the *generator's* delay: then the agent measured a load it did not offer, and everything it
+/// timed includes time it was not running). `late_waiting`, `generator_lag`, `probe_lag` and
+/// the CPU figures (schema 1.2) tell them apart; files from older agents lack them.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct ScheduleStats {
     /// Actions started.
@@ -227,6 +233,24 @@ pub struct ScheduleStats {
     pub late: u64,
     /// Start lag of every action (actual start − intended start).
     pub lag: LatencyHistogram,
+    /// Paced actions whose user's previous request was answered more than the lateness
+    /// threshold after their intended start: late because of the server.
+    #[serde(default)]
+    pub late_waiting: u64,
+    /// The generator's own share of each paced action's start lag: from when it could start
+    /// (its intended time, or the previous answer if later) to when it started.
+    #[serde(default)]
+    pub generator_lag: LatencyHistogram,
+    /// Timer lateness of an idle probe task that wakes every 50 ms on the agent's runtime:
+    /// large when the runtime is busy or the process is starved of CPU.
+    #[serde(default)]
+    pub probe_lag: LatencyHistogram,
+    /// CPU time the agent process used (user + system), milliseconds.
+    #[serde(default)]
+    pub cpu_ms: u64,
+    /// CPU time it could have used: wall time × the CPUs available to it, milliseconds.
+    #[serde(default)]
+    pub cpu_capacity_ms: u64,
 }
 
 /// Lateness above which an action counts as late, milliseconds.
@@ -236,7 +260,12 @@ impl ScheduleStats {
     pub fn merge(&mut self, o: &ScheduleStats) -> Result<(), HistogramError> {
         self.actions += o.actions;
         self.late += o.late;
-        self.lag.merge(&o.lag)
+        self.late_waiting += o.late_waiting;
+        self.cpu_ms += o.cpu_ms;
+        self.cpu_capacity_ms += o.cpu_capacity_ms;
+        self.lag.merge(&o.lag)?;
+        self.generator_lag.merge(&o.generator_lag)?;
+        self.probe_lag.merge(&o.probe_lag)
     }
 }
 

@@ -85,6 +85,12 @@ fn interval(index: u64) -> IntervalRecord {
         ..ScheduleStats::default()
     };
     schedule.lag.record_us(150_000);
+    // Schema 1.2: whose lateness it was.
+    schedule.late_waiting = 1;
+    schedule.generator_lag.record_us(2_000);
+    schedule.probe_lag.record_us(300);
+    schedule.cpu_ms = 400;
+    schedule.cpu_capacity_ms = 2_000;
     IntervalRecord {
         run_id: "run-1".into(),
         agent_id: "agent-0".into(),

@@ -226,6 +226,8 @@ pub struct Recorder {
     pub counters: Counters,
     pub so_far: Mutex<SoFar>,
     pub metrics: Metrics,
+    /// Timer lateness of the idle probe task since the last interval.
+    probe: Mutex<LatencyHistogram>,
 }
 
 impl Recorder {
@@ -240,6 +242,7 @@ impl Recorder {
             counters: Counters::default(),
             so_far: Mutex::new(SoFar::default()),
             metrics: Metrics::new(),
+            probe: Mutex::new(LatencyHistogram::new()),
         }
     }
 
@@ -325,6 +328,25 @@ impl Recorder {
             shard.schedule.late += 1;
         }
         late
+    }
+
+    /// Notes a paced action the runtime got to at `now`: `ready` is when it could have started
+    /// (its intended time, or the user's previous answer if that came later). The wait for the
+    /// previous answer is the server's; `now − ready` is the generator's own delay.
+    pub fn note_paced(&self, key: u64, intended: Instant, ready: Instant, now: Instant) {
+        let mut shard = self.shards[key as usize % SHARDS].lock();
+        shard
+            .schedule
+            .generator_lag
+            .record(now.saturating_duration_since(ready));
+        if ready.saturating_duration_since(intended) > Duration::from_millis(LATE_THRESHOLD_MS) {
+            shard.schedule.late_waiting += 1;
+        }
+    }
+
+    /// Records one wake-up of the idle probe task: how late its timer fired.
+    pub fn note_probe(&self, lateness: Duration) {
+        self.probe.lock().record(lateness);
     }
 
     /// Counts a success with its service time (sent → answered) and response time (intended
@@ -537,6 +559,7 @@ impl Recorder {
             let _ = schedule.merge(&shard.schedule);
         }
         drop(guards);
+        schedule.probe_lag = std::mem::take(&mut *self.probe.lock());
         IntervalStats {
             actions,
             delivery,

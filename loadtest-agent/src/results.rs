@@ -35,6 +35,8 @@ pub struct ResultsSink {
     index: u64,
     totals: Totals,
     recorder: Arc<Recorder>,
+    /// The process's CPU time and the wall clock at the last interval's end.
+    cpu_mark: (u64, std::time::Instant),
 }
 
 /// Creates the file (and its directory) and writes the header.
@@ -74,6 +76,7 @@ pub fn open(
         index: 0,
         totals: Totals::default(),
         recorder,
+        cpu_mark: (process_cpu_ms(), std::time::Instant::now()),
     })
 }
 
@@ -88,13 +91,25 @@ impl ResultsSink {
         let now = now_ms();
         self.started_at_ms = now;
         self.last_end_ms = now;
+        self.cpu_mark = (process_cpu_ms(), std::time::Instant::now());
+    }
+
+    /// CPU used since the last mark and what could have been used, milliseconds.
+    fn take_cpu(&mut self) -> (u64, u64) {
+        let (cpu, at) = (process_cpu_ms(), std::time::Instant::now());
+        let used = cpu.saturating_sub(self.cpu_mark.0);
+        let wall_ms = at.saturating_duration_since(self.cpu_mark.1).as_millis() as u64;
+        self.cpu_mark = (cpu, at);
+        (used, wall_ms * available_cpus())
     }
 
     /// Closes the current interval: writes its record and adds it to the totals.
     pub fn flush_interval(&mut self) -> std::io::Result<IntervalRecord> {
         let r = &self.recorder;
         r.settle(DELIVERY_GRACE, UNACKED_LIMIT);
-        let stats = r.take_interval();
+        let mut stats = r.take_interval();
+        (stats.schedule.cpu_ms, stats.schedule.cpu_capacity_ms) = self.take_cpu();
+        let r = &self.recorder;
         let c = &r.counters;
         let end_ms = now_ms();
         let record = IntervalRecord {
@@ -151,23 +166,99 @@ impl ResultsSink {
     }
 }
 
-/// Says loudly when the agent itself is the bottleneck: its latencies then include its own delay.
+/// CPU time (user + system) this process has used, milliseconds (0 if it cannot be read).
+fn process_cpu_ms() -> u64 {
+    use nix::sys::resource::{getrusage, UsageWho};
+    getrusage(UsageWho::RUSAGE_SELF).map_or(0, |u| {
+        let ms = |t: nix::sys::time::TimeVal| {
+            (t.tv_sec().max(0) as u64) * 1000 + (t.tv_usec().max(0) as u64) / 1000
+        };
+        ms(u.user_time()) + ms(u.system_time())
+    })
+}
+
+/// CPUs this process may use (affinity and cgroup quota included).
+fn available_cpus() -> u64 {
+    std::thread::available_parallelism().map_or(1, |n| n.get() as u64)
+}
+
+/// Says loudly, and truthfully, who was slow in an interval: the agent (its runtime late, its
+/// CPU at the limit: its latencies then include time it was not running) or the server (users'
+/// previous requests still unanswered when their next action was due).
 fn warn_if_behind(record: &IntervalRecord) {
     let s = &record.schedule;
-    if s.actions == 0 {
-        return;
-    }
-    let late_share = s.late as f64 / s.actions as f64;
-    let p99_ms = s.lag.quantile_us(0.99) / 1000;
-    if late_share > 0.01 || p99_ms > LATE_THRESHOLD_MS {
-        tracing::warn!(
-            "AGENT FALLING BEHIND in interval {}: {} of {} actions started more than {LATE_THRESHOLD_MS} ms late (lag p99 {p99_ms} ms); \
-             response times include this lag — use fewer users per agent or a bigger machine",
+    let wall_ms = (record.end_ms - record.start_ms).max(1) as u64;
+    match lateness(s, wall_ms) {
+        Lateness::Generator {
+            lag_p99_ms,
+            stalled,
+            cpu_share,
+        } => tracing::warn!(
+            "AGENT FALLING BEHIND in interval {}: its own start lag p99 {lag_p99_ms} ms, its runtime \
+             unresponsive {:.0}% of the time, CPU {:.0}% of what it may use; it offered less load than \
+             configured and the times it measured are overstated — use fewer users per agent or a \
+             bigger machine",
             record.index,
-            s.late,
+            stalled * 100.0,
+            cpu_share * 100.0
+        ),
+        Lateness::Server { waiting } => tracing::warn!(
+            "SERVER STALLED in interval {}: {waiting} of {} actions started more than {LATE_THRESHOLD_MS} ms \
+             late because the user's previous request was still waiting for the server; the agent kept \
+             up (this wait is in the response times)",
+            record.index,
             s.actions
-        );
+        ),
+        Lateness::None => {}
     }
+}
+
+/// Who an interval's lateness belongs to.
+#[derive(Debug, PartialEq)]
+enum Lateness {
+    None,
+    Server {
+        waiting: u64,
+    },
+    Generator {
+        lag_p99_ms: u64,
+        /// Share of the interval the idle probe found the runtime unresponsive.
+        stalled: f64,
+        cpu_share: f64,
+    },
+}
+
+/// Share of an interval the runtime may be unresponsive before the agent blames itself (higher
+/// than the whole-run 2 % `ltparse` uses: one hiccup is a larger share of a short interval).
+const STALLED_SHARE: f64 = 0.05;
+
+/// Nearly the rules of `ltparse`'s report: the generator's own start lag p99 over 100 ms, its
+/// runtime unresponsive (idle probe late beyond 10 ms) over 5 % of the interval, or its CPU over
+/// 95 % of what it may use make it the generator's; else late actions whose user waited for
+/// the server, over 1 %, make it the server's.
+fn lateness(s: &loadtest_contract::results::ScheduleStats, wall_ms: u64) -> Lateness {
+    let threshold = LATE_THRESHOLD_MS * 1000;
+    let lag_p99 = s.generator_lag.quantile_us(0.99);
+    // A stall is recorded in the interval the probe woke up in, which may be shorter than it.
+    let stalled = (s.probe_lag.sum_above_us(10_000) / (wall_ms as f64 * 1000.0)).min(1.0);
+    let cpu_share = if s.cpu_capacity_ms > 0 {
+        s.cpu_ms as f64 / s.cpu_capacity_ms as f64
+    } else {
+        0.0
+    };
+    if lag_p99 > threshold || stalled > STALLED_SHARE || cpu_share > 0.95 {
+        return Lateness::Generator {
+            lag_p99_ms: lag_p99 / 1000,
+            stalled,
+            cpu_share,
+        };
+    }
+    if s.actions > 0 && s.late_waiting as f64 / s.actions as f64 > 0.01 {
+        return Lateness::Server {
+            waiting: s.late_waiting,
+        };
+    }
+    Lateness::None
 }
 
 /// A one-paragraph human summary of a run (for the end of `loadtest-agent run`).
@@ -210,4 +301,33 @@ pub fn describe(summary: &SummaryRecord) -> String {
         t.peak_active_users,
         t.peak_websocket_connections,
     )
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use loadtest_contract::results::ScheduleStats;
+
+    #[test]
+    fn lateness_goes_to_whoever_caused_it() {
+        let mut s = ScheduleStats {
+            actions: 100,
+            late: 30,
+            late_waiting: 30,
+            ..ScheduleStats::default()
+        };
+        s.generator_lag.record_n_us(2_000, 100);
+        s.probe_lag.record_n_us(1_000, 20);
+        assert_eq!(lateness(&s, 1_000), Lateness::Server { waiting: 30 });
+
+        s.probe_lag.record_us(2_000_000);
+        match lateness(&s, 1_000) {
+            Lateness::Generator { stalled, .. } => assert_eq!(stalled, 1.0),
+            other => panic!("{other:?}"),
+        }
+
+        let quiet = ScheduleStats::default();
+        assert_eq!(lateness(&quiet, 1_000), Lateness::None);
+    }
 }

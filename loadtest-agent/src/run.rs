@@ -276,6 +276,9 @@ async fn engine(
     }
 }
 
+/// How often the idle probe task wakes.
+const PROBE_EVERY: Duration = Duration::from_millis(50);
+
 async fn engine_inner(
     shared: &Arc<RunShared>,
     env: Arc<UserEnv>,
@@ -317,6 +320,25 @@ async fn engine_inner(
         ));
     }
 
+    // The idle probe: a task that only sleeps, so its timer lateness is the runtime's own delay
+    // (a busy runtime, a process starved of CPU), never the server's.
+    let probe = {
+        let rec = env.recorder.clone();
+        let stop = all_users.clone();
+        tokio::spawn(async move {
+            let mut due = Instant::now() + PROBE_EVERY;
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => break,
+                    _ = sleep_until(due) => {}
+                }
+                let now = Instant::now();
+                rec.note_probe(now.saturating_duration_since(due));
+                due = now + PROBE_EVERY;
+            }
+        })
+    };
+
     // Open model: posts arrive at this agent's share of the global rate, whatever the server's
     // speed; each arrival is spawned on its own so a slow server cannot slow the arrivals.
     let dispatcher = (cfg.behaviour.mode == Mode::Open).then(|| {
@@ -342,6 +364,9 @@ async fn engine_inner(
                 let intended = next;
                 next += arrivals.next_gap();
                 let r = arrivals.pick(usize::MAX >> 1);
+                // Arrivals wait for nothing: any lateness here is the generator's.
+                env.recorder
+                    .note_paced(r as u64, intended, intended, Instant::now());
                 if let Some(s) = env.pick_session(r) {
                     let reply = arrivals.pick(1000)
                         < (env.config.behaviour.reply_fraction * 1000.0) as usize;
@@ -390,6 +415,7 @@ async fn engine_inner(
         }
     }
     all_users.cancel();
+    let _ = probe.await;
     let drain = async { while users.join_next().await.is_some() {} };
     if tokio::time::timeout(cfg.target.request_timeout + Duration::from_secs(5), drain)
         .await

@@ -577,6 +577,8 @@ pub async fn run_user(env: Arc<UserEnv>, local: u32, start_at: Instant, cancel: 
 
     let mut pacer = Pacer::new(Instant::now() + sched.first_wait());
     let mut inflight: Option<JoinHandle<Done>> = None;
+    // When the user's last action was answered: the next one cannot start before.
+    let mut answered = Instant::now();
     let mut stopped = env.actions_stop.is_cancelled();
     loop {
         tokio::select! {
@@ -584,6 +586,7 @@ pub async fn run_user(env: Arc<UserEnv>, local: u32, start_at: Instant, cancel: 
             _ = cancel.cancelled() => break,
             done = join_opt(&mut inflight) => {
                 inflight = None;
+                answered = Instant::now();
                 if done.is_some_and(|d| d.unauthorized) {
                     session.stale.store(true, Ordering::Relaxed);
                 }
@@ -602,12 +605,19 @@ pub async fn run_user(env: Arc<UserEnv>, local: u32, start_at: Instant, cancel: 
                     Box::pin(relogin(&env, &session, at)).await;
                 }
                 Box::pin(connect(&env, &session, &mut conn, Action::WsConnect, at)).await;
+                answered = Instant::now();
             }
             _ = env.actions_stop.cancelled(), if !stopped => stopped = true,
             _ = sleep_until(pacer.due()), if inflight.is_none() && !stopped => {
                 let intended = pacer.advance(sched.next_wait());
-                if session.stale.load(Ordering::Relaxed) && !Box::pin(relogin(&env, &session, intended)).await {
-                    continue;
+                env.recorder
+                    .note_paced(index, intended, answered.max(intended), Instant::now());
+                if session.stale.load(Ordering::Relaxed) {
+                    let ok = Box::pin(relogin(&env, &session, intended)).await;
+                    answered = Instant::now();
+                    if !ok {
+                        continue;
+                    }
                 }
                 let Some(action) = sched.next_action() else {
                     // Nothing in the mix for users (open model with posts only): just listen.
@@ -619,6 +629,7 @@ pub async fn run_user(env: Arc<UserEnv>, local: u32, start_at: Instant, cancel: 
                     Action::WsReconnect => {
                         if conn.ws.is_some() {
                             Box::pin(planned_reconnect(&env, &session, &mut conn, intended)).await;
+                            answered = Instant::now();
                         }
                         continue;
                     }

@@ -567,3 +567,111 @@ fn hand_edited_state_cannot_make_delete_signal_or_remove_what_ltops_did_not_crea
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(victim.path().join("keep-me").exists());
 }
+
+/// Intervals the agent has flushed for runs started after `since` (files in its results dir).
+fn intervals_since(dir: &Path, before: &[PathBuf]) -> usize {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .filter(|e| !before.contains(&e.path()))
+                .filter_map(|e| std::fs::read_to_string(e.path()).ok())
+                .map(|t| t.matches("\"kind\":\"interval\"").count())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// Runs a 10 s load test and freezes `pid` (SIGSTOP) for 2 s once it is under way; returns the
+/// report and the agent's log from that run.
+fn run_with_a_freeze(env: &Env, cluster: &str, pid: u32) -> (String, String) {
+    let cfg = env.tiny_config("10s");
+    let results = env
+        .home
+        .path()
+        .join(format!("clusters/{cluster}/agent-0/results"));
+    let before: Vec<PathBuf> = std::fs::read_dir(&results)
+        .map(|d| d.flatten().map(|e| e.path()).collect())
+        .unwrap_or_default();
+    let log = env
+        .home
+        .path()
+        .join(format!("clusters/{cluster}/logs/agent-0.log"));
+    let log_start = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+    let child = env
+        .cmd(&[
+            "loadtest",
+            "-c",
+            cluster,
+            "--config",
+            cfg.to_str().unwrap(),
+            "--skip-setup",
+            "--progress",
+            "none",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while intervals_since(&results, &before) < 3 {
+        assert!(Instant::now() < deadline, "the run never got going");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let signal = |sig: &str| {
+        let s = std::process::Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .unwrap();
+        assert!(s.success());
+    };
+    signal("-STOP");
+    std::thread::sleep(Duration::from_secs(2));
+    signal("-CONT");
+    let o = child.wait_with_output().unwrap();
+    let report = text(&o);
+    assert!(matches!(o.status.code(), Some(0) | Some(3)), "{report}");
+    let all = std::fs::read(&log).unwrap_or_default();
+    let agent_log =
+        String::from_utf8_lossy(&all[(log_start as usize).min(all.len())..]).to_string();
+    eprintln!("--- froze pid {pid} for 2 s ---\n{report}\n--- agent log ---\n{agent_log}");
+    (report, agent_log)
+}
+
+/// Who was slow is said truthfully. A server frozen for 2 s (SIGSTOP) makes actions start late,
+/// but the generator kept up: the report and the agent say the server stalled, and the latency
+/// figures stay trusted. An agent frozen for 2 s is the generator falling behind: its times are
+/// overstated (not "understated") and the run's latency figures are marked unreliable.
+#[test]
+fn lateness_is_attributed_to_the_server_or_to_the_generator() {
+    require_binaries();
+    let env = Env::new();
+    let o = env.run(&["create", "--name", "who", "--agents", "1"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = env.run(&["deploy", "-c", "who"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let cfg = env.tiny_config("2s");
+    let o = env.run(&["loadtest", "-c", "who", "--config", cfg.to_str().unwrap()]);
+    assert_eq!(o.status.code(), Some(0), "setup run: {}", text(&o));
+    let st = env.state("who");
+
+    let (report, agent_log) = run_with_a_freeze(&env, "who", pid_of(&st, Role::Server, 0).unwrap());
+    assert!(report.contains("WARNING: the server stalled: "), "{report}");
+    assert!(report.contains("the load generator kept up"), "{report}");
+    assert!(!report.contains("fell behind"), "{report}");
+    assert!(!report.contains("UNRELIABLE"), "{report}");
+    assert!(agent_log.contains("SERVER STALLED"), "{agent_log}");
+    assert!(!agent_log.contains("AGENT FALLING BEHIND"), "{agent_log}");
+
+    let (report, agent_log) = run_with_a_freeze(&env, "who", pid_of(&st, Role::Agent, 0).unwrap());
+    assert!(
+        report.contains("WARNING: the load generator fell behind"),
+        "{report}"
+    );
+    assert!(report.contains("overstated"), "{report}");
+    assert!(!report.contains("understated"), "{report}");
+    assert!(report.contains("LATENCY FIGURES UNRELIABLE"), "{report}");
+    assert!(agent_log.contains("AGENT FALLING BEHIND"), "{agent_log}");
+
+    let o = env.run(&["delete", "who", "--yes"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+}

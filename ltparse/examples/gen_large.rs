@@ -133,6 +133,11 @@ fn scaled(t: &Totals, n: u64) -> Totals {
         actions: t.schedule.actions * n,
         late: t.schedule.late * n,
         lag: scale_hist(&t.schedule.lag, n),
+        late_waiting: t.schedule.late_waiting * n,
+        generator_lag: scale_hist(&t.schedule.generator_lag, n),
+        probe_lag: scale_hist(&t.schedule.probe_lag, n),
+        cpu_ms: t.schedule.cpu_ms * n,
+        cpu_capacity_ms: t.schedule.cpu_capacity_ms * n,
     };
     out.reconnects = t.reconnects * n;
     out

@@ -197,6 +197,12 @@ th{{background:#f0f0f0}}.warn{{background:#fff3cd;border:1px solid #e0c060;paddi
             esc(&r.label()),
             if r.cut_short { " (cut short)" } else { "" }
         );
+        if !r.latency_reliable {
+            let _ = writeln!(
+                o,
+                "<p class=\"fail\">Latency figures unreliable: the load generator fell behind, so the times below are overstated.</p>"
+            );
+        }
         for w in &r.warnings {
             let _ = writeln!(o, "<p class=\"warn\">⚠ {}</p>", esc(w));
         }

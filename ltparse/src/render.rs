@@ -318,21 +318,40 @@ fn text_run(o: &mut String, r: &RunSummary, verbose: bool) {
     let s = &r.schedule;
     let _ = writeln!(
         o,
-        "\nSchedule: {} actions started, {} late ({}), start lag p99 {} ms, max {} ms",
+        "\nSchedule: {} actions started, {} late ({}), start lag p99 {} ms, max {} ms{}",
         s.actions,
         s.late,
         pct(s.late_ratio),
         ms(s.lag.p99_us),
-        ms(s.lag.max_us)
+        ms(s.lag.max_us),
+        attribution(s)
     );
 
     if verbose && !r.intervals.is_empty() {
         text_intervals(o, r);
     }
+    if !r.latency_reliable {
+        let _ = writeln!(o, "\n{UNRELIABLE}");
+    }
     for w in &r.warnings {
         let _ = writeln!(o, "WARNING: {w}");
     }
 }
+
+/// `; N waiting for the server, generator's own lag p99 X ms` when the agents measured it.
+fn attribution(s: &crate::summary::ScheduleSummary) -> String {
+    if s.generator_lag.count == 0 && s.probe_lag.count == 0 {
+        return String::new();
+    }
+    format!(
+        "; {} late waiting for the server, the generator's own start lag p99 {} ms",
+        s.late_waiting,
+        ms(s.generator_lag.p99_us)
+    )
+}
+
+/// Said where a report shows latency figures the generator could not measure truthfully.
+const UNRELIABLE: &str = "LATENCY FIGURES UNRELIABLE: the load generator fell behind (see the warning), so the times above are overstated.";
 
 fn text_intervals(o: &mut String, r: &RunSummary) {
     let _ = writeln!(o, "\nPer interval (all agents)");
@@ -538,6 +557,9 @@ fn md_run(o: &mut String, r: &RunSummary, verbose: bool) {
         r.label(),
         if r.cut_short { " (cut short)" } else { "" }
     );
+    if !r.latency_reliable {
+        let _ = writeln!(o, "> **{UNRELIABLE}**\n");
+    }
     for w in &r.warnings {
         let _ = writeln!(o, "> **Warning:** {}\n", w);
     }
@@ -573,11 +595,12 @@ fn md_run(o: &mut String, r: &RunSummary, verbose: bool) {
     let s = &r.schedule;
     let _ = writeln!(
         o,
-        "\nSchedule: {} actions started, {} late ({}), start lag p99 {} ms.\n",
+        "\nSchedule: {} actions started, {} late ({}), start lag p99 {} ms{}.\n",
         s.actions,
         s.late,
         pct(s.late_ratio),
-        ms(s.lag.p99_us)
+        ms(s.lag.p99_us),
+        attribution(s)
     );
     if verbose && !r.intervals.is_empty() {
         let _ = writeln!(o, "### Per interval\n");

@@ -101,7 +101,7 @@ pub struct RemoteDeliverySummary {
     pub latency: LatencySummary,
 }
 
-/// How well the generator kept to its schedule.
+/// How well the generator kept to its schedule, and whose fault lateness was.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct ScheduleSummary {
     pub actions: u64,
@@ -109,9 +109,46 @@ pub struct ScheduleSummary {
     pub late: u64,
     pub late_ratio: f64,
     pub lag: LatencySummary,
-    /// Late ratio above 1 % or lag p99 above 100 ms.
+    /// Late ratio above 1 % or lag p99 above 100 ms, whatever the cause.
     pub behind: bool,
+    /// Late actions whose user's previous request was still unanswered: the server's delay.
+    pub late_waiting: u64,
+    /// The generator's own share of start lag (from when an action could start).
+    pub generator_lag: LatencySummary,
+    /// Timer lateness of the agents' idle probe tasks.
+    pub probe_lag: LatencySummary,
+    /// Share of wall time the agents' runtimes were unresponsive: the probe's lateness beyond
+    /// 10 ms, summed, over wall time × agents.
+    pub probe_stalled: f64,
+    /// CPU the agents used, as a share of what they may use; `None` in older results.
+    pub cpu_share: Option<f64>,
+    /// Who the lateness belongs to.
+    pub cause: Lateness,
 }
+
+/// Who made actions start late.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Lateness {
+    /// Nothing worth reporting.
+    #[default]
+    None,
+    /// Users' previous requests were still waiting for the server: the generator kept up.
+    Server,
+    /// The agents themselves (runtime late, CPU at its limit): their latencies are overstated.
+    Generator,
+    /// Late, from results of agents older than schema 1.2 that cannot tell why.
+    Unknown,
+}
+
+/// Generator start-lag p99 above which the generator is considered the cause, µs.
+pub const GENERATOR_LAG_P99_US: u64 = 100_000;
+/// Share of time the probe found the runtime unresponsive above which the generator is the cause.
+pub const PROBE_STALLED_SHARE: f64 = 0.02;
+/// Probe lateness below this is timer granularity and scheduling noise, not a stall, µs.
+pub const PROBE_TOLERATED_US: u64 = 10_000;
+/// CPU share above which the generator is considered starved.
+pub const CPU_STARVED_SHARE: f64 = 0.95;
 
 /// The workload settings, from the first agent header.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -205,6 +242,9 @@ pub struct RunSummary {
     pub actions: Vec<ActionSummary>,
     pub delivery: DeliverySummary,
     pub schedule: ScheduleSummary,
+    /// False when the load generator itself fell behind: every time it measured then includes
+    /// time it was not running, so the latency figures (and thresholds on them) are unreliable.
+    pub latency_reliable: bool,
     pub reconnects: u64,
     pub peak_active_users: u64,
     pub peak_websocket_connections: u64,
@@ -224,6 +264,97 @@ impl RunSummary {
 
     pub fn action(&self, name: &str) -> Option<&ActionSummary> {
         self.actions.iter().find(|a| a.action == name)
+    }
+}
+
+/// Summarizes the schedule and attributes its lateness: to the generator when its own start lag,
+/// its idle probe or its CPU says it could not keep up; else to the server when users' previous
+/// requests were still waiting at their next action's time.
+fn schedule_summary(
+    s: &loadtest_contract::results::ScheduleStats,
+    elapsed_s: f64,
+    agents: usize,
+) -> ScheduleSummary {
+    let lag = LatencySummary::of(&s.lag);
+    let late_ratio = ratio(s.late, s.actions);
+    let behind = late_ratio > BEHIND_LATE_RATIO || lag.p99_us > BEHIND_LAG_P99_US;
+    let generator_lag = LatencySummary::of(&s.generator_lag);
+    let probe_lag = LatencySummary::of(&s.probe_lag);
+    let wall_us = elapsed_s * 1e6 * agents.max(1) as f64;
+    let probe_stalled = if wall_us > 0.0 {
+        (s.probe_lag.sum_above_us(PROBE_TOLERATED_US) / wall_us).min(1.0)
+    } else {
+        0.0
+    };
+    let cpu_share = (s.cpu_capacity_ms > 0).then(|| s.cpu_ms as f64 / s.cpu_capacity_ms as f64);
+    let attributed = generator_lag.count > 0 || probe_lag.count > 0;
+    let cause = if !attributed {
+        if behind {
+            Lateness::Unknown
+        } else {
+            Lateness::None
+        }
+    } else if generator_lag.p99_us > GENERATOR_LAG_P99_US
+        || probe_stalled > PROBE_STALLED_SHARE
+        || cpu_share.is_some_and(|c| c > CPU_STARVED_SHARE)
+    {
+        Lateness::Generator
+    } else if ratio(s.late_waiting, s.actions) > BEHIND_LATE_RATIO {
+        Lateness::Server
+    } else {
+        Lateness::None
+    };
+    ScheduleSummary {
+        actions: s.actions,
+        late: s.late,
+        late_ratio,
+        lag,
+        behind,
+        late_waiting: s.late_waiting,
+        generator_lag,
+        probe_lag,
+        probe_stalled,
+        cpu_share,
+        cause,
+    }
+}
+
+/// What the report says about lateness, with the figures that decided it.
+fn lateness_warning(s: &ScheduleSummary) -> Option<String> {
+    let ms = |us: u64| us as f64 / 1000.0;
+    let cpu = s
+        .cpu_share
+        .map(|c| format!(", CPU {:.0}% of what the agents may use", c * 100.0))
+        .unwrap_or_default();
+    match s.cause {
+        Lateness::None => None,
+        Lateness::Generator => Some(format!(
+            "the load generator fell behind: its own start lag p99 {:.1} ms, its runtime unresponsive {:.1}% of the time \
+             (idle timer late by up to {:.1} ms){cpu}. It offered less load than configured, and the service and response \
+             times it measured are overstated: they include time the agent was not running, so a fast answer can show as \
+             seconds. This run's latency figures are unreliable; use fewer users per agent, more agents or a bigger machine",
+            ms(s.generator_lag.p99_us),
+            s.probe_stalled * 100.0,
+            ms(s.probe_lag.max_us),
+        )),
+        Lateness::Server => Some(format!(
+            "the server stalled: {} of {} actions started more than {LATE_THRESHOLD_MS} ms late because the user's previous \
+             request was still waiting for the server (start lag up to {:.1} ms); the load generator kept up (its own start \
+             lag p99 {:.1} ms, idle timer late by up to {:.1} ms){cpu}, and the wait is counted in the response times",
+            s.late_waiting,
+            s.actions,
+            ms(s.lag.max_us),
+            ms(s.generator_lag.p99_us),
+            ms(s.probe_lag.max_us),
+        )),
+        Lateness::Unknown => Some(format!(
+            "{:.1}% of actions started more than {LATE_THRESHOLD_MS} ms late (start lag p99 {:.1} ms); these results come from \
+             an agent older than results schema 1.2, which cannot tell a server that did not answer from a generator that \
+             fell behind. If it was the generator, the offered load was lower than configured and the measured times are \
+             overstated",
+            s.late_ratio * 100.0,
+            ms(s.lag.p99_us),
+        )),
     }
 }
 
@@ -282,15 +413,7 @@ pub fn summarize(run: &RunData) -> RunSummary {
             latency: LatencySummary::of(&d.remote_latency),
         }),
     };
-    let lag = LatencySummary::of(&t.schedule.lag);
-    let late_ratio = ratio(t.schedule.late, t.schedule.actions);
-    let schedule = ScheduleSummary {
-        actions: t.schedule.actions,
-        late: t.schedule.late,
-        late_ratio,
-        behind: late_ratio > BEHIND_LATE_RATIO || lag.p99_us > BEHIND_LAG_P99_US,
-        lag,
-    };
+    let schedule = schedule_summary(&t.schedule, elapsed_s, run.agents.len());
     let header = run.header();
     let settings = header.map(|h| {
         let s = &h.settings;
@@ -376,12 +499,8 @@ pub fn summarize(run: &RunData) -> RunSummary {
             ));
         }
     }
-    if schedule.behind {
-        warnings.push(format!(
-            "the load generator fell behind its schedule ({:.1}% of actions started more than {LATE_THRESHOLD_MS} ms late, start lag p99 {:.1} ms): the agent was overloaded, the offered load was lower than configured and service times may be understated (response times include the lag)",
-            schedule.late_ratio * 100.0,
-            schedule.lag.p99_us as f64 / 1000.0
-        ));
+    if let Some(w) = lateness_warning(&schedule) {
+        warnings.push(w);
     }
     if hits == 0 {
         warnings.push("no actions were completed".into());
@@ -440,11 +559,86 @@ pub fn summarize(run: &RunData) -> RunSummary {
         },
         actions,
         delivery,
+        latency_reliable: schedule.cause != Lateness::Generator,
         schedule,
         reconnects: t.reconnects,
         peak_active_users: t.peak_active_users,
         peak_websocket_connections: t.peak_websocket_connections,
         warnings,
         intervals,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use loadtest_contract::results::ScheduleStats;
+
+    /// 1,000 actions over 10 s on one agent, 50 of them late by 2 s.
+    fn late_run() -> ScheduleStats {
+        let mut s = ScheduleStats {
+            actions: 1_000,
+            late: 50,
+            ..ScheduleStats::default()
+        };
+        s.lag.record_n_us(2_000, 950);
+        s.lag.record_n_us(2_000_000, 50);
+        s
+    }
+
+    #[test]
+    fn a_stalled_server_is_not_blamed_on_the_generator() {
+        let mut s = late_run();
+        s.late_waiting = 48;
+        s.generator_lag.record_n_us(1_500, 1_000);
+        s.probe_lag.record_n_us(800, 200);
+        (s.cpu_ms, s.cpu_capacity_ms) = (3_000, 20_000);
+        let sum = schedule_summary(&s, 10.0, 1);
+        assert_eq!(sum.cause, Lateness::Server);
+        let w = lateness_warning(&sum).unwrap();
+        assert!(
+            w.starts_with("the server stalled: 48 of 1000 actions"),
+            "{w}"
+        );
+        assert!(w.contains("the load generator kept up"), "{w}");
+        assert!(!w.contains("fell behind"), "{w}");
+    }
+
+    #[test]
+    fn a_starved_generator_overstates_and_is_unreliable() {
+        // Stopped for 2 s: its actions started late by its own doing, its idle timer fired
+        // 2 s late once; the server had answered everything in time.
+        let mut s = late_run();
+        s.generator_lag.record_n_us(1_500, 950);
+        s.generator_lag.record_n_us(1_900_000, 50);
+        s.probe_lag.record_n_us(800, 160);
+        s.probe_lag.record_n_us(2_000_000, 1);
+        let sum = schedule_summary(&s, 10.0, 1);
+        assert_eq!(sum.cause, Lateness::Generator);
+        assert!(sum.probe_stalled > 0.19, "{}", sum.probe_stalled);
+        let w = lateness_warning(&sum).unwrap();
+        assert!(w.contains("overstated"), "{w}");
+        assert!(w.contains("unreliable"), "{w}");
+        assert!(!w.contains("understated"), "{w}");
+
+        // CPU at its limit alone is enough.
+        let mut s = late_run();
+        s.generator_lag.record_n_us(1_500, 1_000);
+        s.probe_lag.record_n_us(800, 200);
+        (s.cpu_ms, s.cpu_capacity_ms) = (19_800, 20_000);
+        assert_eq!(schedule_summary(&s, 10.0, 1).cause, Lateness::Generator);
+    }
+
+    #[test]
+    fn older_results_say_they_cannot_tell() {
+        let sum = schedule_summary(&late_run(), 10.0, 1);
+        assert_eq!(sum.cause, Lateness::Unknown);
+        assert!(lateness_warning(&sum)
+            .unwrap()
+            .contains("older than results schema 1.2"));
+        let on_time = schedule_summary(&ScheduleStats::default(), 10.0, 1);
+        assert_eq!(on_time.cause, Lateness::None);
+        assert_eq!(lateness_warning(&on_time), None);
     }
 }
