@@ -13,6 +13,7 @@
 //! | POST   | `/v1/run/stop`        |                 | [`RunStatus`]                |
 //! | GET    | `/v1/run/status`      |                 | [`RunStatus`]                |
 //! | GET    | `/v1/run/results`     |                 | the results file (JSON Lines) |
+//! | GET    | `/v1/run/intervals?after=N` |           | [`IntervalsReply`]: the run's interval records with `index ≥ N` |
 //! | POST   | `/v1/setup`           | [`SetupRequest`] | [`SetupStatus`] (202, runs in the background) |
 //! | GET    | `/v1/setup`           |                 | [`SetupStatus`]              |
 //!
@@ -31,6 +32,10 @@ pub const PATH_USERS: &str = "/v1/run/users";
 pub const PATH_STOP: &str = "/v1/run/stop";
 pub const PATH_STATUS: &str = "/v1/run/status";
 pub const PATH_RESULTS: &str = "/v1/run/results";
+/// The running run's interval records so far (`?after=N`: those with `index ≥ N`), for a
+/// coordinator that judges parts of a run while it goes on (capacity search); added in
+/// contract 1.0 additively.
+pub const PATH_INTERVALS: &str = "/v1/run/intervals";
 pub const PATH_METRICS: &str = "/metrics";
 /// Liveness and readiness for probes (Kubernetes, load balancers): unauthenticated, answers
 /// `200 ok` while the control API serves; added in contract 1.0 additively.
@@ -93,6 +98,16 @@ pub struct CreateRun {
     /// Agent clock minus coordinator clock, milliseconds, as measured by the coordinator.
     #[serde(default)]
     pub clock_offset_ms: i64,
+    /// Users active at the start (the rest of the slice waits for `POST /v1/run/users`);
+    /// the whole slice when absent.
+    #[serde(default)]
+    pub initial_users: Option<u64>,
+}
+
+/// The interval records of the running run, in order.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct IntervalsReply {
+    pub intervals: Vec<crate::results::IntervalRecord>,
 }
 
 /// Starts a prepared run, optionally at a coordinator-chosen wall-clock time so that every agent

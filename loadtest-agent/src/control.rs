@@ -25,9 +25,9 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use loadtest_contract::control::{
-    ClockReply, CreateRun, ErrorReply, RunState, RunStatus, SetUsers, SetupRequest, SetupState,
-    SetupStatus, StartRun, PATH_CLOCK, PATH_HEALTH, PATH_METRICS, PATH_RESULTS, PATH_RUN,
-    PATH_SETUP, PATH_START, PATH_STATUS, PATH_STOP, PATH_USERS,
+    ClockReply, CreateRun, ErrorReply, IntervalsReply, RunState, RunStatus, SetUsers, SetupRequest,
+    SetupState, SetupStatus, StartRun, PATH_CLOCK, PATH_HEALTH, PATH_INTERVALS, PATH_METRICS,
+    PATH_RESULTS, PATH_RUN, PATH_SETUP, PATH_START, PATH_STATUS, PATH_STOP, PATH_USERS,
 };
 use loadtest_contract::now_ms;
 use tokio::net::TcpListener;
@@ -198,6 +198,7 @@ async fn start(
         agents: c.agents,
         clock_offset_ms: c.clock_offset_ms,
         results_path: path.clone(),
+        initial_users: c.initial_users,
     };
     let handle = start_run(plan, start_at, recorder.clone())
         .await
@@ -219,6 +220,29 @@ async fn users(
             Ok(Json(status_of(&st, &slot)).into_response())
         }
         _ => Err(error(StatusCode::CONFLICT, "no run is running")),
+    }
+}
+
+/// `?after=N` of `GET /v1/run/intervals`.
+#[derive(serde::Deserialize)]
+struct After {
+    #[serde(default)]
+    after: u64,
+}
+
+async fn intervals(
+    State(st): State<Arc<ControlState>>,
+    q: Result<axum::extract::Query<After>, axum::extract::rejection::QueryRejection>,
+) -> Reply {
+    let after = q
+        .map_err(|e| error(StatusCode::BAD_REQUEST, format!("query: {e}; use ?after=N")))?
+        .after;
+    match &*st.slot.lock().await {
+        Slot::Active { handle, .. } => Ok(Json(IntervalsReply {
+            intervals: handle.shared.intervals_after(after),
+        })
+        .into_response()),
+        _ => Err(error(StatusCode::NOT_FOUND, "no run has been started")),
     }
 }
 
@@ -329,6 +353,7 @@ pub fn router(cfg: ServeConfig) -> Router {
         .route(PATH_STOP, post(stop))
         .route(PATH_STATUS, get(status))
         .route(PATH_RESULTS, get(results))
+        .route(PATH_INTERVALS, get(intervals))
         .route(PATH_SETUP, post(setup_start).get(setup_status))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth))
         .route(PATH_METRICS, get(metrics))

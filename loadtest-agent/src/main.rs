@@ -183,6 +183,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 clock_offset_ms: 0,
                 config: cfg,
                 results_path: results_path.clone(),
+                initial_users: None,
             };
             let handle = start_run(plan, None, recorder).await?;
             let done = tokio_util::sync::CancellationToken::new();

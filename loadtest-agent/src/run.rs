@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use loadtest_contract::control::{RunState, RunStatus};
-use loadtest_contract::results::{StopReason, SummaryRecord};
+use loadtest_contract::results::{IntervalRecord, StopReason, SummaryRecord};
 use loadtest_contract::workload::{Mode, WorkloadConfig};
 use parking_lot::Mutex;
 use tokio::task::JoinSet;
@@ -43,6 +43,8 @@ pub struct RunPlan {
     pub agents: u32,
     pub clock_offset_ms: i64,
     pub results_path: PathBuf,
+    /// Users active at the start (the rest wait for [`RunHandle::set_users`]); all when `None`.
+    pub initial_users: Option<u64>,
 }
 
 /// Why a run could not start or finish.
@@ -73,7 +75,12 @@ pub struct RunShared {
     state: Mutex<RunState>,
     message: Mutex<Option<String>>,
     rates: Mutex<VecDeque<(Instant, u64, u64)>>,
+    /// The interval records written so far (the last [`KEPT_INTERVALS`]).
+    intervals: Mutex<VecDeque<IntervalRecord>>,
 }
+
+/// Interval records kept in memory for `GET /v1/run/intervals` (about a day at 10 s).
+const KEPT_INTERVALS: usize = 10_000;
 
 impl RunShared {
     /// Asks the run to stop early (summary with `interrupted`).
@@ -90,6 +97,24 @@ impl RunShared {
             .lock()
             .map(|s| Instant::now().saturating_duration_since(s))
             .unwrap_or_default()
+    }
+
+    fn keep_interval(&self, r: IntervalRecord) {
+        let mut v = self.intervals.lock();
+        if v.len() >= KEPT_INTERVALS {
+            v.pop_front();
+        }
+        v.push_back(r);
+    }
+
+    /// The interval records with `index ≥ after` still kept.
+    pub fn intervals_after(&self, after: u64) -> Vec<IntervalRecord> {
+        self.intervals
+            .lock()
+            .iter()
+            .filter(|r| r.index >= after)
+            .cloned()
+            .collect()
     }
 
     fn sample_rates(&self) {
@@ -237,7 +262,8 @@ pub async fn start_run(
         directory: Directory::default(),
         actions_stop: CancellationToken::new(),
     });
-    let (target_users, _) = tokio::sync::watch::channel(count);
+    let initial = plan.initial_users.unwrap_or(count).min(count);
+    let (target_users, _) = tokio::sync::watch::channel(initial);
     let shared = Arc::new(RunShared {
         plan,
         recorder,
@@ -247,6 +273,7 @@ pub async fn start_run(
         state: Mutex::new(RunState::Running),
         message: Mutex::new(None),
         rates: Mutex::new(VecDeque::new()),
+        intervals: Mutex::new(VecDeque::new()),
     });
     let task = tokio::spawn(engine(shared.clone(), env, sink, start_at));
     Ok(RunHandle { shared, task })
@@ -311,12 +338,14 @@ async fn engine_inner(
         users.spawn(user::run_user(env.clone(), local as u32, at, token.clone()));
         token
     };
-    for (local, slot) in tokens.iter_mut().enumerate() {
+    // The initial users ramp up; the rest of the slice waits for a higher target.
+    let initial = *shared.target_users.borrow();
+    for (local, slot) in tokens.iter_mut().enumerate().take(initial as usize) {
         let local = local as u64;
         *slot = Some(spawn_user(
             &mut users,
             local,
-            start + ramp_offset(local, count, ramp),
+            start + ramp_offset(local, initial, ramp),
         ));
     }
 
@@ -383,7 +412,7 @@ async fn engine_inner(
     let mut target_rx = shared.target_users.subscribe();
     let reason = loop {
         tokio::select! {
-            _ = tick.tick() => { sink.flush_interval().map_err(results_err)?; }
+            _ = tick.tick() => shared.keep_interval(sink.flush_interval().map_err(results_err)?),
             _ = second.tick() => shared.sample_rates(),
             _ = sleep_until(end) => break StopReason::Completed,
             _ = shared.stop.cancelled() => break StopReason::Interrupted,
@@ -410,7 +439,7 @@ async fn engine_inner(
     let grace_end = Instant::now() + DELIVERY_GRACE;
     loop {
         tokio::select! {
-            _ = tick.tick() => { sink.flush_interval().map_err(results_err)?; }
+            _ = tick.tick() => shared.keep_interval(sink.flush_interval().map_err(results_err)?),
             _ = sleep_until(grace_end) => break,
         }
     }

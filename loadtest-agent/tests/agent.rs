@@ -149,6 +149,7 @@ async fn run(cfg: WorkloadConfig, dir: &Path, name: &str) -> (SummaryRecord, Res
         clock_offset_ms: 0,
         config: cfg,
         results_path: path.clone(),
+        initial_users: None,
     };
     let handle = start_run(plan, None, Arc::new(Recorder::new("agent-t")))
         .await
@@ -264,6 +265,7 @@ async fn two_agents_of_one_run_measure_each_others_deliveries() {
             clock_offset_ms: 7_000,
             config: c,
             results_path: dir.path().join(format!("pair-{agent}.jsonl")),
+            initial_users: None,
         }
     };
     let start = |agent: &'static str, offset: u64| {
@@ -410,7 +412,8 @@ mod control {
     use super::*;
     use loadtest_agent::control::{serve, ServeConfig};
     use loadtest_contract::control::{
-        CreateRun, ErrorReply, RunState, RunStatus, SetupRequest, SetupState, SetupStatus,
+        CreateRun, ErrorReply, IntervalsReply, RunState, RunStatus, SetupRequest, SetupState,
+        SetupStatus,
     };
 
     const TOKEN: &str = "s3cret-token-for-tests";
@@ -425,6 +428,11 @@ mod control {
         };
         tokio::spawn(serve(listener, cfg, std::future::pending()));
         format!("http://{addr}")
+    }
+
+    /// Sends a request and decodes its JSON answer.
+    async fn json_of<T: serde::de::DeserializeOwned>(r: reqwest::RequestBuilder) -> T {
+        r.send().await.expect("request").json().await.expect("json")
     }
 
     async fn status(http: &reqwest::Client, base: &str) -> RunStatus {
@@ -538,6 +546,8 @@ mod control {
             total_users: 8,
             agents: 1,
             clock_offset_ms: 0,
+            // Six start; the other two wait for a higher target.
+            initial_users: Some(6),
         };
         let post = |path: &str| http.post(format!("{base}{path}")).bearer_auth(TOKEN);
         let s: RunStatus = post("/v1/run")
@@ -593,16 +603,40 @@ mod control {
         tokio::time::sleep(Duration::from_millis(2000)).await;
         let s = status(&http, &base).await;
         assert_eq!(s.state, RunState::Running);
-        assert_eq!(s.active_users, 8);
+        assert_eq!((s.target_users, s.active_users), (6, 6));
         assert!(s.requests_total > 0);
-        let s: RunStatus = post("/v1/run/users")
-            .json(&serde_json::json!({"users": 4}))
-            .send()
-            .await
-            .expect("users")
-            .json()
-            .await
-            .expect("json");
+        // Raised in the running run: the two new users log in and connect.
+        let s: RunStatus =
+            json_of(post("/v1/run/users").json(&serde_json::json!({"users": 8}))).await;
+        assert_eq!(s.target_users, 8);
+        let mut all_in = false;
+        for _ in 0..100 {
+            let s = status(&http, &base).await;
+            if s.active_users == 8 && s.websocket_connections == 8 {
+                all_in = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            all_in,
+            "the added users did not come in: {:?}",
+            status(&http, &base).await
+        );
+        // The run's intervals so far, for a coordinator judging part of a run.
+        let get = |path: &str| http.get(format!("{base}{path}")).bearer_auth(TOKEN);
+        let all: IntervalsReply = json_of(get("/v1/run/intervals")).await;
+        assert!(all.intervals.len() >= 3, "{}", all.intervals.len());
+        let index: Vec<u64> = all.intervals.iter().map(|i| i.index).collect();
+        assert_eq!(index, (0..index.len() as u64).collect::<Vec<_>>());
+        let later: IntervalsReply = json_of(get("/v1/run/intervals?after=2")).await;
+        // (an interval may have been flushed in between)
+        assert_eq!(later.intervals.first().map(|i| i.index), Some(2));
+        assert!(later.intervals.len() >= all.intervals.len() - 2);
+        let r = get("/v1/run/intervals?after=x").send().await.expect("bad");
+        assert_eq!(r.status(), 400);
+        let s: RunStatus =
+            json_of(post("/v1/run/users").json(&serde_json::json!({"users": 4}))).await;
         assert_eq!(s.target_users, 4);
         tokio::time::sleep(Duration::from_millis(600)).await;
         let metrics = http

@@ -259,6 +259,7 @@ pub async fn run(plan: &RunPlan, progress: &mut dyn Progress) -> Result<RunRepor
             total_users,
             agents,
             clock_offset_ms: reports[i].clock.map(|c| c.offset_ms).unwrap_or(0),
+            initial_users: None,
         };
         let c = clients[i].clone();
         async move { c.create_run(&body).await }

@@ -23,6 +23,7 @@
 //! - Writes of state are atomic; changes happen under the cluster's lock.
 
 pub mod agent_client;
+pub mod capacity;
 pub mod clock;
 pub mod commands;
 pub mod coordinator;
