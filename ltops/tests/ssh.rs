@@ -170,6 +170,18 @@ impl Env {
 }
 
 /// Polls `check` until it holds or `within` passes.
+/// Waits (bounded) until no process of the cluster runs on host `i`.
+fn nothing_runs_on(h: &Hosts, i: usize) {
+    eventually(Duration::from_secs(15), "nothing left running", || {
+        let left = h.processes_of(i);
+        if left.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("host {i}: {left:?}"))
+        }
+    });
+}
+
 fn eventually(within: Duration, what: &str, mut check: impl FnMut() -> Result<(), String>) {
     let deadline = Instant::now() + within;
     loop {
@@ -365,14 +377,7 @@ fn three_hosts_full_lifecycle() {
     let o = env.run(&["stop", "lab"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     for i in 0..3 {
-        eventually(Duration::from_secs(15), "nothing left running", || {
-            let left = h.processes_of(i);
-            if left.is_empty() {
-                Ok(())
-            } else {
-                Err(format!("host {i}: {left:?}"))
-            }
-        });
+        nothing_runs_on(&h, i);
         assert!(
             h.home_of(i).join(".ltops").exists(),
             "host {i} lost ~/.ltops"
@@ -388,14 +393,7 @@ fn three_hosts_full_lifecycle() {
     let o = env.run(&["delete", "lab", "--yes"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     for i in 0..3 {
-        eventually(Duration::from_secs(15), "nothing left running", || {
-            let left = h.processes_of(i);
-            if left.is_empty() {
-                Ok(())
-            } else {
-                Err(format!("host {i}: {left:?}"))
-            }
-        });
+        nothing_runs_on(&h, i);
         assert!(
             !h.home_of(i).join(".ltops").exists(),
             "host {i} keeps ~/.ltops"

@@ -157,6 +157,14 @@ impl KubeProvider {
         Ok(ks)
     }
 
+    /// The cluster's secret values, from its state.
+    fn secrets(st: &ClusterState, ks: &KubeState) -> Secrets {
+        Secrets {
+            control_token: st.control_token.clone(),
+            postgres_password: ks.postgres_password.clone(),
+        }
+    }
+
     fn file(&self, st: &ClusterState) -> std::path::PathBuf {
         self.home
             .cluster_dir(&st.name)
@@ -552,11 +560,7 @@ impl Provider for KubeProvider {
         let ks = self.state(st)?;
         let spec = Self::spec(st, &ks);
         let s = Self::session(&ks).await?;
-        let secrets = Secrets {
-            control_token: st.control_token.clone(),
-            postgres_password: ks.postgres_password.clone(),
-        };
-        let ms = Builder::new(&spec).build(ks.own_namespace, Some(&secrets));
+        let ms = Builder::new(&spec).build(ks.own_namespace, Some(&Self::secrets(st, &ks)));
         s.apply(&ms, &mut |what| eprintln!("  applied {what}"))
             .await
             .map_err(kube_err)?;
@@ -755,11 +759,7 @@ impl Provider for KubeProvider {
         let ks = self.state(st)?;
         let spec = Self::spec(st, &ks);
         let s = Self::session(&ks).await?;
-        let secrets = Secrets {
-            control_token: st.control_token.clone(),
-            postgres_password: ks.postgres_password.clone(),
-        };
-        let ms = Builder::new(&spec).stopped(Some(&secrets));
+        let ms = Builder::new(&spec).stopped(Some(&Self::secrets(st, &ks)));
         s.apply(&ms, &mut |what| eprintln!("  scaled {what} to 0"))
             .await
             .map_err(kube_err)?;

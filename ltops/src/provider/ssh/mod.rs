@@ -443,6 +443,24 @@ impl Cluster {
     }
 
     /// Stops components, clients first; errors are collected per host.
+    /// Connects to every host a component is placed on: the hosts reached, and those that
+    /// could not be, with why.
+    async fn reach_used_hosts(&self) -> (Vec<usize>, Vec<(usize, String)>) {
+        let hosts: Vec<usize> = (0..self.ss.hosts.len())
+            .filter(|i| self.ss.placements.iter().any(|p| p.host == *i))
+            .collect();
+        let reached = join_all(hosts.iter().map(|&i| self.ssh.connect(&self.ss.hosts[i]))).await;
+        let mut ok = Vec::new();
+        let mut unreachable = Vec::new();
+        for (&i, r) in hosts.iter().zip(reached) {
+            match r {
+                Ok(()) => ok.push(i),
+                Err(e) => unreachable.push((i, e.to_string())),
+            }
+        }
+        (ok, unreachable)
+    }
+
     async fn stop(&self, which: &[&Placement]) -> Vec<String> {
         let mut errors = Vec::new();
         let mut ranks: Vec<u8> = which.iter().map(|p| p.role.stop_rank()).collect();
@@ -1661,18 +1679,11 @@ impl Provider for SshProvider {
         }
         let ss = self.state(st)?;
         let c = Cluster::new(st, ss, self.slot)?;
-        let hosts: Vec<usize> = (0..c.ss.hosts.len())
-            .filter(|i| c.ss.placements.iter().any(|p| p.host == *i))
+        let (ok_hosts, unreachable) = c.reach_used_hosts().await;
+        let mut problems: Vec<String> = unreachable
+            .iter()
+            .map(|(i, e)| format!("{}: {e}", c.ss.hosts[*i].label()))
             .collect();
-        let reached = join_all(hosts.iter().map(|&i| c.ssh.connect(&c.ss.hosts[i]))).await;
-        let mut problems = Vec::new();
-        let mut ok_hosts = Vec::new();
-        for (&i, r) in hosts.iter().zip(reached) {
-            match r {
-                Ok(()) => ok_hosts.push(i),
-                Err(e) => problems.push(format!("{}: {e}", c.ss.hosts[i].label())),
-            }
-        }
         let to_stop: Vec<&Placement> =
             c.ss.placements
                 .iter()
@@ -1708,18 +1719,7 @@ impl Provider for SshProvider {
         }
         let ss = self.state(st)?;
         let c = Cluster::new(st, ss, self.slot)?;
-        let hosts: Vec<usize> = (0..c.ss.hosts.len())
-            .filter(|i| c.ss.placements.iter().any(|p| p.host == *i))
-            .collect();
-        let reached = join_all(hosts.iter().map(|&i| c.ssh.connect(&c.ss.hosts[i]))).await;
-        let mut unreachable = Vec::new();
-        let mut ok_hosts = Vec::new();
-        for (&i, r) in hosts.iter().zip(reached) {
-            match r {
-                Ok(()) => ok_hosts.push(i),
-                Err(e) => unreachable.push((i, e.to_string())),
-            }
-        }
+        let (mut ok_hosts, unreachable) = c.reach_used_hosts().await;
         let to_stop: Vec<&Placement> =
             c.ss.placements
                 .iter()
