@@ -256,6 +256,17 @@ pub struct ScheduleStats {
 /// Lateness above which an action counts as late, milliseconds.
 pub const LATE_THRESHOLD_MS: u64 = 100;
 
+/// Whose lateness it was: the rules the agent's log and `ltparse`'s report share. The generator
+/// fell behind when its own start lag p99 exceeds this, µs…
+pub const GENERATOR_LAG_P99_US: u64 = LATE_THRESHOLD_MS * 1000;
+/// …or its CPU share exceeds this…
+pub const CPU_STARVED_SHARE: f64 = 0.95;
+/// …or its idle probe was late beyond this (timer granularity and scheduling noise below it), µs,
+/// for more than a share of the time each reader chooses (a single interval tolerates more).
+pub const PROBE_TOLERATED_US: u64 = 10_000;
+/// Otherwise, the server stalled when more than this share of actions waited for it.
+pub const WAITING_SHARE: f64 = 0.01;
+
 impl ScheduleStats {
     pub fn merge(&mut self, o: &ScheduleStats) -> Result<(), HistogramError> {
         self.actions += o.actions;

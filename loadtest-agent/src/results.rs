@@ -13,7 +13,8 @@ use std::time::Duration;
 
 use loadtest_contract::results::{
     schema_version, Gauges, IntervalRecord, Record, RunHeader, RunSettings, StopReason,
-    SummaryRecord, Totals, LATE_THRESHOLD_MS,
+    SummaryRecord, Totals, CPU_STARVED_SHARE, GENERATOR_LAG_P99_US, LATE_THRESHOLD_MS,
+    PROBE_TOLERATED_US, WAITING_SHARE,
 };
 use loadtest_contract::{now_ms, LatencyHistogram, ResultsWriter};
 
@@ -232,28 +233,28 @@ enum Lateness {
 /// than the whole-run 2 % `ltparse` uses: one hiccup is a larger share of a short interval).
 const STALLED_SHARE: f64 = 0.05;
 
-/// Nearly the rules of `ltparse`'s report: the generator's own start lag p99 over 100 ms, its
-/// runtime unresponsive (idle probe late beyond 10 ms) over 5 % of the interval, or its CPU over
-/// 95 % of what it may use make it the generator's; else late actions whose user waited for
-/// the server, over 1 %, make it the server's.
+/// The contract's rules, as `ltparse`'s report applies them: the generator's own start lag p99
+/// over 100 ms, its runtime unresponsive (idle probe late beyond 10 ms) over 5 % of the interval,
+/// or its CPU over 95 % of what it may use make it the generator's; else late actions whose
+/// user waited for the server, over 1 %, make it the server's.
 fn lateness(s: &loadtest_contract::results::ScheduleStats, wall_ms: u64) -> Lateness {
-    let threshold = LATE_THRESHOLD_MS * 1000;
     let lag_p99 = s.generator_lag.quantile_us(0.99);
     // A stall is recorded in the interval the probe woke up in, which may be shorter than it.
-    let stalled = (s.probe_lag.sum_above_us(10_000) / (wall_ms as f64 * 1000.0)).min(1.0);
+    let stalled =
+        (s.probe_lag.sum_above_us(PROBE_TOLERATED_US) / (wall_ms as f64 * 1000.0)).min(1.0);
     let cpu_share = if s.cpu_capacity_ms > 0 {
         s.cpu_ms as f64 / s.cpu_capacity_ms as f64
     } else {
         0.0
     };
-    if lag_p99 > threshold || stalled > STALLED_SHARE || cpu_share > 0.95 {
+    if lag_p99 > GENERATOR_LAG_P99_US || stalled > STALLED_SHARE || cpu_share > CPU_STARVED_SHARE {
         return Lateness::Generator {
             lag_p99_ms: lag_p99 / 1000,
             stalled,
             cpu_share,
         };
     }
-    if s.actions > 0 && s.late_waiting as f64 / s.actions as f64 > 0.01 {
+    if s.actions > 0 && s.late_waiting as f64 / s.actions as f64 > WAITING_SHARE {
         return Lateness::Server {
             waiting: s.late_waiting,
         };

@@ -6,7 +6,10 @@
 
 use std::collections::BTreeMap;
 
-use loadtest_contract::results::{ErrorCounts, StopReason, LATE_THRESHOLD_MS};
+use loadtest_contract::results::{
+    ErrorCounts, StopReason, CPU_STARVED_SHARE, GENERATOR_LAG_P99_US, LATE_THRESHOLD_MS,
+    PROBE_TOLERATED_US, WAITING_SHARE,
+};
 use loadtest_contract::LatencyHistogram;
 use serde::Serialize;
 
@@ -141,14 +144,9 @@ pub enum Lateness {
     Unknown,
 }
 
-/// Generator start-lag p99 above which the generator is considered the cause, µs.
-pub const GENERATOR_LAG_P99_US: u64 = 100_000;
-/// Share of time the probe found the runtime unresponsive above which the generator is the cause.
+/// Share of a whole run the probe may find the runtime unresponsive before the generator is the
+/// cause (the other rules are the contract's, shared with the agent).
 pub const PROBE_STALLED_SHARE: f64 = 0.02;
-/// Probe lateness below this is timer granularity and scheduling noise, not a stall, µs.
-pub const PROBE_TOLERATED_US: u64 = 10_000;
-/// CPU share above which the generator is considered starved.
-pub const CPU_STARVED_SHARE: f64 = 0.95;
 
 /// The workload settings, from the first agent header.
 #[derive(Clone, Debug, PartialEq, Serialize)]
@@ -299,7 +297,7 @@ fn schedule_summary(
         || cpu_share.is_some_and(|c| c > CPU_STARVED_SHARE)
     {
         Lateness::Generator
-    } else if ratio(s.late_waiting, s.actions) > BEHIND_LATE_RATIO {
+    } else if ratio(s.late_waiting, s.actions) > WAITING_SHARE {
         Lateness::Server
     } else {
         Lateness::None
