@@ -108,6 +108,10 @@ pub struct CreateRun {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct IntervalsReply {
     pub intervals: Vec<crate::results::IntervalRecord>,
+    /// The run's header record, so that a coordinator can judge the intervals as a results
+    /// file of their own (added in contract 1.0 additively).
+    #[serde(default)]
+    pub header: Option<crate::results::RunHeader>,
 }
 
 /// Starts a prepared run, optionally at a coordinator-chosen wall-clock time so that every agent
@@ -123,6 +127,10 @@ pub struct StartRun {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SetUsers {
     pub users: u64,
+    /// Spread the users added over this long, milliseconds (they log in and connect at once
+    /// when absent). Users removed leave at once: they log out and close their WebSocket.
+    #[serde(default)]
+    pub ramp_ms: Option<u64>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]

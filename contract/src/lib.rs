@@ -6,11 +6,13 @@
 //!   with a streaming reader that reports file and line for every malformed record.
 //! - [`workload`]: the TOML workload configuration, its presets and its validation.
 //! - [`control`]: request and response types of the agent's HTTP control API.
+//! - [`capacity`]: `capacity.json`, what a capacity search found.
 //!
 //! This crate has no async runtime and no HTTP client on purpose: it is plain data plus the code
 //! that encodes, decodes and validates it, so every binary can depend on it cheaply.
 
 pub mod actions;
+pub mod capacity;
 pub mod control;
 pub mod histogram;
 pub mod results;

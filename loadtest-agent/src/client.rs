@@ -435,6 +435,12 @@ impl Api {
             .await
     }
 
+    /// Ends the session: the server revokes the token and closes the session's WebSockets.
+    pub async fn logout(&self, slot: usize, token: &str) -> Result<(), ApiError> {
+        self.call_ignore(slot, Method::POST, "/users/logout", Some(token), None)
+            .await
+    }
+
     /// Unread counts: the user's channel memberships in a team.
     pub async fn channel_members_for_user(
         &self,

@@ -216,7 +216,18 @@ async fn users(
     let slot = st.slot.lock().await;
     match &*slot {
         Slot::Active { handle, .. } if !handle.is_finished() => {
-            handle.set_users(u.users);
+            let slice = handle.shared.plan.config.users.count;
+            if u.users > slice {
+                return Err(error(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    format!(
+                        "users: {} is more than this agent's slice of {slice} users; create the run with a larger users.count",
+                        u.users
+                    ),
+                ));
+            }
+            let ramp = Duration::from_millis(u.ramp_ms.unwrap_or(0));
+            handle.set_users_over(u.users, ramp);
             Ok(Json(status_of(&st, &slot)).into_response())
         }
         _ => Err(error(StatusCode::CONFLICT, "no run is running")),
@@ -240,6 +251,7 @@ async fn intervals(
     match &*st.slot.lock().await {
         Slot::Active { handle, .. } => Ok(Json(IntervalsReply {
             intervals: handle.shared.intervals_after(after),
+            header: Some(handle.shared.header().clone()),
         })
         .into_response()),
         _ => Err(error(StatusCode::NOT_FOUND, "no run has been started")),

@@ -81,6 +81,8 @@ pub struct Counters {
     /// Resumes the server could not honour (a new connection id: events were lost).
     pub resume_failures: AtomicU64,
     pub late_total: AtomicU64,
+    /// Users removed from a running run that logged out.
+    pub logouts: AtomicU64,
 }
 
 /// Cumulative histograms for "so far" figures (updated at each interval flush).

@@ -27,6 +27,7 @@ const UNACKED_LIMIT: Duration = Duration::from_secs(120);
 
 /// Writes one run's records.
 pub struct ResultsSink {
+    header: RunHeader,
     writer: ResultsWriter<File>,
     path: PathBuf,
     run_id: String,
@@ -56,7 +57,7 @@ pub fn open(
     }
     let mut writer = ResultsWriter::new(File::create(path)?);
     let started_at_ms = now_ms();
-    writer.write(&Record::Header(RunHeader {
+    let header = RunHeader {
         schema_version: schema_version(),
         run_id: run_id.to_string(),
         agent_id: agent_id.to_string(),
@@ -66,8 +67,10 @@ pub fn open(
         interval_ms: interval.as_millis() as u64,
         clock_offset_ms,
         settings,
-    }))?;
+    };
+    writer.write(&Record::Header(header.clone()))?;
     Ok(ResultsSink {
+        header,
         writer,
         path: path.to_path_buf(),
         run_id: run_id.to_string(),
@@ -84,6 +87,11 @@ pub fn open(
 impl ResultsSink {
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// The header record written at the top of the file.
+    pub fn header(&self) -> &RunHeader {
+        &self.header
     }
 
     /// Marks the moment the run really starts (after a synchronized start's wait): the first

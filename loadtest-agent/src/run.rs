@@ -70,7 +70,9 @@ pub struct RunShared {
     pub plan: RunPlan,
     pub recorder: Arc<Recorder>,
     stop: CancellationToken,
-    target_users: tokio::sync::watch::Sender<u64>,
+    /// Users wanted, and over how long to spread the ones added.
+    target_users: tokio::sync::watch::Sender<(u64, Duration)>,
+    header: loadtest_contract::results::RunHeader,
     started: Mutex<Option<Instant>>,
     state: Mutex<RunState>,
     message: Mutex<Option<String>>,
@@ -90,6 +92,11 @@ impl RunShared {
 
     pub fn state(&self) -> RunState {
         *self.state.lock()
+    }
+
+    /// The header record of the run's results file.
+    pub fn header(&self) -> &loadtest_contract::results::RunHeader {
+        &self.header
     }
 
     pub fn elapsed(&self) -> Duration {
@@ -153,7 +160,7 @@ impl RunShared {
             run_id: Some(self.plan.run_id.clone()),
             elapsed_ms: self.elapsed().as_millis() as u64,
             duration_ms: self.plan.config.users.duration.as_millis() as u64,
-            target_users: *self.target_users.borrow(),
+            target_users: self.target_users.borrow().0,
             active_users: c.active_users.load(Ordering::Relaxed).max(0) as u64,
             websocket_connections: c.ws_connections.load(Ordering::Relaxed).max(0) as u64,
             requests_total: c.requests.load(Ordering::Relaxed),
@@ -181,10 +188,16 @@ impl RunHandle {
         self.shared.stop.cancel();
     }
 
-    /// Changes the number of active users (capped at the slice size).
+    /// Changes the number of active users (capped at the slice size) at once.
     pub fn set_users(&self, n: u64) -> u64 {
+        self.set_users_over(n, Duration::ZERO)
+    }
+
+    /// Changes the number of active users (capped at the slice size); the users added start
+    /// spread over `ramp`, the users removed log out and leave at once.
+    pub fn set_users_over(&self, n: u64, ramp: Duration) -> u64 {
         let n = n.min(self.shared.plan.config.users.count);
-        self.shared.target_users.send_replace(n);
+        self.shared.target_users.send_replace((n, ramp));
         n
     }
 
@@ -263,8 +276,9 @@ pub async fn start_run(
         actions_stop: CancellationToken::new(),
     });
     let initial = plan.initial_users.unwrap_or(count).min(count);
-    let (target_users, _) = tokio::sync::watch::channel(initial);
+    let (target_users, _) = tokio::sync::watch::channel((initial, Duration::ZERO));
     let shared = Arc::new(RunShared {
+        header: sink.header().clone(),
         plan,
         recorder,
         stop: CancellationToken::new(),
@@ -339,7 +353,7 @@ async fn engine_inner(
         token
     };
     // The initial users ramp up; the rest of the slice waits for a higher target.
-    let initial = *shared.target_users.borrow();
+    let initial = shared.target_users.borrow().0;
     for (local, slot) in tokens.iter_mut().enumerate().take(initial as usize) {
         let local = local as u64;
         *slot = Some(spawn_user(
@@ -417,12 +431,20 @@ async fn engine_inner(
             _ = sleep_until(end) => break StopReason::Completed,
             _ = shared.stop.cancelled() => break StopReason::Interrupted,
             Ok(()) = target_rx.changed() => {
-                let n = *target_rx.borrow_and_update();
+                let (n, ramp) = *target_rx.borrow_and_update();
+                let now = Instant::now();
+                let adding = tokens.iter().take(n as usize).filter(|t| t.is_none()).count() as u64;
+                let mut added = 0;
                 for (local, slot) in tokens.iter_mut().enumerate() {
                     let want = (local as u64) < n;
                     match (want, slot.is_some()) {
+                        // Removed while the run goes on: the user logs out (see `run_user`).
                         (false, true) => { if let Some(t) = slot.take() { t.cancel(); } }
-                        (true, false) => *slot = Some(spawn_user(&mut users, local as u64, Instant::now())),
+                        (true, false) => {
+                            let at = now + ramp_offset(added, adding, ramp);
+                            added += 1;
+                            *slot = Some(spawn_user(&mut users, local as u64, at));
+                        }
                         _ => {}
                     }
                 }

@@ -670,12 +670,38 @@ pub async fn run_user(env: Arc<UserEnv>, local: u32, start_at: Instant, cancel: 
     if let Some(h) = inflight {
         let _ = h.await;
     }
+    // No post is owed to this user from now on.
+    env.set_live(local, false);
     if let Some(mut w) = conn.ws.take() {
         let _ = tokio::time::timeout(Duration::from_secs(1), w.close(None)).await;
     }
-    env.set_live(local, false);
     if let Some(slot) = env.sessions.lock().get_mut(local as usize) {
         *slot = None;
+    }
+    {
+        let mut members = env.members.lock();
+        for ch in &session.channels {
+            if let Some(m) = members.get_mut(ch) {
+                m.retain(|l| *l != local);
+            }
+        }
+    }
+    // Removed from a run that goes on (capacity search): leave as a real user does, so the
+    // server holds no session for it. At the end of a run users just disconnect.
+    if !env.actions_stop.is_cancelled() {
+        let timeout = env.config.target.request_timeout;
+        let r =
+            tokio::time::timeout(timeout, env.api.logout(session.slot(), &session.token())).await;
+        match r {
+            Ok(Ok(())) => {
+                env.recorder
+                    .counters
+                    .logouts
+                    .fetch_add(1, Ordering::Relaxed);
+            }
+            Ok(Err(e)) => tracing::debug!(user = index, "logout: {e}"),
+            Err(_) => tracing::debug!(user = index, "logout: no answer within {timeout:?}"),
+        }
     }
 }
 

@@ -21,6 +21,8 @@ use tokio::task::JoinHandle;
 /// A chat server on a loopback port, restartable on the same port and data directory.
 struct Server {
     port: u16,
+    /// The server's own `/metrics`.
+    metrics: String,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), chat_server::Error>>>,
 }
@@ -41,15 +43,28 @@ impl Server {
             }
         };
         let port = listener.local_addr().expect("addr").port();
+        let metrics_listener = TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind metrics");
+        let metrics = format!(
+            "http://{}/metrics",
+            metrics_listener.local_addr().expect("addr")
+        );
         let mut config = chat_server::Config::for_data_dir(dir);
         config.metrics_listen = None;
         config.shutdown_grace = Duration::from_secs(2);
         let (tx, rx) = oneshot::channel::<()>();
-        let task = tokio::spawn(chat_server::run(listener, None, config, async move {
-            let _ = rx.await;
-        }));
+        let task = tokio::spawn(chat_server::run(
+            listener,
+            Some(metrics_listener),
+            config,
+            async move {
+                let _ = rx.await;
+            },
+        ));
         Server {
             port,
+            metrics,
             stop: Some(tx),
             task: Some(task),
         }
@@ -635,6 +650,84 @@ mod control {
         assert!(later.intervals.len() >= all.intervals.len() - 2);
         let r = get("/v1/run/intervals?after=x").send().await.expect("bad");
         assert_eq!(r.status(), 400);
+        assert!(all.header.as_ref().is_some_and(|h| h.run_id == "ctl-run"));
+        // Beyond the slice: refused, naming the slice.
+        let r = post("/v1/run/users")
+            .json(&serde_json::json!({"users": 9}))
+            .send()
+            .await
+            .expect("too many");
+        assert_eq!(r.status(), 422);
+        let e: ErrorReply = r.json().await.expect("error body");
+        assert!(e.error.contains("slice of 8"), "{}", e.error);
+        // Lowered: the four removed users log out and close their sockets, on the server too.
+        let server_metric = |name: &'static str| {
+            let http = http.clone();
+            let url = server.metrics.clone();
+            async move {
+                let text = http
+                    .get(url)
+                    .send()
+                    .await
+                    .expect("server metrics")
+                    .text()
+                    .await
+                    .expect("text");
+                text.lines()
+                    .filter(|l| l.starts_with(name))
+                    .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+                    .sum::<f64>()
+            }
+        };
+        let logouts_before =
+            server_metric("chat_http_requests_total{handler=\"/api/v4/users/logout\"").await;
+        let s: RunStatus =
+            json_of(post("/v1/run/users").json(&serde_json::json!({"users": 4}))).await;
+        assert_eq!(s.target_users, 4);
+        let mut left = false;
+        for _ in 0..100 {
+            let s = status(&http, &base).await;
+            let sockets = server_metric("chat_websocket_connections").await;
+            let logouts =
+                server_metric("chat_http_requests_total{handler=\"/api/v4/users/logout\"").await;
+            if (s.active_users, s.websocket_connections) == (4, 4)
+                && sockets == 4.0
+                && logouts - logouts_before == 4.0
+            {
+                left = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            left,
+            "the removed users did not leave: {:?}, server sockets {}, logouts {}",
+            status(&http, &base).await,
+            server_metric("chat_websocket_connections").await,
+            server_metric("chat_http_requests_total{handler=\"/api/v4/users/logout\"").await
+                - logouts_before,
+        );
+        // Raised again, spread over a second: the same users come back with new sessions.
+        let s: RunStatus =
+            json_of(post("/v1/run/users").json(&serde_json::json!({"users": 8, "ramp_ms": 1000})))
+                .await;
+        assert_eq!(s.target_users, 8);
+        let mut back = false;
+        for _ in 0..100 {
+            let s = status(&http, &base).await;
+            if (s.active_users, s.websocket_connections) == (8, 8)
+                && server_metric("chat_websocket_connections").await == 8.0
+            {
+                back = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        assert!(
+            back,
+            "the users did not come back: {:?}",
+            status(&http, &base).await
+        );
         let s: RunStatus =
             json_of(post("/v1/run/users").json(&serde_json::json!({"users": 4}))).await;
         assert_eq!(s.target_users, 4);

@@ -6,8 +6,9 @@
 use std::time::Duration;
 
 use loadtest_contract::control::{
-    ClockReply, CreateRun, ErrorReply, RunStatus, SetupRequest, SetupStatus, StartRun, PATH_CLOCK,
-    PATH_RESULTS, PATH_RUN, PATH_SETUP, PATH_START, PATH_STATUS, PATH_STOP,
+    ClockReply, CreateRun, ErrorReply, IntervalsReply, RunStatus, SetUsers, SetupRequest,
+    SetupStatus, StartRun, PATH_CLOCK, PATH_INTERVALS, PATH_RESULTS, PATH_RUN, PATH_SETUP,
+    PATH_START, PATH_STATUS, PATH_STOP, PATH_USERS,
 };
 use serde::de::DeserializeOwned;
 
@@ -164,6 +165,24 @@ impl AgentClient {
     pub async fn stop(&self) -> Result<RunStatus, AgentError> {
         self.send(self.http.post(self.url(PATH_STOP)), PATH_STOP)
             .await
+    }
+
+    /// Changes the number of active users of the running run.
+    pub async fn set_users(&self, body: &SetUsers) -> Result<RunStatus, AgentError> {
+        self.send(self.http.post(self.url(PATH_USERS)).json(body), PATH_USERS)
+            .await
+    }
+
+    /// The running run's header and its interval records with index ≥ `after`.
+    pub async fn intervals(&self, after: u64) -> Result<IntervalsReply, AgentError> {
+        let path = format!("{PATH_INTERVALS}?after={after}");
+        self.send(
+            self.http
+                .get(self.url(&path))
+                .timeout(Duration::from_secs(10)),
+            PATH_INTERVALS,
+        )
+        .await
     }
 
     pub async fn status(&self) -> Result<RunStatus, AgentError> {

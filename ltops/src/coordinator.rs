@@ -7,6 +7,11 @@
 //! the live display, stop on time or on ctrl-c (`POST /v1/run/stop`, wait for `finished`), and
 //! download each agent's results into `results/<run-id>/agent-<i>.jsonl`.
 //!
+//! A run can be *steered* while it goes on ([`run_steered`]): a task gets a [`Fleet`] handle to
+//! change the number of users (spread over the agents in proportion to their slices) and to read
+//! the agents' interval records; when it returns, the run is stopped and collected as usual.
+//! Capacity search is such a task.
+//!
 //! An agent that stops answering (three polls in a row) or reports `failed` is *lost*: the
 //! others are stopped cleanly and their results kept; the caller decides what else to salvage
 //! and how to report it. Nothing here knows about processes, pods or machines.
@@ -14,11 +19,16 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
+use std::future::Future;
+use std::pin::Pin;
+
 use futures_util::future::join_all;
 use loadtest_contract::control::{
-    CreateRun, RunState, RunStatus, SetupRequest, SetupState, SetupStatus, StartRun,
+    CreateRun, IntervalsReply, RunState, RunStatus, SetUsers, SetupRequest, SetupState,
+    SetupStatus, StartRun,
 };
 use loadtest_contract::WorkloadConfig;
+use tokio_util::sync::CancellationToken;
 
 use crate::agent_client::{AgentClient, AgentEndpoint, AgentError};
 use crate::clock::ClockOffset;
@@ -41,7 +51,115 @@ pub struct RunPlan {
     pub results_dir: PathBuf,
     /// How far ahead of "now" the common start is scheduled.
     pub start_delay: Duration,
+    /// Users active at the start across all agents (the rest wait for a [`Fleet`] to add
+    /// them); all of `users.count` when `None`.
+    pub initial_users: Option<u64>,
 }
+
+/// `total` users spread over agents in proportion to their `slices`, never above a slice.
+pub fn spread(total: u64, slices: &[u64]) -> Vec<u64> {
+    let sum: u64 = slices.iter().sum();
+    let total = total.min(sum);
+    if sum == 0 {
+        return vec![0; slices.len()];
+    }
+    let mut out: Vec<u64> = slices
+        .iter()
+        .map(|s| (u128::from(total) * u128::from(*s) / u128::from(sum)) as u64)
+        .collect();
+    let mut left = total - out.iter().sum::<u64>();
+    // The remainder goes to the agents with the most room, one each.
+    while left > 0 {
+        let Some(i) = (0..slices.len())
+            .filter(|&i| out[i] < slices[i])
+            .max_by_key(|&i| (slices[i] - out[i], std::cmp::Reverse(i)))
+        else {
+            break;
+        };
+        out[i] += 1;
+        left -= 1;
+    }
+    out
+}
+
+/// A running run as a steering task sees it: the agents' control APIs, nothing else.
+#[derive(Clone)]
+pub struct Fleet {
+    agents: Vec<(AgentClient, u64, i64)>,
+    stopping: CancellationToken,
+    messages: tokio::sync::mpsc::UnboundedSender<String>,
+}
+
+impl Fleet {
+    /// Users the run can hold: the sum of the agents' slices.
+    pub fn capacity(&self) -> u64 {
+        self.agents.iter().map(|a| a.1).sum()
+    }
+
+    pub fn agents(&self) -> u32 {
+        self.agents.len() as u32
+    }
+
+    /// Cancelled when the run stops for another reason (ctrl-c, a lost agent, an overrun):
+    /// the task should return.
+    pub fn stopping(&self) -> &CancellationToken {
+        &self.stopping
+    }
+
+    /// A line for the live display.
+    pub fn say(&self, line: String) {
+        let _ = self.messages.send(line);
+    }
+
+    /// Sets `total` users across the agents; the users added start spread over `ramp`.
+    pub async fn set_users(&self, total: u64, ramp: Duration) -> Result<()> {
+        let slices: Vec<u64> = self.agents.iter().map(|a| a.1).collect();
+        let shares = spread(total, &slices);
+        let sent = join_all(self.agents.iter().zip(&shares).map(|((c, _, _), n)| {
+            let body = SetUsers {
+                users: *n,
+                ramp_ms: Some(ramp.as_millis() as u64),
+            };
+            async move { c.set_users(&body).await }
+        }))
+        .await;
+        for ((c, _, _), r) in self.agents.iter().zip(sent) {
+            r.map_err(|e| {
+                Error::Runtime(format!(
+                    "agent-{} would not change its users: {e}",
+                    c.endpoint.index
+                ))
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Every agent's records with index ≥ `after[i]` (its header included), with the agent's
+    /// clock offset (agent clock − coordinator clock, ms).
+    pub async fn intervals(&self, after: &[u64]) -> Result<Vec<(IntervalsReply, i64)>> {
+        let got = join_all(
+            self.agents
+                .iter()
+                .enumerate()
+                .map(|(i, (c, _, _))| c.intervals(after.get(i).copied().unwrap_or(0))),
+        )
+        .await;
+        let mut out = Vec::with_capacity(got.len());
+        for ((c, _, offset), r) in self.agents.iter().zip(got) {
+            let reply = r.map_err(|e| {
+                Error::Runtime(format!(
+                    "agent-{}'s interval records could not be read: {e}",
+                    c.endpoint.index
+                ))
+            })?;
+            out.push((reply, *offset));
+        }
+        Ok(out)
+    }
+}
+
+/// A task steering a running run; the run stops when it returns.
+pub type Steer = Box<dyn FnOnce(Fleet) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 
 #[derive(Clone, Debug, PartialEq)]
 pub enum AgentOutcome {
@@ -175,6 +293,17 @@ pub async fn prepare_dataset(
 /// Runs the plan to the end. Errors before the start (an agent refusing the run) stop the
 /// agents that accepted it; after the start, problems are reported in the [`RunReport`].
 pub async fn run(plan: &RunPlan, progress: &mut dyn Progress) -> Result<RunReport> {
+    run_steered(plan, progress, None).await
+}
+
+/// [`run`], with `steer` driving the run once it started; the run is stopped when `steer`
+/// returns (or ends on its own, or on ctrl-c, a lost agent, an overrun: then
+/// [`Fleet::stopping`] tells `steer` to return).
+pub async fn run_steered(
+    plan: &RunPlan,
+    progress: &mut dyn Progress,
+    steer: Option<Steer>,
+) -> Result<RunReport> {
     let http = reqwest::Client::builder()
         .connect_timeout(Duration::from_secs(3))
         .timeout(Duration::from_secs(15))
@@ -246,7 +375,11 @@ pub async fn run(plan: &RunPlan, progress: &mut dyn Progress) -> Result<RunRepor
     // 3. Create the run on each agent with its slice.
     let total_users = plan.config.users.count;
     let agents = busy.len() as u32;
-    let creates = busy.iter().map(|&i| {
+    let initial: Option<Vec<u64>> = plan.initial_users.map(|n| {
+        let slices: Vec<u64> = busy.iter().map(|&i| reports[i].users).collect();
+        spread(n, &slices)
+    });
+    let creates = busy.iter().enumerate().map(|(k, &i)| {
         let mut config = plan.config.clone();
         config.users.offset = reports[i].user_offset;
         config.users.count = reports[i].users;
@@ -259,7 +392,7 @@ pub async fn run(plan: &RunPlan, progress: &mut dyn Progress) -> Result<RunRepor
             total_users,
             agents,
             clock_offset_ms: reports[i].clock.map(|c| c.offset_ms).unwrap_or(0),
-            initial_users: None,
+            initial_users: initial.as_ref().map(|v| v[k]),
         };
         let c = clients[i].clone();
         async move { c.create_run(&body).await }
@@ -321,6 +454,30 @@ pub async fn run(plan: &RunPlan, progress: &mut dyn Progress) -> Result<RunRepor
     }
     progress.begin(&slices_shown, plan.config.users.duration);
 
+    // The steering task, if any, runs beside the watch loop below.
+    let stopping = CancellationToken::new();
+    let steer_done = CancellationToken::new();
+    let (messages, mut said) = tokio::sync::mpsc::unbounded_channel::<String>();
+    let steering = steer.map(|steer| {
+        let fleet = Fleet {
+            agents: busy
+                .iter()
+                .map(|&i| {
+                    let offset = reports[i].clock.map(|c| c.offset_ms).unwrap_or(0);
+                    (clients[i].clone(), reports[i].users, offset)
+                })
+                .collect(),
+            stopping: stopping.clone(),
+            messages,
+        };
+        let done = steer_done.clone();
+        let task = steer(fleet);
+        tokio::spawn(async move {
+            task.await;
+            done.cancel();
+        })
+    });
+
     // 5. Watch.
     let duration = plan.config.users.duration;
     let began = Instant::now();
@@ -363,6 +520,9 @@ pub async fn run(plan: &RunPlan, progress: &mut dyn Progress) -> Result<RunRepor
                 }
             }
         }
+        while let Ok(line) = said.try_recv() {
+            progress.message(&line);
+        }
         progress.update(&shown);
 
         let lost_any = busy
@@ -378,8 +538,11 @@ pub async fn run(plan: &RunPlan, progress: &mut dyn Progress) -> Result<RunRepor
         if all_over {
             break;
         }
-        let want_stop = interrupt::interrupted() || lost_any || began.elapsed() > hard_stop;
+        let steered_to_end = steer_done.is_cancelled();
+        let want_stop =
+            interrupt::interrupted() || lost_any || steered_to_end || began.elapsed() > hard_stop;
         if want_stop && !stop_sent {
+            stopping.cancel();
             if interrupt::interrupted() {
                 interrupted = true;
                 progress.message("stopping every agent (partial results are kept)…");
@@ -392,6 +555,8 @@ pub async fn run(plan: &RunPlan, progress: &mut dyn Progress) -> Result<RunRepor
                         ));
                     }
                 }
+            } else if steered_to_end {
+                progress.message("stopping every agent and collecting the results…");
             } else {
                 progress.message("the run overran its duration by 2 minutes; stopping it");
             }
@@ -424,11 +589,24 @@ pub async fn run(plan: &RunPlan, progress: &mut dyn Progress) -> Result<RunRepor
         let pause = Duration::from_secs(1).saturating_sub(spent);
         let deadline = Instant::now() + pause;
         while Instant::now() < deadline {
-            if interrupt::interrupted() && !stop_sent {
+            if (interrupt::interrupted() || steer_done.is_cancelled()) && !stop_sent {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+    stopping.cancel();
+    if let Some(task) = steering {
+        // It was told to stop; it only has to notice.
+        if tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .is_err()
+        {
+            tracing::warn!("the steering task did not return after the run stopped");
+        }
+    }
+    while let Ok(line) = said.try_recv() {
+        progress.message(&line);
     }
     progress.end();
     interrupted |= interrupt::interrupted();

@@ -20,6 +20,8 @@ pub mod exit {
     pub const REGRESSION: i32 = 4;
     /// `loadtest`: thresholds failed *and* a regression (same code as `ltparse`).
     pub const THRESHOLDS_AND_REGRESSION: i32 = 5;
+    /// `loadtest --find-capacity --min-capacity N`: the search answered, below N users.
+    pub const BELOW_CAPACITY: i32 = 6;
     /// Another `ltops` command holds the cluster's lock (EX_TEMPFAIL: try again later).
     pub const LOCKED: i32 = 75;
     /// Interrupted by ctrl-c (partial results are kept).

@@ -18,6 +18,7 @@ Exit codes:
   3    loadtest: a threshold failed              (same as ltparse)
   4    loadtest: regression against the baseline (same as ltparse)
   5    loadtest: thresholds failed and regression (same as ltparse)
+  6    loadtest --find-capacity --min-capacity N: fewer than N users supported
   75   another ltops command holds the cluster's lock; try again when it is done
   130  interrupted by ctrl-c (loadtest keeps and summarizes the partial results)
 

@@ -675,3 +675,179 @@ fn lateness_is_attributed_to_the_server_or_to_the_generator() {
     let o = env.run(&["delete", "who", "--yes"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
 }
+
+/// Capacity search through the real binaries against a chat server whose capacity is small and
+/// known on purpose: it refuses WebSockets beyond 30 (`CHAT_SERVER_MAX_WEBSOCKETS`), so from 31
+/// users on, connects fail and the `*.error_rate<1%` SLO breaks. The search must answer within
+/// its tolerance below that limit, never above it, with every probe in `capacity.json`; and
+/// `--min-capacity` must set the exit code both ways.
+#[test]
+fn capacity_search_finds_a_small_known_capacity_and_gates_on_it() {
+    require_binaries();
+    let env = Env::new();
+    let cfg = env.home.path().join("capacity.toml");
+    std::fs::write(
+        &cfg,
+        r#"preset = "quick"
+[dataset]
+teams = 1
+users = 100
+posts_per_channel = 2
+[[dataset.channels]]
+count = 4
+members = 25
+[users]
+count = 80
+[behaviour]
+mode = "closed"
+mean_interval = "500ms"
+interval_jitter = "200ms"
+# No planned reconnects: a socket closing while its successor connects would count twice
+# against the limit for a moment.
+[behaviour.mix]
+ws_reconnect = 0
+[run]
+interval = "1s"
+thresholds = ["*.error_rate<1%"]
+"#,
+    )
+    .unwrap();
+    let o = env.run(&["create", "--name", "cap", "--agents", "2"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = env
+        .cmd(&["deploy", "-c", "cap"])
+        .env("CHAT_SERVER_MAX_WEBSOCKETS", "30")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+
+    let search = |extra: &[&str]| {
+        let mut args = vec![
+            "loadtest",
+            "-c",
+            "cap",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--find-capacity",
+            "--start-users",
+            "8",
+            "--tolerance",
+            "10%",
+            "--probe-warmup",
+            "3s",
+            "--probe-window",
+            "6s",
+            "--progress",
+            "plain",
+        ];
+        args.extend_from_slice(extra);
+        let o = env.run(&args);
+        let dir = env.state("cap").last_run.unwrap().results_dir;
+        (o, dir)
+    };
+
+    // 8, 16 good; 32 bad; bisection to 30; confirmed.
+    let started = Instant::now();
+    let (o, dir) = search(&["--max-users", "80", "--min-capacity", "20"]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    let r = ltparse::load_capacity(&dir).unwrap();
+    let supported = r.supported_users.expect("an answer");
+    assert!(
+        (27..=30).contains(&supported),
+        "supported {supported}: {out}"
+    );
+    let bad = r.bracket.bad.expect("a bad level");
+    assert!(
+        bad > 30 && (bad - supported) as f64 / supported as f64 <= 0.10 + 1e-9 || bad <= 33,
+        "{r:?}"
+    );
+    assert!(
+        out.contains(&format!(
+            "supported users: {supported} (between {supported} and {bad}, tolerance 10%)"
+        )),
+        "{out}"
+    );
+    assert!(out.contains("at least 20 (--min-capacity)"), "{out}");
+    use loadtest_contract::capacity::ProbeVerdict;
+    for p in &r.probes {
+        if p.users > 30 {
+            assert_eq!(p.verdict, ProbeVerdict::Bad, "{p:?}");
+            assert!(
+                p.reason.as_deref().unwrap_or("").contains("error_rate"),
+                "{p:?}"
+            );
+        }
+        assert!(p.window_end_ms - p.window_start_ms == 6_000, "{p:?}");
+        assert!(!p.slos.is_empty(), "{p:?}");
+    }
+    let last = r.probes.last().unwrap();
+    assert!(last.confirmation && last.users == supported && last.verdict == ProbeVerdict::Good);
+    assert!(last.active_users == supported, "{last:?}");
+    assert!(r
+        .probes
+        .iter()
+        .any(|p| p.users == 16 && p.verdict == ProbeVerdict::Good));
+    eprintln!(
+        "capacity search: {} probes, {:.0} s, answer {supported} (bracket {supported}..{bad})",
+        r.probes.len(),
+        started.elapsed().as_secs_f64()
+    );
+    // The agents' results hold the whole run, with the user count following the probes.
+    let mut peak = 0;
+    for f in ltparse::results_files_in(&dir).unwrap() {
+        let reader = ResultsReader::new(
+            std::io::BufReader::new(std::fs::File::open(&f).unwrap()),
+            "x",
+        );
+        let mut active = Vec::new();
+        for item in reader {
+            if let Item::Record(r) = item.unwrap() {
+                if let Record::Interval(i) = *r {
+                    active.push(i.gauges.active_users);
+                }
+            }
+        }
+        peak += active.iter().max().copied().unwrap_or(0);
+        assert!(
+            active.windows(2).any(|w| w[1] < w[0]),
+            "users were removed: {active:?}"
+        );
+    }
+    assert!(peak >= 32, "peak {peak}");
+
+    // A search capped below the gate: it answers 16, under --min-capacity 20: exit 6.
+    let (o, second) = search(&["--max-users", "16", "--min-capacity", "20"]);
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(6), "{out}");
+    assert!(out.contains("below --min-capacity 20"), "{out}");
+    let r2 = ltparse::load_capacity(&second).unwrap();
+    assert_eq!(r2.supported_users, Some(16));
+    // Compared with the first search: fewer users supported, beyond the tolerance.
+    let c = ltparse::compare_capacity(&r, &r2);
+    assert!(c.is_regression(), "{}", c.sentence);
+    let html = ltparse::render_capacity(&r, Some(&c), ltparse::Display::Html).unwrap();
+    assert_eq!(html.matches("<rect class=\"probe").count(), r.probes.len());
+
+    // SLOs are required.
+    let plain = env.home.path().join("plain.toml");
+    std::fs::write(
+        &plain,
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace("thresholds = [\"*.error_rate<1%\"]", ""),
+    )
+    .unwrap();
+    let o = env.run(&[
+        "loadtest",
+        "-c",
+        "cap",
+        "--config",
+        plain.to_str().unwrap(),
+        "--find-capacity",
+    ]);
+    assert_eq!(o.status.code(), Some(2), "{}", text(&o));
+    assert!(text(&o).contains("needs SLOs"), "{}", text(&o));
+    let o = env.run(&["delete", "cap", "--yes"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+}

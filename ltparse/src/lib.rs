@@ -37,6 +37,7 @@
 //! regression).
 
 pub mod baseline;
+pub mod capacity;
 pub mod html;
 pub mod load;
 pub mod render;
@@ -50,6 +51,7 @@ use loadtest_contract::results::ReadError;
 use serde::Serialize;
 
 pub use baseline::{compare, Change, Comparison, MetricDelta, NoiseFloor};
+pub use capacity::{compare_capacity, load_capacity, render_capacity, CapacityComparison};
 pub use load::{load, Input, Loaded};
 pub use summary::{summarize, RunSummary};
 pub use threshold::{evaluate, parse_threshold, Threshold, ThresholdResult};

@@ -34,6 +34,58 @@ enum Command {
     /// Summarize results files (JSON Lines written by loadtest-agent).
     #[command(after_help = EXIT_CODES)]
     Results(ResultsArgs),
+    /// Render a capacity search (`ltops loadtest --find-capacity`) and compare its supported
+    /// users with a baseline search's.
+    #[command(
+        after_help = "Exit codes:\n  0  rendered (and no regression against the baseline)\n  2  bad usage, or a capacity file that cannot be read\n  4  supported users fell by more than the searches' tolerance"
+    )]
+    Capacity(CapacityArgs),
+}
+
+#[derive(clap::Args)]
+struct CapacityArgs {
+    /// `capacity.json`, or the run's results directory holding it.
+    #[arg(long = "file", short = 'f', value_name = "PATH")]
+    file: PathBuf,
+    /// The baseline search's `capacity.json` or results directory.
+    #[arg(long, value_name = "PATH")]
+    baseline: Option<PathBuf>,
+    /// Output format.
+    #[arg(long, short = 'd', value_enum, default_value_t = Display::Text)]
+    display: Display,
+    /// Write the report to this file instead of standard output.
+    #[arg(long, short = 'o', value_name = "PATH")]
+    output: Option<PathBuf>,
+}
+
+fn capacity(a: CapacityArgs) -> anyhow::Result<i32> {
+    let report = ltparse::load_capacity(&a.file)?;
+    let cmp = match &a.baseline {
+        Some(b) => Some(ltparse::compare_capacity(
+            &ltparse::load_capacity(b).context("--baseline")?,
+            &report,
+        )),
+        None => None,
+    };
+    let out = ltparse::render_capacity(&report, cmp.as_ref(), a.display)?;
+    write_out(&out, a.output.as_deref())?;
+    Ok(ltparse::capacity::capacity_exit_code(cmp.as_ref()))
+}
+
+fn write_out(text: &str, output: Option<&std::path::Path>) -> anyhow::Result<()> {
+    use std::io::Write as _;
+    match output {
+        Some(p) => {
+            std::fs::write(p, text).with_context(|| format!("writing {}", p.display()))?;
+        }
+        None => {
+            let mut stdout = std::io::stdout().lock();
+            // A closed pipe (`| head`) is not worth a panic or an error message.
+            let _ = stdout.write_all(text.as_bytes());
+            let _ = stdout.flush();
+        }
+    }
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -147,21 +199,19 @@ fn options(a: ResultsArgs) -> anyhow::Result<Options> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let Command::Results(args) = cli.command;
-    let result = options(args).and_then(|opts| {
-        let out = ltparse::run(&opts)?;
-        for w in &out.warnings {
-            eprintln!("ltparse: warning: {w}");
-        }
-        if opts.output.is_none() {
-            use std::io::Write as _;
-            let mut stdout = std::io::stdout().lock();
-            // A closed pipe (`| head`) is not worth a panic or an error message.
-            let _ = stdout.write_all(out.rendered.as_bytes());
-            let _ = stdout.flush();
-        }
-        Ok(out.outcome.exit_code())
-    });
+    let result = match cli.command {
+        Command::Results(args) => options(args).and_then(|opts| {
+            let out = ltparse::run(&opts)?;
+            for w in &out.warnings {
+                eprintln!("ltparse: warning: {w}");
+            }
+            if opts.output.is_none() {
+                write_out(&out.rendered, None)?;
+            }
+            Ok(out.outcome.exit_code())
+        }),
+        Command::Capacity(args) => capacity(args),
+    };
     match result {
         Ok(code) => ExitCode::from(u8::try_from(code).unwrap_or(1)),
         Err(e) => {

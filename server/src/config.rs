@@ -76,6 +76,10 @@ pub struct Limits {
     pub ws_read_buffer_bytes: usize,
     /// Per-connection write buffer before a flush.
     pub ws_write_buffer_bytes: usize,
+    /// WebSocket connections this instance accepts at once; more get 503 (none: no limit).
+    /// Protects an instance sized for a known number of users, as a proxy's connection
+    /// limit would.
+    pub max_websockets: Option<usize>,
 }
 
 impl Default for Limits {
@@ -89,6 +93,7 @@ impl Default for Limits {
             replay_keep: Duration::from_secs(60),
             ws_read_buffer_bytes: 4096,
             ws_write_buffer_bytes: 8192,
+            max_websockets: None,
         }
     }
 }

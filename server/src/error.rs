@@ -27,6 +27,9 @@ pub enum ApiError {
     PayloadTooLarge(&'static str, String),
     #[error("{1}")]
     Unsupported(&'static str, String),
+    /// The server is at a configured limit (503); the client may retry later.
+    #[error("{1}")]
+    Unavailable(&'static str, String),
     #[error("database error")]
     Store(#[from] StoreError),
     #[error("internal error")]
@@ -68,6 +71,7 @@ impl ApiError {
             ApiError::MethodNotAllowed(..) => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::PayloadTooLarge(..) => StatusCode::PAYLOAD_TOO_LARGE,
             ApiError::Unsupported(..) => StatusCode::NOT_IMPLEMENTED,
+            ApiError::Unavailable(..) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Store(StoreError::Conflict(_)) => StatusCode::BAD_REQUEST,
             ApiError::Store(e) if e.is_invalid_text() => StatusCode::BAD_REQUEST,
             ApiError::Store(_) | ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
@@ -82,7 +86,8 @@ impl ApiError {
             | ApiError::NotFound(id, _)
             | ApiError::MethodNotAllowed(id, _)
             | ApiError::PayloadTooLarge(id, _)
-            | ApiError::Unsupported(id, _) => id,
+            | ApiError::Unsupported(id, _)
+            | ApiError::Unavailable(id, _) => id,
             ApiError::Store(StoreError::Conflict(_)) => "store.sql.unique_constraint",
             ApiError::Store(e) if e.is_invalid_text() => "api.context.invalid_param.app_error",
             ApiError::Store(_) => "app.store.error",

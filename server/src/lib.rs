@@ -72,6 +72,7 @@ pub async fn run(
         metrics: metrics.clone(),
         shutdown: CancellationToken::new(),
         ws_tasks: TaskTracker::new(),
+        ws_admitted: Default::default(),
     });
     let token = state.shutdown.clone();
     let bus_tasks = bus.map(|b| {

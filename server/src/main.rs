@@ -58,6 +58,9 @@ struct Args {
     /// Largest incoming WebSocket message in bytes [default: 65536]
     #[arg(long, env = "CHAT_SERVER_MAX_WS_FRAME_BYTES", value_name = "N")]
     max_ws_frame_bytes: Option<usize>,
+    /// WebSocket connections accepted at once; more are refused with 503 [default: no limit]
+    #[arg(long, env = "CHAT_SERVER_MAX_WEBSOCKETS", value_name = "N")]
+    max_websockets: Option<usize>,
     /// Per-connection send queue (events); typing/status dropped at half, closed when full [default: 256]
     #[arg(long, env = "CHAT_SERVER_SEND_QUEUE", value_name = "N")]
     send_queue: Option<usize>,
@@ -96,6 +99,7 @@ struct FileConfig {
     max_post_chars: Option<usize>,
     max_body_bytes: Option<usize>,
     max_ws_frame_bytes: Option<usize>,
+    max_websockets: Option<usize>,
     send_queue: Option<usize>,
     replay_buffer: Option<usize>,
     replay_keep: Option<String>,
@@ -178,6 +182,9 @@ fn build(args: Args) -> Result<(Config, String), Usage> {
     }
     if let Some(v) = args.max_ws_frame_bytes.or(file.max_ws_frame_bytes) {
         l.max_ws_frame_bytes = v;
+    }
+    if let Some(v) = args.max_websockets.or(file.max_websockets) {
+        l.max_websockets = Some(v);
     }
     if let Some(v) = args.send_queue.or(file.send_queue) {
         l.send_queue = v;

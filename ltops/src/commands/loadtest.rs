@@ -10,9 +10,12 @@ use std::time::Duration;
 
 use loadtest_contract::WorkloadConfig;
 
+use loadtest_contract::capacity::{CapacityOutcome, CapacityReport, CAPACITY_FILE};
+
+use crate::capacity::{self as cap, SearchOptions};
 use crate::commands::create::{self, CreateOptions};
 use crate::commands::{deploy, lock};
-use crate::coordinator::{self, AgentOutcome, RunPlan};
+use crate::coordinator::{self, AgentOutcome, RunPlan, Steer};
 use crate::error::{exit, Error, Result};
 use crate::progress::{self, Progress};
 use crate::provider::{self, Artifacts, Health, Provider};
@@ -73,6 +76,146 @@ pub struct LoadtestOptions {
     /// Progress display: auto (bars on a terminal), plain (periodic lines) or none.
     #[arg(long, value_enum, default_value_t = ProgressMode::Auto)]
     pub progress: ProgressMode,
+    /// Search for the number of users the cluster holds within its SLOs (the thresholds):
+    /// grow from --start-users, bisect to --tolerance, confirm; writes capacity.json.
+    #[arg(long, conflicts_with_all = ["duration", "baseline"])]
+    pub find_capacity: bool,
+    /// With --find-capacity: the first level probed (default: --max-users / 16, at least 1).
+    #[arg(long, requires = "find_capacity")]
+    pub start_users: Option<u64>,
+    /// With --find-capacity: the highest level probed (default: --users, or users.count).
+    #[arg(long, requires = "find_capacity")]
+    pub max_users: Option<u64>,
+    /// With --find-capacity: precision of the answer, e.g. 5% (the default).
+    #[arg(long, requires = "find_capacity", value_parser = parse_percent)]
+    pub tolerance: Option<f64>,
+    /// With --find-capacity: how long each level is held before it is judged (default 30s).
+    #[arg(long, requires = "find_capacity", value_parser = humantime::parse_duration)]
+    pub probe_warmup: Option<Duration>,
+    /// With --find-capacity: how long each level is judged over (default 60s; at least two
+    /// run.interval).
+    #[arg(long, requires = "find_capacity", value_parser = humantime::parse_duration)]
+    pub probe_window: Option<Duration>,
+    /// With --find-capacity: exit with code 6 unless at least this many users are supported.
+    #[arg(long, requires = "find_capacity")]
+    pub min_capacity: Option<u64>,
+}
+
+/// `5%` or `0.05`.
+pub fn parse_percent(s: &str) -> std::result::Result<f64, String> {
+    let t = s.trim();
+    let v = match t.strip_suffix('%') {
+        Some(p) => p.trim().parse::<f64>().map(|v| v / 100.0),
+        None => t.parse::<f64>(),
+    };
+    v.ok()
+        .filter(|v| v.is_finite() && *v > 0.0 && *v < 1.0)
+        .ok_or_else(|| format!("{s:?} is not a percentage between 0% and 100% like 5%"))
+}
+
+/// A validated capacity search: what to search and how to probe.
+#[derive(Clone, Debug)]
+pub struct CapacityPlan {
+    pub search: SearchOptions,
+    pub warmup: Duration,
+    pub window: Duration,
+    pub min_capacity: Option<u64>,
+}
+
+/// Default warm-up and window of a probe.
+pub const PROBE_WARMUP: Duration = Duration::from_secs(30);
+pub const PROBE_WINDOW: Duration = Duration::from_secs(60);
+
+impl CapacityPlan {
+    /// Checks the flags against the workload and shapes the workload for the search: every
+    /// agent gets its slice of `--max-users`, the run lasts as long as the longest search, the
+    /// first level ramps up over half a warm-up.
+    pub fn prepare(opts: &LoadtestOptions, config: &mut WorkloadConfig) -> Result<CapacityPlan> {
+        if config.run.thresholds.is_empty() {
+            return Err(Error::Usage(
+                "--find-capacity needs SLOs to hold: add run.thresholds to the config or pass --threshold, e.g. -t 'delivery.p99<50ms' -t '*.error_rate<1%'".into(),
+            ));
+        }
+        let max_users = opts.max_users.or(opts.users).unwrap_or(config.users.count);
+        let search = SearchOptions {
+            start_users: opts
+                .start_users
+                .unwrap_or((max_users / 16).max(1))
+                .min(max_users),
+            max_users,
+            tolerance: opts.tolerance.unwrap_or(0.05),
+        };
+        if opts.start_users.is_some_and(|s| s > max_users) {
+            return Err(Error::Usage(format!(
+                "--start-users ({}) is above --max-users ({max_users})",
+                opts.start_users.unwrap_or(0)
+            )));
+        }
+        search.validate().map_err(Error::Usage)?;
+        let warmup = opts.probe_warmup.unwrap_or(PROBE_WARMUP);
+        let window = opts.probe_window.unwrap_or(PROBE_WINDOW);
+        if window < config.run.interval * 2 {
+            return Err(Error::Usage(format!(
+                "--probe-window {} is shorter than two results intervals (run.interval = {}): lengthen it or shorten run.interval",
+                humantime::format_duration(window),
+                humantime::format_duration(config.run.interval)
+            )));
+        }
+        if warmup.is_zero() {
+            return Err(Error::Usage(
+                "--probe-warmup must be longer than 0s: users added need time to log in".into(),
+            ));
+        }
+        let per_probe = warmup + window + config.run.interval + Duration::from_secs(15);
+        config.users.count = max_users;
+        config.users.ramp_up = warmup / 2;
+        config.users.duration = (per_probe * (crate::capacity::MAX_PROBES + 1)).min(MAX_DURATION);
+        config.validate().map_err(|(key, message)| {
+            Error::Usage(format!(
+                "{key}: {message} (with --max-users {max_users}); raise dataset.users or lower --max-users"
+            ))
+        })?;
+        Ok(CapacityPlan {
+            search,
+            warmup,
+            window,
+            min_capacity: opts.min_capacity,
+        })
+    }
+
+    /// The exit code and verdict for what the search found.
+    pub fn verdict(&self, r: &CapacityReport) -> (i32, String) {
+        let found = match r.outcome {
+            CapacityOutcome::Supported => r.supported_users,
+            // At least the highest level that held, when the search could not finish.
+            CapacityOutcome::AgentLimited | CapacityOutcome::Unconverged => r.bracket.good,
+            CapacityOutcome::BelowStart => Some(0),
+            CapacityOutcome::Interrupted => r.bracket.good,
+        };
+        let answered = matches!(
+            r.outcome,
+            CapacityOutcome::Supported | CapacityOutcome::BelowStart
+        );
+        let text = match (r.outcome, r.supported_users) {
+            (CapacityOutcome::Supported, Some(u)) => format!("supports {u} users"),
+            (CapacityOutcome::BelowStart, _) => format!(
+                "supports fewer than {} users",
+                r.bracket.bad.unwrap_or(r.start_users)
+            ),
+            _ => "no capacity answer".to_string(),
+        };
+        match self.min_capacity {
+            Some(min) if found.is_some_and(|f| f >= min) => {
+                (exit::OK, format!("{text}: at least {min} (--min-capacity)"))
+            }
+            Some(min) if answered => (
+                exit::BELOW_CAPACITY,
+                format!("{text}: below --min-capacity {min}"),
+            ),
+            _ if answered => (exit::OK, text),
+            _ => (exit::FAILURE, text),
+        }
+    }
 }
 
 /// Applies `--users` / `--duration` and re-validates.
@@ -277,6 +420,11 @@ pub async fn loadtest(home: &Home, opts: &LoadtestOptions) -> Result<i32> {
         .run
         .thresholds
         .extend(opts.thresholds.iter().cloned());
+    let capacity = if opts.find_capacity {
+        Some(CapacityPlan::prepare(opts, &mut config)?)
+    } else {
+        None
+    };
     // One set of endpoints (and whatever keeps them reachable) for setup, run and download.
     let endpoints = p.endpoints(&st).await?;
     config.target.url = endpoints.server_url.clone();
@@ -334,6 +482,7 @@ pub async fn loadtest(home: &Home, opts: &LoadtestOptions) -> Result<i32> {
         agents: endpoints.agents.clone(),
         results_dir: results_dir.clone(),
         start_delay: Duration::from_secs(2),
+        initial_users: capacity.as_ref().map(|c| c.search.start_users),
     };
     let mut display: Box<dyn Progress> = match opts.progress {
         ProgressMode::Auto => progress::for_stderr(),
@@ -347,7 +496,14 @@ pub async fn loadtest(home: &Home, opts: &LoadtestOptions) -> Result<i32> {
         humantime::format_duration(config.users.duration),
         config.target.url
     );
-    let report = coordinator::run(&plan, display.as_mut()).await?;
+    let (steer, found) = match &capacity {
+        Some(c) => {
+            let (steer, found) = capacity_steer(c, &config, &run_id)?;
+            (Some(steer), Some(found))
+        }
+        None => (None, None),
+    };
+    let report = coordinator::run_steered(&plan, display.as_mut(), steer).await?;
 
     // Lost agents: report them, salvage what they flushed.
     let mut lost_names = Vec::new();
@@ -376,6 +532,24 @@ pub async fn loadtest(home: &Home, opts: &LoadtestOptions) -> Result<i32> {
             }
         );
         lost_names.push(format!("agent-{}", a.index));
+    }
+
+    if let (Some(plan), Some(found)) = (&capacity, found) {
+        let code = match found.await {
+            Ok(r) => finish_capacity(
+                plan,
+                &r,
+                &results_dir,
+                &lost_names,
+                report.interrupted,
+                opts,
+            )?,
+            Err(_) => {
+                eprintln!("the capacity search did not report (the run stopped before it began)");
+                (exit::FAILURE, "no capacity answer".to_string())
+            }
+        };
+        return save_last_run(home, &mut st, run_id, results_dir, code, endpoints);
     }
 
     // Summary through ltparse.
@@ -440,6 +614,24 @@ pub async fn loadtest(home: &Home, opts: &LoadtestOptions) -> Result<i32> {
             .join(" --baseline ")
     );
 
+    save_last_run(
+        home,
+        &mut st,
+        run_id,
+        results_dir,
+        (code, verdict),
+        endpoints,
+    )
+}
+
+fn save_last_run<T>(
+    home: &Home,
+    st: &mut ClusterState,
+    run_id: String,
+    results_dir: PathBuf,
+    (code, verdict): (i32, String),
+    endpoints: T,
+) -> Result<i32> {
     st.last_run = Some(LastRun {
         run_id,
         finished_at_ms: loadtest_contract::now_ms(),
@@ -448,8 +640,88 @@ pub async fn loadtest(home: &Home, opts: &LoadtestOptions) -> Result<i32> {
         results_dir,
     });
     drop(endpoints);
-    home.save(&st)?;
+    home.save(st)?;
     Ok(code)
+}
+
+/// The steering task of a capacity search, and where its report arrives.
+fn capacity_steer(
+    plan: &CapacityPlan,
+    config: &WorkloadConfig,
+    run_id: &str,
+) -> Result<(Steer, tokio::sync::oneshot::Receiver<CapacityReport>)> {
+    let slos = config
+        .run
+        .thresholds
+        .iter()
+        .map(|t| {
+            ltparse::parse_threshold(t).map_err(|e| Error::Usage(format!("run.thresholds: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let probe = cap::drive::ProbeOptions {
+        warmup: plan.warmup,
+        window: plan.window,
+        interval: config.run.interval,
+        slos,
+    };
+    let search = plan.search.clone();
+    let run_id = run_id.to_string();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let steer: Steer = Box::new(move |fleet| {
+        Box::pin(async move {
+            let r = cap::drive::search(fleet, run_id, search, probe).await;
+            let _ = tx.send(r);
+        })
+    });
+    Ok((steer, rx))
+}
+
+/// Writes `capacity.json`, prints the capacity report, and decides the exit code.
+fn finish_capacity(
+    plan: &CapacityPlan,
+    r: &CapacityReport,
+    results_dir: &Path,
+    lost: &[String],
+    interrupted: bool,
+    opts: &LoadtestOptions,
+) -> Result<(i32, String)> {
+    let path = results_dir.join(CAPACITY_FILE);
+    let json = serde_json::to_vec_pretty(r)
+        .map_err(|e| Error::Runtime(format!("cannot encode the capacity report: {e}")))?;
+    state::write_atomic(&path, &json, 0o644)?;
+    let text = ltparse::render_capacity(r, None, ltparse::Display::Text)
+        .map_err(|e| Error::Runtime(format!("cannot render the capacity report: {e}")))?;
+    println!("{}", text.trim_end());
+    if let Some(md) = &opts.markdown {
+        use std::io::Write;
+        let out = ltparse::render_capacity(r, None, ltparse::Display::Markdown)
+            .map_err(|e| Error::Runtime(format!("cannot render the capacity report: {e}")))?;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(md)
+            .and_then(|mut f| f.write_all(out.as_bytes()))
+            .map_err(|e| Error::io(format!("writing {}", md.display()), e))?;
+    }
+    let (code, verdict) = if !lost.is_empty() {
+        (exit::FAILURE, format!("{} lost", lost.join(", ")))
+    } else if interrupted {
+        (exit::INTERRUPTED, "interrupted".to_string())
+    } else {
+        plan.verdict(r)
+    };
+    println!();
+    println!("results:  {}", results_dir.display());
+    println!("verdict:  {verdict} (exit code {code})");
+    println!(
+        "the whole run, interval by interval:
+  ltparse results --verbose --file {}/agent-*.jsonl
+compare a later search with this one:
+  ltparse capacity --file NEW_RUN_DIR --baseline {}",
+        results_dir.display(),
+        results_dir.display()
+    );
+    Ok((code, verdict))
 }
 
 fn append_markdown(path: &Path, report: &ltparse::Report) -> Result<()> {

@@ -53,6 +53,8 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// WebSocket tasks, awaited during shutdown.
     pub ws_tasks: TaskTracker,
+    /// WebSockets admitted and not yet ended, for `limits.max_websockets`.
+    pub ws_admitted: std::sync::atomic::AtomicUsize,
 }
 
 pub type Shared = Arc<AppState>;

@@ -73,10 +73,48 @@ pub async fn upgrade(
         .max_write_buffer_size(l.ws_write_buffer_bytes.max(l.max_ws_frame_bytes) * 64)
         .max_message_size(l.max_ws_frame_bytes)
         .max_frame_size(l.max_ws_frame_bytes);
+    let admitted = Admitted::new(&st)?;
     let tracker = st.ws_tasks.clone();
     Ok(ws
-        .on_upgrade(move |socket| tracker.track_future(serve(st, socket, user, params)))
+        .on_upgrade(move |socket| {
+            tracker.track_future(async move {
+                serve(st, socket, user, params).await;
+                drop(admitted);
+            })
+        })
         .into_response())
+}
+
+/// One admitted WebSocket, counted against `limits.max_websockets` until it ends (or its
+/// upgrade fails).
+struct Admitted(Shared);
+
+impl Admitted {
+    fn new(st: &Shared) -> Result<Admitted, ApiError> {
+        use std::sync::atomic::Ordering;
+        let max = st.config.limits.max_websockets.unwrap_or(usize::MAX);
+        st.ws_admitted
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < max).then_some(n + 1)
+            })
+            .map_err(|n| {
+                ApiError::Unavailable(
+                    "api.web_socket.connect.limit.app_error",
+                    format!(
+                        "This server holds its limit of {n} WebSocket connections; retry later."
+                    ),
+                )
+            })?;
+        Ok(Admitted(st.clone()))
+    }
+}
+
+impl Drop for Admitted {
+    fn drop(&mut self) {
+        self.0
+            .ws_admitted
+            .fetch_sub(1, std::sync::atomic::Ordering::AcqRel);
+    }
 }
 
 #[derive(Deserialize)]

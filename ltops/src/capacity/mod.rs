@@ -11,8 +11,14 @@
 //! last good level once more to confirm it. A confirmation that fails makes that level bad and
 //! the bisection continues below it, so the answer is always a level that held every time it was
 //! probed. A budget of probes bounds the search whatever the system under test does.
+//!
+//! [`judge`] turns a probe's window of interval records into a [`Verdict`]; [`drive`] runs the
+//! search on a running run through the coordinator's [`crate::coordinator::Fleet`].
 
 use std::future::Future;
+
+pub mod drive;
+pub mod judge;
 
 /// Growth factor between levels before the first bad one.
 pub const GROWTH: f64 = 2.0;
@@ -179,6 +185,14 @@ impl Search {
 
     pub fn options(&self) -> &SearchOptions {
         &self.opts
+    }
+
+    /// The highest level that held so far and the lowest that did not.
+    pub fn bracket(&self) -> loadtest_contract::capacity::Bracket {
+        loadtest_contract::capacity::Bracket {
+            good: self.good,
+            bad: self.bad,
+        }
     }
 
     /// The next probe, or the outcome. Asking again before recording returns the same probe.
