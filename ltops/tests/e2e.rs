@@ -816,11 +816,24 @@ thresholds = ["*.error_rate<1%"]
     }
     assert!(peak >= 32, "peak {peak}");
 
-    // A search capped below the gate: it answers 16, under --min-capacity 20: exit 6.
-    let (o, second) = search(&["--max-users", "16", "--min-capacity", "20"]);
+    // A search capped below the gate: it answers 16, under --min-capacity 20: exit 6; and
+    // against the first search, a regression.
+    let first = dir.to_str().unwrap().to_string();
+    let (o, second) = search(&[
+        "--max-users",
+        "16",
+        "--min-capacity",
+        "20",
+        "--baseline",
+        &first,
+    ]);
     let out = text(&o);
     assert_eq!(o.status.code(), Some(6), "{out}");
     assert!(out.contains("below --min-capacity 20"), "{out}");
+    assert!(
+        out.contains(&format!("supported users fell from {supported} to 16")),
+        "{out}"
+    );
     let r2 = ltparse::load_capacity(&second).unwrap();
     assert_eq!(r2.supported_users, Some(16));
     // Compared with the first search: fewer users supported, beyond the tolerance.

@@ -349,6 +349,48 @@ fn html(r: &CapacityReport, cmp: Option<&CapacityComparison>) -> String {
         pad,
         top
     );
+    // Delivery p99 of each probe's window, at the window's middle, coloured by verdict.
+    let p99s: Vec<(i64, f64, ProbeVerdict)> = r
+        .probes
+        .iter()
+        .filter_map(|p| {
+            p.delivery_p99_ms
+                .map(|d| ((p.window_start_ms + p.window_end_ms) / 2, d, p.verdict))
+        })
+        .collect();
+    let top_ms = p99s.iter().map(|p| p.1).fold(1.0, f64::max) * 1.1;
+    let ym = |v: f64| h - pad - v / top_ms * (h - 2.0 * pad);
+    let mut delivery = format!(
+        "<svg id=\"delivery\" xmlns=\"http://www.w3.org/2000/svg\" viewBox=\"0 0 {w} {h}\" width=\"{w}\" height=\"{h}\">"
+    );
+    let line: Vec<String> = p99s
+        .iter()
+        .map(|(t, v, _)| format!("{:.1},{:.1}", x(*t), ym(*v)))
+        .collect();
+    let _ = write!(
+        delivery,
+        "<polyline fill=\"none\" stroke=\"#6a1b9a\" stroke-width=\"1\" points=\"{}\"/>",
+        line.join(" ")
+    );
+    for (t, v, verdict_) in &p99s {
+        let colour = match verdict_ {
+            ProbeVerdict::Good => "#2e7d32",
+            ProbeVerdict::Bad => "#c62828",
+            ProbeVerdict::Invalid => "#9e9e9e",
+        };
+        let _ = write!(
+            delivery,
+            "<circle class=\"p99\" cx=\"{:.1}\" cy=\"{:.1}\" r=\"4\" fill=\"{colour}\"><title>{v:.2} ms</title></circle>",
+            x(*t),
+            ym(*v)
+        );
+    }
+    let _ = write!(
+        delivery,
+        "<text x=\"4\" y=\"{:.1}\" font-size=\"12\">{top_ms:.0} ms</text><text x=\"{pad}\" y=\"{:.1}\" font-size=\"12\">0:00</text></svg>",
+        pad,
+        h - pad + 16.0
+    );
     let mut rows_html = String::new();
     for (v, cells, values) in rows(r) {
         let _ = write!(rows_html, "<tr class=\"{}\">", verdict(v));
@@ -372,6 +414,7 @@ fn html(r: &CapacityReport, cmp: Option<&CapacityComparison>) -> String {
 <style>body{{font-family:sans-serif;margin:2em}}table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:4px 8px}}\
 tr.good td:nth-child(5){{color:#2e7d32}}tr.bad td:nth-child(5){{color:#c62828}}tr.invalid td:nth-child(5){{color:#757575}}</style></head>\
 <body><h1>{summary}</h1><p>{heading}</p><h2>Users over time, probe windows shaded by verdict</h2>{svg}\
+<h2>Delivery p99 of each probe window</h2>{delivery}\
 <h2>Probes</h2><table><tr><th>Probe</th><th>Users</th><th>Active</th><th>Window</th><th>Verdict</th><th>Req/s</th><th>SLO values</th></tr>{rows_html}</table>{baseline}</body></html>\n",
         run = esc(&r.run_id),
         summary = esc(&r.summary),
@@ -477,6 +520,7 @@ mod tests {
         let html = render_capacity(&r, None, Display::Html).unwrap();
         assert_eq!(html.matches("<rect class=\"probe").count(), 4);
         assert!(html.contains("supported 30"));
+        assert_eq!(html.matches("class=\"p99\"").count(), 4);
     }
 
     #[test]

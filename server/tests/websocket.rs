@@ -546,3 +546,50 @@ async fn logout_closes_the_sessions_websockets_and_refuses_their_resume() {
         "{m}"
     );
 }
+
+/// `limits.max_websockets`: the connection beyond the limit gets 503 with a Mattermost error
+/// body; once one closes, a new one is admitted again.
+#[tokio::test]
+async fn websockets_beyond_the_limit_are_refused_until_one_closes() {
+    use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+    let h = Harness::start_with(|c| c.limits.max_websockets = Some(2)).await;
+    let a = h.user("limit-a").await;
+    let mut first = h.ws(&a).await;
+    let _second = h.ws(&a).await;
+    let attempt = || async {
+        let mut req = h.server.ws_url().into_client_request().unwrap();
+        req.headers_mut().insert(
+            "Authorization",
+            format!("Bearer {}", a.token).parse().unwrap(),
+        );
+        tokio_tungstenite::connect_async(req).await
+    };
+    match attempt().await {
+        Err(tokio_tungstenite::tungstenite::Error::Http(resp)) => {
+            assert_eq!(resp.status(), 503);
+            let body: Value =
+                serde_json::from_slice(resp.body().as_deref().unwrap_or(b"{}")).unwrap();
+            assert_eq!(
+                body["id"], "api.web_socket.connect.limit.app_error",
+                "{body}"
+            );
+            assert!(
+                body["message"].as_str().unwrap().contains("limit of 2"),
+                "{body}"
+            );
+        }
+        other => panic!("a third WebSocket was not refused: {:?}", other.map(|_| ())),
+    }
+    first.s.close(None).await.unwrap();
+    // The closed socket's slot is free once its task has ended.
+    let mut admitted = false;
+    for _ in 0..100 {
+        if attempt().await.is_ok() {
+            admitted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(admitted, "no WebSocket admitted after one closed");
+    h.stop().await;
+}

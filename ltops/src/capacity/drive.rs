@@ -134,7 +134,8 @@ async fn pause(fleet: &Fleet, d: Duration) -> bool {
     }
 }
 
-/// Holds one level and judges its window; `None` when the run stopped meanwhile.
+/// Holds one level and judges its window; `None` when the run stopped meanwhile or an agent
+/// could not be steered or read.
 async fn hold(
     fleet: &Fleet,
     probe: &ProbeOptions,
@@ -143,29 +144,50 @@ async fn hold(
     confirmation: bool,
 ) -> Option<(ProbeRecord, Judgement)> {
     let started_at_ms = now_ms();
+    // An agent that cannot be steered is a broken run, not a verdict on the level.
     if let Err(e) = fleet.set_users(users, probe.warmup / 2).await {
-        let judgement = invalid(e.to_string());
-        return Some((
-            record(users, confirmation, started_at_ms, (0, 0), &judgement),
-            judgement,
-        ));
+        fleet.say(format!("the search stops: {e}"));
+        return None;
     }
-    if !pause(fleet, probe.warmup + probe.window).await {
+    if !pause(fleet, probe.warmup).await {
         return None;
     }
     let from = started_at_ms + probe.warmup.as_millis() as i64;
     let to = from + probe.window.as_millis() as i64;
+    // The SLO values so far, a few times per window.
+    let step = (probe.window / 3).max(probe.interval * 2);
+    let window_end = tokio::time::Instant::now() + probe.window;
+    loop {
+        let now = tokio::time::Instant::now();
+        if now + step >= window_end {
+            if !pause(fleet, window_end.saturating_duration_since(now)).await {
+                return None;
+            }
+            break;
+        }
+        if !pause(fleet, step).await {
+            return None;
+        }
+        if let Ok(replies) = fleet.intervals(after).await {
+            let so_far = now_ms();
+            let windows: Vec<AgentWindow> = replies
+                .iter()
+                .filter_map(|(r, offset)| window_of(r, from + offset, so_far + offset))
+                .collect();
+            if windows.iter().any(|w| !w.intervals.is_empty()) {
+                let j = judge(&windows, &probe.slos);
+                fleet.say(format!("    so far: {}", slo_line(&j)));
+            }
+        }
+    }
     // Wait until every agent flushed the interval that covers the window's end.
     let give_up = tokio::time::Instant::now() + probe.interval + FLUSH_SLACK;
     let replies = loop {
         let replies = match fleet.intervals(after).await {
             Ok(r) => r,
             Err(e) => {
-                let judgement = invalid(e.to_string());
-                return Some((
-                    record(users, confirmation, started_at_ms, (from, to), &judgement),
-                    judgement,
-                ));
+                fleet.say(format!("the search stops: {e}"));
+                return None;
             }
         };
         let flushed = replies.iter().all(|(r, offset)| {
@@ -244,23 +266,30 @@ fn line(r: &ProbeRecord, j: &Judgement) -> String {
         Verdict::Bad { .. } => "bad".to_string(),
         Verdict::Invalid { reason } => format!("invalid ({reason})"),
     };
-    // The failed values; the ones that held only counted (a `*` SLO gives one per action).
-    let mut values: Vec<String> = r
+    format!(
+        "  {} users ({} active): {verdict} — {}",
+        r.users,
+        r.active_users,
+        slo_line(j)
+    )
+}
+
+/// The failed SLO values, the ones that held only counted (a `*` SLO gives one per action),
+/// and the request rate.
+fn slo_line(j: &Judgement) -> String {
+    let mut values: Vec<String> = j
         .slos
         .iter()
         .filter(|v| !v.passed)
         .map(|v| format!("{} {} FAILED", v.slo, v.shown))
         .collect();
-    let held = r.slos.iter().filter(|v| v.passed).count();
+    let held = j.slos.iter().filter(|v| v.passed).count();
     if held > 0 {
         values.push(format!("{held} SLO value(s) held"));
     }
-    format!(
-        "  {} users ({} active): {verdict}{}{} ({:.1} req/s)",
-        r.users,
-        r.active_users,
-        if values.is_empty() { "" } else { " — " },
-        values.join(", "),
-        r.requests_per_sec
-    )
+    if let Some(d) = j.delivery_p99_ms {
+        values.push(format!("delivery p99 {d:.1} ms"));
+    }
+    values.push(format!("{:.1} req/s", j.requests_per_sec));
+    values.join(", ")
 }

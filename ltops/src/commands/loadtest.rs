@@ -78,7 +78,9 @@ pub struct LoadtestOptions {
     pub progress: ProgressMode,
     /// Search for the number of users the cluster holds within its SLOs (the thresholds):
     /// grow from --start-users, bisect to --tolerance, confirm; writes capacity.json.
-    #[arg(long, conflicts_with_all = ["duration", "baseline"])]
+    /// (With --baseline: a previous capacity search's results directory, whose supported users
+    /// this search is compared with; exit 4 when they fell beyond the tolerance.)
+    #[arg(long, conflicts_with = "duration")]
     pub find_capacity: bool,
     /// With --find-capacity: the first level probed (default: --max-users / 16, at least 1).
     #[arg(long, requires = "find_capacity")]
@@ -340,7 +342,11 @@ pub async fn loadtest(home: &Home, opts: &LoadtestOptions) -> Result<i32> {
     for t in &opts.thresholds {
         ltparse::parse_threshold(t).map_err(|e| Error::Usage(format!("--threshold: {e}")))?;
     }
-    let baseline = expand_baseline(&opts.baseline)?;
+    let (baseline, capacity_baseline) = if opts.find_capacity {
+        (Vec::new(), capacity_baseline(&opts.baseline)?)
+    } else {
+        (expand_baseline(&opts.baseline)?, None)
+    };
     if let Some(md) = &opts.markdown {
         check_markdown(md)?;
     }
@@ -539,6 +545,7 @@ pub async fn loadtest(home: &Home, opts: &LoadtestOptions) -> Result<i32> {
             Ok(r) => finish_capacity(
                 plan,
                 &r,
+                capacity_baseline.as_ref(),
                 &results_dir,
                 &lost_names,
                 report.interrupted,
@@ -676,10 +683,26 @@ fn capacity_steer(
     Ok((steer, rx))
 }
 
+/// The capacity report of `--baseline` with `--find-capacity`: one previous search.
+fn capacity_baseline(paths: &[PathBuf]) -> Result<Option<CapacityReport>> {
+    match paths {
+        [] => Ok(None),
+        [p] => ltparse::load_capacity(p).map(Some).map_err(|e| {
+            Error::Usage(format!(
+                "--baseline: {e}; with --find-capacity pass a previous capacity search's results directory (or its {CAPACITY_FILE})"
+            ))
+        }),
+        _ => Err(Error::Usage(
+            "--find-capacity compares with one previous search: pass --baseline once".into(),
+        )),
+    }
+}
+
 /// Writes `capacity.json`, prints the capacity report, and decides the exit code.
 fn finish_capacity(
     plan: &CapacityPlan,
     r: &CapacityReport,
+    baseline: Option<&CapacityReport>,
     results_dir: &Path,
     lost: &[String],
     interrupted: bool,
@@ -689,12 +712,13 @@ fn finish_capacity(
     let json = serde_json::to_vec_pretty(r)
         .map_err(|e| Error::Runtime(format!("cannot encode the capacity report: {e}")))?;
     state::write_atomic(&path, &json, 0o644)?;
-    let text = ltparse::render_capacity(r, None, ltparse::Display::Text)
+    let cmp = baseline.map(|b| ltparse::compare_capacity(b, r));
+    let text = ltparse::render_capacity(r, cmp.as_ref(), ltparse::Display::Text)
         .map_err(|e| Error::Runtime(format!("cannot render the capacity report: {e}")))?;
     println!("{}", text.trim_end());
     if let Some(md) = &opts.markdown {
         use std::io::Write;
-        let out = ltparse::render_capacity(r, None, ltparse::Display::Markdown)
+        let out = ltparse::render_capacity(r, cmp.as_ref(), ltparse::Display::Markdown)
             .map_err(|e| Error::Runtime(format!("cannot render the capacity report: {e}")))?;
         std::fs::OpenOptions::new()
             .create(true)
@@ -708,7 +732,14 @@ fn finish_capacity(
     } else if interrupted {
         (exit::INTERRUPTED, "interrupted".to_string())
     } else {
-        plan.verdict(r)
+        match (plan.verdict(r), &cmp) {
+            // Below --min-capacity says more than a regression.
+            ((exit::OK, v), Some(c)) if c.is_regression() => (
+                exit::REGRESSION,
+                format!("{v}; regression against the baseline"),
+            ),
+            (v, _) => v,
+        }
     };
     println!();
     println!("results:  {}", results_dir.display());
