@@ -102,7 +102,10 @@ pub struct Metrics {
     pub deliveries: IntCounterVec,
     pub late_actions: IntCounter,
     pub reconnects: IntCounter,
-    pub schedule_lag_p99_ms: IntGauge,
+    pub schedule_lag_p99_seconds: prometheus::Gauge,
+    /// Tasks alive on the runtime (one per simulated user plus a few).
+    pub runtime_tasks: IntGauge,
+    pub runtime_workers: IntGauge,
 }
 
 impl Metrics {
@@ -147,15 +150,36 @@ impl Metrics {
                 "Actions that started more than 100 ms after their intended time",
             ),
             reconnects: counter("loadtest_agent_reconnects_total", "WebSocket reconnects"),
-            schedule_lag_p99_ms: gauge(
-                "loadtest_agent_schedule_lag_p99_ms",
-                "p99 of action start lag over the last interval, milliseconds",
+            schedule_lag_p99_seconds: {
+                let n = "loadtest_agent_schedule_lag_p99_seconds";
+                let g = prometheus::Gauge::new(n, "p99 of action start lag over the last interval")
+                    .unwrap_or_else(|e| unreachable!("metric {n}: {e}"));
+                let _ = registry.register(Box::new(g.clone()));
+                g
+            },
+            runtime_tasks: gauge(
+                "loadtest_agent_runtime_alive_tasks",
+                "Tasks alive on the tokio runtime",
             ),
-            registry,
+            runtime_workers: gauge(
+                "loadtest_agent_runtime_workers",
+                "Worker threads of the tokio runtime",
+            ),
+            registry: {
+                let _ = registry.register(Box::new(
+                    prometheus::process_collector::ProcessCollector::for_self(),
+                ));
+                registry
+            },
         }
     }
 
     pub fn render(&self) -> String {
+        if let Ok(h) = tokio::runtime::Handle::try_current() {
+            let m = h.metrics();
+            self.runtime_tasks.set(m.num_alive_tasks() as i64);
+            self.runtime_workers.set(m.num_workers() as i64);
+        }
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
         String::from_utf8_lossy(&buf).into_owned()

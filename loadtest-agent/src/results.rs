@@ -150,8 +150,10 @@ impl ResultsSink {
             let _ = so_far.delivery.merge(&record.delivery.latency);
             let _ = so_far.lag.merge(&record.schedule.lag);
         }
-        let lag_p99 = record.schedule.lag.quantile_us(0.99) / 1000;
-        r.metrics.schedule_lag_p99_ms.set(lag_p99 as i64);
+        let lag_p99_us = record.schedule.lag.quantile_us(0.99);
+        r.metrics
+            .schedule_lag_p99_seconds
+            .set(lag_p99_us as f64 / 1e6);
         warn_if_behind(&record);
         Ok(record)
     }

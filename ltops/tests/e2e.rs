@@ -864,3 +864,125 @@ thresholds = ["*.error_rate<1%"]
     let o = env.run(&["delete", "cap", "--yes"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
 }
+
+/// `promtool check metrics` (Prometheus's own linter, Debian's `prometheus` package) finds both
+/// endpoints clean in the middle of a run: the server's and every agent's, with the standard
+/// process metrics and the runtime's live tasks present.
+#[test]
+fn promtool_finds_server_and_agent_metrics_clean_during_a_run() {
+    require_binaries();
+    if std::process::Command::new("promtool")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "promtool is missing (Debian package prometheus)"
+        );
+        eprintln!("skipped: promtool is not installed (apt-get install prometheus)");
+        return;
+    }
+    let env = Env::new();
+    let cfg = env.tiny_config("8s");
+    assert_eq!(
+        env.run(&["create", "--name", "prom", "--agents", "2"])
+            .status
+            .code(),
+        Some(0)
+    );
+    assert_eq!(env.run(&["deploy", "-c", "prom"]).status.code(), Some(0));
+    let child = env
+        .cmd(&[
+            "loadtest",
+            "-c",
+            "prom",
+            "--config",
+            cfg.to_str().unwrap(),
+            "--progress",
+            "none",
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let st = env.state("prom");
+    let mut endpoints: Vec<(String, &str)> = st
+        .components(Role::Server)
+        .filter_map(|c| c.metrics_address.clone())
+        .map(|a| (a, "chat_runtime_alive_tasks"))
+        .collect();
+    endpoints.extend(
+        st.components(Role::Agent)
+            .map(|c| (c.address.clone(), "loadtest_agent_runtime_alive_tasks")),
+    );
+    assert_eq!(endpoints.len(), 3, "{endpoints:?}");
+    // Wait until the run has users, then lint every endpoint.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let body = |addr: &str| {
+        agent_get(addr, "/metrics", "")
+            .and_then(|r| r.split_once("\r\n\r\n").map(|(_, b)| b.to_string()))
+            .unwrap_or_default()
+    };
+    loop {
+        let active: f64 = endpoints[1..]
+            .iter()
+            .map(|(a, _)| {
+                body(a)
+                    .lines()
+                    .find_map(|l| l.strip_prefix("loadtest_agent_active_users "))
+                    .and_then(|v| v.trim().parse::<f64>().ok())
+                    .unwrap_or(0.0)
+            })
+            .sum();
+        if active >= 20.0 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the run never got its users");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    for (addr, tasks) in &endpoints {
+        let text = body(addr);
+        for name in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+            "process_threads",
+            tasks,
+        ] {
+            assert!(
+                text.contains(&format!("\n{name} ")),
+                "{addr}: no {name}:\n{text}"
+            );
+        }
+        let mut lint = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        lint.stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let o = lint.wait_with_output().unwrap();
+        assert!(
+            o.status.success(),
+            "{addr}: promtool check metrics:\n{}\n{text}",
+            text_of(&o)
+        );
+    }
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    assert_eq!(env.run(&["delete", "prom", "--yes"]).status.code(), Some(0));
+}
+
+fn text_of(o: &std::process::Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    )
+}

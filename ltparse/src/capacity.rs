@@ -209,6 +209,7 @@ pub fn render_capacity(
             s
         }
         Display::Html => html(r, cmp),
+        Display::Junit => crate::junit::capacity_junit(r, cmp),
     })
 }
 

@@ -39,6 +39,7 @@
 pub mod baseline;
 pub mod capacity;
 pub mod html;
+pub mod junit;
 pub mod load;
 pub mod render;
 pub mod summary;
@@ -119,6 +120,8 @@ pub enum Display {
     Json,
     /// One self-contained HTML file with charts.
     Html,
+    /// JUnit XML: one test case per threshold and per baseline metric, for CI test reports.
+    Junit,
 }
 
 /// The verdict a CI job acts on.
@@ -213,6 +216,7 @@ pub fn render(report: &Report, display: Display, opts: &RenderOptions) -> Result
         Display::Text => render::text(report, opts.verbose),
         Display::Markdown => render::markdown(report, opts.verbose),
         Display::Html => html::html(report),
+        Display::Junit => junit::junit(report),
         Display::Json => {
             let mut r = report.clone();
             if !opts.verbose {

@@ -357,3 +357,55 @@ fn unreadable_inputs_are_named_once_with_what_to_do() {
         assert_eq!(code(&o), 2, "{bad}: {}", stderr(&o));
     }
 }
+
+/// `--display junit`: one test case per threshold and per baseline metric, failures where the
+/// verdict failed, the same exit code as the other displays, and well-formed XML (parsed by
+/// Python's `xml.etree`).
+#[test]
+fn junit_lists_every_threshold_and_baseline_verdict() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (run, slow) = fixture(dir.path());
+    let base: Vec<String> = run.iter().map(|p| p.display().to_string()).collect();
+    let mut extra: Vec<&str> = vec![
+        "-d",
+        "junit",
+        "-t",
+        "create_post.p99<1ms",
+        "-t",
+        "*.error_rate<50%",
+    ];
+    for b in &base {
+        extra.push("--baseline");
+        extra.push(b);
+    }
+    let o = run_files(&slow, &extra);
+    assert_eq!(code(&o), 5, "{}", stderr(&o));
+    let xml = stdout(&o);
+    assert!(xml.starts_with("<?xml"), "{xml}");
+    assert!(xml.contains("name=\"create_post.p99&lt;1ms\""), "{xml}");
+    assert!(xml.contains("<testsuite name=\"baseline\""), "{xml}");
+    assert!(xml.contains("regression against run-1"), "{xml}");
+    let cases = xml.matches("<testcase ").count();
+    let failures = xml.matches("<failure ").count();
+    assert!(
+        cases > failures && failures >= 2,
+        "{cases} cases, {failures} failures:\n{xml}"
+    );
+    let mut py = Command::new("python3")
+        .args(["-c", "import sys, xml.etree.ElementTree as E; r = E.parse(sys.stdin).getroot(); print(r.get('tests'), r.get('failures'))"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("python3");
+    py.stdin
+        .take()
+        .expect("stdin")
+        .write_all(xml.as_bytes())
+        .expect("write");
+    let parsed = py.wait_with_output().expect("python3");
+    assert!(parsed.status.success(), "not well-formed XML:\n{xml}");
+    assert_eq!(
+        String::from_utf8_lossy(&parsed.stdout).trim(),
+        format!("{cases} {failures}")
+    );
+}

@@ -30,6 +30,9 @@ pub struct Metrics {
     pub bus_received: IntCounter,
     pub bus_reconnects: IntCounter,
     pub bus_dropped: IntCounterVec,
+    /// Tasks alive on the runtime (one per WebSocket plus a few): rising then flat in a healthy run.
+    pub runtime_tasks: IntGauge,
+    pub runtime_workers: IntGauge,
 }
 
 fn must<T>(r: prometheus::Result<T>) -> T {
@@ -45,6 +48,14 @@ impl Metrics {
             0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
         ];
         let m = Metrics {
+            runtime_tasks: must(IntGauge::new(
+                "chat_runtime_alive_tasks",
+                "Tasks alive on the tokio runtime",
+            )),
+            runtime_workers: must(IntGauge::new(
+                "chat_runtime_workers",
+                "Worker threads of the tokio runtime",
+            )),
             http_requests: must(IntCounterVec::new(
                 Opts::new(
                     "chat_http_requests_total",
@@ -126,8 +137,13 @@ impl Metrics {
             )),
             registry,
         };
+        must(m.registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        )));
         for c in [
-            Box::new(m.http_requests.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.runtime_tasks.clone()) as Box<dyn prometheus::core::Collector>,
+            Box::new(m.runtime_workers.clone()),
+            Box::new(m.http_requests.clone()),
             Box::new(m.http_errors.clone()),
             Box::new(m.http_duration.clone()),
             Box::new(m.ws_connections.clone()),
@@ -162,6 +178,11 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        if let Ok(h) = tokio::runtime::Handle::try_current() {
+            let m = h.metrics();
+            self.runtime_tasks.set(m.num_alive_tasks() as i64);
+            self.runtime_workers.set(m.num_workers() as i64);
+        }
         let mut buf = Vec::new();
         if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
             tracing::warn!("encoding metrics: {e}");
