@@ -103,10 +103,20 @@ pub struct Metrics {
     pub late_actions: IntCounter,
     pub reconnects: IntCounter,
     pub schedule_lag_p99_seconds: prometheus::Gauge,
+    /// Response time (from the intended start) of successful actions, by action.
+    pub response: prometheus::HistogramVec,
+    /// Delivery latency of this agent's own posts to its receivers.
+    pub delivery: prometheus::Histogram,
     /// Tasks alive on the runtime (one per simulated user plus a few).
     pub runtime_tasks: IntGauge,
     pub runtime_workers: IntGauge,
 }
+
+/// Histogram buckets of the agent's latency metrics, seconds (dashboards take p99 from them;
+/// the results' HDR histograms stay the exact figures).
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
 
 impl Metrics {
     pub fn new() -> Self {
@@ -129,7 +139,7 @@ impl Metrics {
             let _ = registry.register(Box::new(c.clone()));
             c
         };
-        Self {
+        let m = Self {
             active_users: gauge("loadtest_agent_active_users", "Simulated users running"),
             ws_connections: gauge(
                 "loadtest_agent_websocket_connections",
@@ -157,6 +167,33 @@ impl Metrics {
                 let _ = registry.register(Box::new(g.clone()));
                 g
             },
+            response: {
+                let n = "loadtest_agent_response_seconds";
+                let h = prometheus::HistogramVec::new(
+                    prometheus::HistogramOpts::new(
+                        n,
+                        "Response time of successful actions from their intended start, by action",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                    &["action"],
+                )
+                .unwrap_or_else(|e| unreachable!("metric {n}: {e}"));
+                let _ = registry.register(Box::new(h.clone()));
+                h
+            },
+            delivery: {
+                let n = "loadtest_agent_delivery_seconds";
+                let h = prometheus::Histogram::with_opts(
+                    prometheus::HistogramOpts::new(
+                        n,
+                        "Delivery latency of this agent's posts to its own receivers",
+                    )
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                )
+                .unwrap_or_else(|e| unreachable!("metric {n}: {e}"));
+                let _ = registry.register(Box::new(h.clone()));
+                h
+            },
             runtime_tasks: gauge(
                 "loadtest_agent_runtime_alive_tasks",
                 "Tasks alive on the tokio runtime",
@@ -171,7 +208,18 @@ impl Metrics {
                 ));
                 registry
             },
+        };
+        // Every delivery kind reads 0 rather than missing (dashboards, alerts).
+        for kind in [
+            "expected",
+            "received",
+            "duplicate",
+            "missing",
+            "remote_received",
+        ] {
+            m.deliveries.with_label_values(&[kind]);
         }
+        m
     }
 
     pub fn render(&self) -> String {
@@ -387,6 +435,13 @@ impl Recorder {
             .record(end.saturating_duration_since(intended));
     }
 
+    fn observe_response(&self, action: Action, d: Duration) {
+        self.metrics
+            .response
+            .with_label_values(&[action.name()])
+            .observe(d.as_secs_f64());
+    }
+
     fn count(&self, action: Action, class: Option<ErrorClass>, late: bool) {
         self.counters.requests.fetch_add(1, Ordering::Relaxed);
         if class.is_some() {
@@ -421,6 +476,9 @@ impl Recorder {
                 Ok(end) => Self::note_ok(stats, intended, started, end),
                 Err(class) => stats.errors.count(class),
             }
+        }
+        if let Ok(end) = outcome {
+            self.observe_response(action, end.saturating_duration_since(intended));
         }
         self.count(action, outcome.err(), late);
     }
@@ -478,6 +536,7 @@ impl Recorder {
             .deliveries
             .with_label_values(&["expected"])
             .inc_by(expected);
+        self.observe_response(Action::CreatePost, end.saturating_duration_since(intended));
         self.count(Action::CreatePost, None, late);
     }
 
@@ -512,9 +571,9 @@ impl Recorder {
                     Ok(i) => {
                         p.received[i] = true;
                         d.interval.received += 1;
-                        d.interval
-                            .latency
-                            .record(now.saturating_duration_since(p.sent));
+                        let latency = now.saturating_duration_since(p.sent);
+                        d.interval.latency.record(latency);
+                        self.metrics.delivery.observe(latency.as_secs_f64());
                         Receipt::First
                     }
                 },

@@ -189,6 +189,10 @@ See ltops/README.md for every key."
         aws: AwsArgs,
         #[command(flatten)]
         kube: KubeArgs,
+        /// Run a Prometheus that scrapes every server and agent (local clusters; Debian's
+        /// `prometheus` package); `ltops status` prints its URL.
+        #[arg(long)]
+        metrics: bool,
     },
     /// Start (or restart) a cluster's servers and agents.
     #[command(
@@ -345,6 +349,7 @@ async fn run(cli: Cli) -> ltops::Result<i32> {
             inventory_from_terraform,
             aws,
             kube,
+            metrics,
         } => {
             commands::create::create(
                 &home,
@@ -359,6 +364,7 @@ async fn run(cli: Cli) -> ltops::Result<i32> {
                     inventory_from_terraform,
                     aws: aws.options(),
                     kube: kube.options(),
+                    metrics,
                 },
             )
             .await

@@ -237,6 +237,8 @@ pub enum Role {
     Postgres,
     /// The reverse proxy in front of the server instances.
     Proxy,
+    /// The cluster's Prometheus (`ltops create --metrics`), scraping every server and agent.
+    Prometheus,
 }
 
 impl Role {
@@ -246,13 +248,14 @@ impl Role {
             Role::Agent => "agent",
             Role::Postgres => "postgres",
             Role::Proxy => "proxy",
+            Role::Prometheus => "prometheus",
         }
     }
 
     /// Order in which components are stopped: clients before what they talk to.
     pub fn stop_rank(self) -> u8 {
         match self {
-            Role::Agent => 0,
+            Role::Agent | Role::Prometheus => 0,
             Role::Proxy => 1,
             Role::Server => 2,
             Role::Postgres => 3,
@@ -309,6 +312,9 @@ pub struct ClusterState {
     pub app_count: u32,
     #[serde(default)]
     pub proxy: Proxy,
+    /// A Prometheus scrapes every server and agent (`ltops create --metrics`).
+    #[serde(default)]
+    pub metrics: bool,
     pub created_at_ms: i64,
     /// Shared secret of the agents' control API.
     pub control_token: String,
@@ -804,6 +810,7 @@ mod tests {
             database: Database::Sqlite,
             app_count: 1,
             proxy: Proxy::None,
+            metrics: false,
             created_at_ms: 1,
             control_token: random_token(),
             workload: None,

@@ -390,6 +390,15 @@ fn bad_arguments_say_what_to_do() {
         text(&o)
     );
 
+    // Prometheus is run for local clusters only, so far: said, not ignored.
+    let o = env.run(&["create", "--name", "m", "--type", "kubernetes", "--metrics"]);
+    assert_eq!(o.status.code(), usage, "{}", text(&o));
+    assert!(
+        text(&o).contains("--metrics runs Prometheus for local clusters only"),
+        "{}",
+        text(&o)
+    );
+
     let o = env.run(&[
         "create",
         "--name",
@@ -985,4 +994,157 @@ fn text_of(o: &std::process::Output) -> String {
         String::from_utf8_lossy(&o.stdout),
         String::from_utf8_lossy(&o.stderr)
     )
+}
+
+fn have(program: &str) -> bool {
+    let found = std::process::Command::new(program)
+        .arg("--version")
+        .output()
+        .is_ok();
+    assert!(
+        found || std::env::var_os("CI").is_none(),
+        "{program} is missing (Debian package prometheus)"
+    );
+    found
+}
+
+/// The dashboards in `dashboards/` against a real Prometheus scraping a real local cluster
+/// (`ltops create --metrics`): every panel's PromQL is evaluated through Prometheus's HTTP API
+/// after a short load and must be valid and return at least one series. Grafana itself cannot
+/// run here: the dashboard JSON is checked for the structure Grafana's import needs (schema
+/// version, the `${DS_PROMETHEUS}` input, the `$instance` variable, panels with ids, grid
+/// positions, typed targets), not against Grafana's published schema.
+#[test]
+fn every_dashboard_panel_has_live_data_in_the_clusters_prometheus() {
+    require_binaries();
+    if !have("prometheus") || !have("promtool") {
+        eprintln!("skipped: prometheus is not installed (apt-get install prometheus)");
+        return;
+    }
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dashboards");
+    let mut queries: Vec<(String, String)> = Vec::new();
+    for name in ["server.json", "agents.json", "overview.json"] {
+        let text = std::fs::read_to_string(root.join(name)).unwrap();
+        let d: serde_json::Value = serde_json::from_str(&text).unwrap();
+        assert!(d["schemaVersion"].as_u64().unwrap() >= 36, "{name}");
+        assert!(d["uid"].as_str().is_some_and(|u| !u.is_empty()), "{name}");
+        assert_eq!(d["__inputs"][0]["name"], "DS_PROMETHEUS", "{name}");
+        assert_eq!(d["templating"]["list"][0]["name"], "instance", "{name}");
+        let panels = d["panels"].as_array().unwrap();
+        assert!(!panels.is_empty(), "{name}");
+        let mut ids = std::collections::HashSet::new();
+        for p in panels {
+            let title = p["title"].as_str().unwrap();
+            assert!(
+                ids.insert(p["id"].as_u64().unwrap()),
+                "{name}: duplicate id"
+            );
+            assert_eq!(p["type"], "timeseries", "{name}: {title}");
+            assert_eq!(
+                p["datasource"]["uid"], "${DS_PROMETHEUS}",
+                "{name}: {title}"
+            );
+            for k in ["h", "w", "x", "y"] {
+                assert!(
+                    p["gridPos"][k].as_u64().is_some(),
+                    "{name}: {title}: gridPos.{k}"
+                );
+            }
+            let targets = p["targets"].as_array().unwrap();
+            assert!(!targets.is_empty(), "{name}: {title}");
+            for t in targets {
+                assert!(t["refId"].as_str().is_some(), "{name}: {title}");
+                let expr = t["expr"].as_str().unwrap();
+                queries.push((format!("{name}: {title}: {expr}"), expr.to_string()));
+            }
+        }
+    }
+
+    let env = Env::new();
+    let cfg = env.tiny_config("10s");
+    let o = env.run(&["create", "--name", "dash", "--agents", "2", "--metrics"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let o = env.run(&["deploy", "-c", "dash"]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let config = env
+        .home
+        .path()
+        .join("clusters/dash/prometheus-0/prometheus.yml");
+    let o = std::process::Command::new("promtool")
+        .args(["check", "config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "promtool check config: {}", text_of(&o));
+    let st = env.state("dash");
+    let prom = st.component(Role::Prometheus, 0).unwrap().address.clone();
+    let o = env.run(&["status", "dash"]);
+    assert!(
+        text(&o).contains(&format!("Prometheus at http://{prom}")),
+        "{}",
+        text(&o)
+    );
+    let o = env.run(&[
+        "loadtest",
+        "-c",
+        "dash",
+        "--config",
+        cfg.to_str().unwrap(),
+        "--progress",
+        "none",
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let query = |expr: String| {
+        let http = http.clone();
+        let url = format!("http://{prom}/api/v1/query");
+        async move {
+            let r = http
+                .get(url)
+                .query(&[("query", expr)])
+                .send()
+                .await
+                .unwrap();
+            let v: serde_json::Value = r.json().await.unwrap();
+            v
+        }
+    };
+    // Every target (3 components) is up.
+    let up = rt.block_on(query("up".into()));
+    let ups = up["data"]["result"].as_array().unwrap();
+    assert_eq!(ups.len(), 3, "{up}");
+    assert!(ups.iter().all(|s| s["value"][1] == "1"), "{up}");
+    let mut failed = Vec::new();
+    for (what, expr) in &queries {
+        let expr = expr
+            .replace("$__rate_interval", "30s")
+            .replace("$instance", ".*");
+        let v = rt.block_on(query(expr));
+        let series = v["data"]["result"].as_array().map_or(0, Vec::len);
+        if v["status"] != "success" || series == 0 {
+            failed.push(format!("{what}\n    -> {v}"));
+        } else {
+            eprintln!("ok ({series} series): {what}");
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "panels without data:\n{}",
+        failed.join("\n")
+    );
+    eprintln!("{} panel queries checked against Prometheus", queries.len());
+
+    let pid = local(&env.state("dash"))
+        .processes
+        .iter()
+        .find(|p| p.role == Role::Prometheus)
+        .and_then(|p| p.pid)
+        .unwrap();
+    assert_eq!(env.run(&["delete", "dash", "--yes"]).status.code(), Some(0));
+    wait_gone(&[pid]);
 }

@@ -26,6 +26,8 @@ pub struct CreateOptions {
     pub aws: AwsOptions,
     /// The `kubernetes` provider's flags.
     pub kube: KubeOptions,
+    /// Run a Prometheus scraping every server and agent.
+    pub metrics: bool,
 }
 
 impl CreateOptions {
@@ -42,6 +44,7 @@ impl CreateOptions {
             inventory_from_terraform: None,
             aws: AwsOptions::default(),
             kube: KubeOptions::default(),
+            metrics: false,
         }
     }
 
@@ -76,6 +79,15 @@ fn validate(opts: &CreateOptions, p: &dyn Provider) -> Result<Shape> {
         return Err(Error::Usage(
             "--context, --namespace, --use-existing-namespace, --image, --database-url-secret, --storage-class, --storage, --users and --server-url are for --type kubernetes".into(),
         ));
+    }
+    if opts.metrics && opts.kind != ClusterType::Local {
+        return Err(Error::Usage(format!(
+            "--metrics runs Prometheus for local clusters only so far; for --type {} point your own Prometheus at the servers' and agents' /metrics (see dashboards/README.md)",
+            opts.kind.name()
+        )));
+    }
+    if opts.metrics {
+        super::super::provider::prometheus::binary()?;
     }
     let shape = p.shape(&opts.request())?;
     state::check_shape(shape.agents, shape.app_count, shape.database, shape.proxy).map_err(
@@ -114,6 +126,7 @@ pub async fn create_locked(home: &Home, opts: &CreateOptions) -> Result<ClusterS
             database: shape.database,
             app_count: shape.app_count,
             proxy: shape.proxy,
+            metrics: opts.metrics,
             created_at_ms: loadtest_contract::now_ms(),
             control_token: state::random_token(),
             workload: None,

@@ -79,6 +79,12 @@ async fn show(home: &Home, st: &ClusterState) {
         }
         Err(e) => println!("  components: unknown ({e})"),
     }
+    if let Some(c) = st.component(Role::Prometheus, 0).filter(|c| c.started) {
+        println!(
+            "  metrics:  Prometheus at http://{} (dashboards for your Grafana: dashboards/)",
+            c.address
+        );
+    }
     match &st.dataset {
         Some(d) => println!(
             "  data set: prepared {} ({} team(s), {} users, key {})",

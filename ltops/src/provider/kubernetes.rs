@@ -239,6 +239,10 @@ impl KubeProvider {
             Role::Proxy => Err(Error::Usage(
                 "a kubernetes cluster has no proxy: its Service balances the server pods".into(),
             )),
+            Role::Prometheus => Err(Error::Usage(
+                "this kubernetes cluster runs no Prometheus (--metrics is for local clusters so far)"
+                    .into(),
+            )),
         }
     }
 
@@ -590,7 +594,7 @@ impl Provider for KubeProvider {
                     .iter()
                     .find(|p| p.name == manifests::agent_pod(&st.name, c.index)),
                 Role::Postgres => pods.iter().find(|p| p.component == "postgres"),
-                Role::Proxy => None,
+                Role::Proxy | Role::Prometheus => None,
             };
             let (health, location) = match pod {
                 None => (Health::Stopped, "no pod".to_string()),

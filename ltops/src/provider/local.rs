@@ -138,6 +138,9 @@ impl LocalState {
     }
 }
 
+/// What `deploy` (re)starts and `stop` stops; PostgreSQL is handled on its own.
+const COMPONENT_ROLES: [Role; 3] = [Role::Agent, Role::Prometheus, Role::Server];
+
 pub struct LocalProvider {
     home: Home,
 }
@@ -300,9 +303,10 @@ impl LocalProvider {
         )))
     }
 
-    /// Stops agents, then servers, then the private PostgreSQL (`pg_ctl stop`, then by PID).
+    /// Stops agents and Prometheus, then servers, then the private PostgreSQL (`pg_ctl stop`,
+    /// then by PID).
     fn stop_all(state: &mut ClusterState, local: &mut LocalState) {
-        Self::stop_processes(state, local, &[Role::Agent, Role::Server]);
+        Self::stop_processes(state, local, &COMPONENT_ROLES);
         if let Some(pg) = &local.postgres {
             super::postgres::stop(pg);
         }
@@ -324,6 +328,32 @@ impl LocalProvider {
                 c.started = false;
             }
         }
+    }
+
+    /// Prometheus with a scrape configuration for the components started (its data in its own
+    /// directory, kept across deploys).
+    fn prometheus_plan(&self, state: &ClusterState) -> Result<Plan> {
+        let dir = self.component_dir(state, Role::Prometheus, 0);
+        crate::state::create_private_dir(&dir)?;
+        let config = dir.join("prometheus.yml");
+        let text = super::prometheus::scrape_config(state);
+        crate::state::write_atomic(&config, text.as_bytes(), 0o600)?;
+        let data = dir.join("data").display().to_string();
+        let config = config.display().to_string();
+        Ok(Plan {
+            role: Role::Prometheus,
+            index: 0,
+            program: super::prometheus::binary()?,
+            args: Box::new(move |port: u16, _| {
+                vec![
+                    format!("--config.file={config}"),
+                    format!("--storage.tsdb.path={data}"),
+                    format!("--web.listen-address=127.0.0.1:{port}"),
+                    "--storage.tsdb.retention.time=15d".into(),
+                ]
+            }),
+            with_metrics: false,
+        })
     }
 
     /// The start plan for every server instance and agent.
@@ -458,6 +488,7 @@ fn probe(role: Role, addr: &str, token: &str) -> Result<u16> {
         Role::Server | Role::Proxy => {
             process::http_get_status(addr, "/api/v4/system/ping", None, timeout)
         }
+        Role::Prometheus => process::http_get_status(addr, "/-/ready", None, timeout),
         Role::Agent => process::http_get_status(
             addr,
             loadtest_contract::control::PATH_CLOCK,
@@ -533,13 +564,13 @@ impl Provider for LocalProvider {
     ) -> Result<()> {
         let mut local = self.local(state)?;
         // Restart semantics: stop what runs, then start everything fresh.
-        Self::stop_processes(state, &mut local, &[Role::Server, Role::Agent]);
+        Self::stop_processes(state, &mut local, &COMPONENT_ROLES);
         state
             .components
-            .retain(|c| !matches!(c.role, Role::Server | Role::Agent));
+            .retain(|c| !COMPONENT_ROLES.contains(&c.role));
         local
             .processes
-            .retain(|p| !matches!(p.role, Role::Server | Role::Agent));
+            .retain(|p| !COMPONENT_ROLES.contains(&p.role));
         state.set_provider_state(&local)?;
         save(state)?;
         Self::ensure_postgres(state, &mut local, save)?;
@@ -548,12 +579,17 @@ impl Provider for LocalProvider {
             for plan in self.plan(state, &local, artifacts)? {
                 self.start_component(state, &mut local, &plan, save).await?;
             }
+            // Prometheus last: its targets are the addresses just started.
+            if state.metrics {
+                let plan = self.prometheus_plan(state)?;
+                self.start_component(state, &mut local, &plan, save).await?;
+            }
             Ok::<(), Error>(())
         }
         .await;
         if let Err(e) = result {
             // Leave nothing half-started behind.
-            Self::stop_processes(state, &mut local, &[Role::Server, Role::Agent]);
+            Self::stop_processes(state, &mut local, &COMPONENT_ROLES);
             state.set_provider_state(&local)?;
             let _ = save(state);
             return Err(e);

@@ -21,6 +21,7 @@ pub mod aws;
 pub mod kubernetes;
 pub mod local;
 pub mod postgres;
+pub mod prometheus;
 pub mod ssh;
 
 use std::path::{Path, PathBuf};

@@ -428,13 +428,14 @@ impl Cluster {
                 );
                 self.script(h, "pg_isready", &body, None).await.map(drop)
             }
-            Role::Server | Role::Proxy | Role::Agent => {
+            Role::Server | Role::Proxy | Role::Agent | Role::Prometheus => {
                 let fwd = self.ssh.forward(h, "127.0.0.1", p.port).await?;
                 let (path, token) = match p.role {
                     Role::Agent => (
                         loadtest_contract::control::PATH_CLOCK,
                         Some(self.st.control_token.as_str()),
                     ),
+                    Role::Prometheus => ("/-/ready", None),
                     _ => ("/api/v4/system/ping", None),
                 };
                 http_probe(&fwd, path, token).await
