@@ -19,7 +19,7 @@ use crate::histogram::{HistogramError, LatencyHistogram};
 /// Major version: bumped when a reader of the previous major would misread a file.
 pub const SCHEMA_MAJOR: u32 = 1;
 /// Minor version: bumped when fields or record kinds are added; older readers skip them.
-pub const SCHEMA_MINOR: u32 = 2;
+pub const SCHEMA_MINOR: u32 = 3;
 
 /// The schema version string written in every header, e.g. `"1.0"`.
 pub fn schema_version() -> String {
@@ -33,6 +33,8 @@ pub enum Record {
     Header(RunHeader),
     Interval(IntervalRecord),
     Summary(SummaryRecord),
+    /// Schema 1.3: one server instance's own figures over one interval.
+    Server(ServerRecord),
 }
 
 impl Record {
@@ -41,6 +43,7 @@ impl Record {
             Record::Header(h) => &h.run_id,
             Record::Interval(i) => &i.run_id,
             Record::Summary(s) => &s.run_id,
+            Record::Server(s) => &s.run_id,
         }
     }
 
@@ -49,8 +52,41 @@ impl Record {
             Record::Header(h) => &h.agent_id,
             Record::Interval(i) => &i.agent_id,
             Record::Summary(s) => &s.agent_id,
+            Record::Server(s) => &s.instance,
         }
     }
+}
+
+/// What one server instance reported about itself over one interval of a run: sampled from its
+/// `/metrics` by the coordinator (`ltops`) every `run.interval` and written to
+/// `results/<run-id>/server.jsonl`, so the server's side travels with the run without a
+/// Prometheus (schema 1.3). Counts are the increase during the interval; gauges its end value.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct ServerRecord {
+    pub run_id: String,
+    /// The instance, e.g. `server-0`.
+    pub instance: String,
+    /// 0-based index of the sample in the run.
+    pub index: u64,
+    /// Coordinator wall clock, Unix milliseconds.
+    pub start_ms: i64,
+    pub end_ms: i64,
+    /// CPU time the process used during the interval (user + system).
+    pub cpu_seconds: f64,
+    pub rss_bytes: u64,
+    pub websocket_connections: u64,
+    /// Tasks alive on its runtime.
+    pub tasks: u64,
+    pub requests: u64,
+    pub errors_5xx: u64,
+    pub posts: u64,
+    /// Events published to its hub, and queued to connections (one per recipient).
+    pub broadcasts: u64,
+    pub deliveries: u64,
+    /// Events not queued to a connection (queue full, typing dropped at half full).
+    pub dropped: u64,
+    pub db_operations: u64,
+    pub db_seconds: f64,
 }
 
 /// First record of every agent's results: who ran what, against what, from when.
@@ -462,7 +498,7 @@ impl<R: BufRead> ResultsReader<R> {
         let kind = peek.kind.ok_or_else(|| {
             self.error("record has no \"kind\" field; expected header, interval or summary")
         })?;
-        if !matches!(kind.as_ref(), "header" | "interval" | "summary") {
+        if !matches!(kind.as_ref(), "header" | "interval" | "summary" | "server") {
             return Ok(Item::Unknown {
                 kind: kind.into_owned(),
                 line: self.line_no,

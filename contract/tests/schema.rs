@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 
 use loadtest_contract::results::{
     schema_version, ActionStats, DeliveryStats, ErrorCounts, Gauges, IntervalRecord, RunHeader,
-    RunSettings, ScheduleStats, StopReason, SummaryRecord, Totals,
+    RunSettings, ScheduleStats, ServerRecord, StopReason, SummaryRecord, Totals,
 };
 use loadtest_contract::{Action, Record, ResultsWriter};
 
@@ -157,6 +157,26 @@ fn all_kinds() -> Vec<Record> {
             stop_reason: StopReason::Interrupted,
             intervals: 0,
             totals: Totals::default(),
+        }),
+        // Schema 1.3: a server instance's own figures, sampled by the coordinator.
+        Record::Server(ServerRecord {
+            run_id: "run-1".into(),
+            instance: "server-0".into(),
+            index: 0,
+            start_ms: 1_700_000_000_000,
+            end_ms: 1_700_000_010_000,
+            cpu_seconds: 1.25,
+            rss_bytes: 50_000_000,
+            websocket_connections: 20,
+            tasks: 31,
+            requests: 400,
+            errors_5xx: 1,
+            posts: 12,
+            broadcasts: 40,
+            deliveries: 240,
+            dropped: 0,
+            db_operations: 60,
+            db_seconds: 0.03,
         }),
     ]
 }

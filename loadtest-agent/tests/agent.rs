@@ -143,6 +143,7 @@ fn read_results(path: &Path) -> Results {
                 Record::Header(h) => header = Some(h),
                 Record::Interval(i) => intervals.push(i),
                 Record::Summary(s) => summary = Some(s),
+                Record::Server(s) => panic!("an agent wrote a server record: {s:?}"),
             },
             Item::Unknown { kind, .. } => panic!("unknown record kind {kind}"),
         }

@@ -54,6 +54,9 @@ pub struct RunPlan {
     /// Users active at the start across all agents (the rest wait for a [`Fleet`] to add
     /// them); all of `users.count` when `None`.
     pub initial_users: Option<u64>,
+    /// Server instances' `/metrics` (`server-N`, URL), sampled every `run.interval` into
+    /// `server.jsonl` (none: no server figures).
+    pub server_metrics: Vec<(String, String)>,
 }
 
 /// `total` users spread over agents in proportion to their `slices`, never above a slice.
@@ -478,7 +481,14 @@ pub async fn run_steered(
         })
     });
 
-    // 5. Watch.
+    // 5. Watch (and sample the servers' own figures every results interval).
+    let mut sampler = crate::server_sample::Sampler::new(
+        &plan.run_id,
+        plan.server_metrics.clone(),
+        &plan.results_dir,
+    );
+    let sample_every = plan.config.run.interval;
+    let mut next_sample = Instant::now() + plan.start_delay;
     let duration = plan.config.users.duration;
     let began = Instant::now();
     let hard_stop = plan.start_delay + duration + Duration::from_secs(120);
@@ -488,6 +498,10 @@ pub async fn run_steered(
     let mut interrupted = false;
     loop {
         let tick = Instant::now();
+        if tick >= next_sample {
+            sampler.sample().await;
+            next_sample += sample_every;
+        }
         let polled = join_all(busy.iter().map(|&i| clients[i].status())).await;
         let mut shown = Vec::with_capacity(busy.len());
         for (&i, r) in busy.iter().zip(polled) {
@@ -595,6 +609,8 @@ pub async fn run_steered(
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+    sampler.sample().await;
+    sampler.finish();
     stopping.cancel();
     if let Some(task) = steering {
         // It was told to stop; it only has to notice.

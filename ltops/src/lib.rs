@@ -10,7 +10,8 @@
 //!   [`provider::local`] runs everything as processes on this machine.
 //! - [`coordinator`]: a load test over any set of agents, through their control API only
 //!   ([`agent_client`]): user split, clock offsets ([`clock`]), common start, live
-//!   [`progress`], stop, results download.
+//!   [`progress`], stop, results download; [`server_sample`] keeps the servers' own figures
+//!   beside the agents' results; [`capacity`] steers a run to find how many users it holds.
 //! - [`state`]: the state directory and the cluster definition file; [`lock`]: one command per
 //!   cluster at a time; [`process`]: local process plumbing; [`interrupt`]: ctrl-c.
 //!
@@ -33,6 +34,7 @@ pub mod lock;
 pub mod process;
 pub mod progress;
 pub mod provider;
+pub mod server_sample;
 pub mod state;
 
 pub use error::{exit, Error, Result};

@@ -178,6 +178,24 @@ fn lifecycle_create_deploy_loadtest_status_delete() {
     })
     .unwrap();
     assert_eq!(summary.outcome, ltparse::Outcome::Pass);
+    // The server's own figures travel with the run: sampled every interval from its /metrics.
+    let servers = &summary.report.runs[0].servers;
+    assert_eq!(servers.len(), 1, "{servers:?}");
+    let s0 = &servers[0];
+    assert_eq!(s0.instance, "server-0");
+    assert!(s0.samples >= 3, "{s0:?}");
+    assert!(s0.requests_per_s > 0.0 && s0.cpu_cores_mean > 0.0, "{s0:?}");
+    assert!(
+        s0.rss_peak_bytes > 1_000_000 && s0.websocket_connections_peak >= 10,
+        "{s0:?}"
+    );
+    assert!(
+        summary
+            .rendered
+            .contains("Server (each instance's own /metrics"),
+        "{}",
+        summary.rendered
+    );
 
     let o = env.run(&["status", "e2e"]);
     let out = text(&o);

@@ -16,7 +16,7 @@ use std::rc::Rc;
 use loadtest_contract::histogram::HistogramError;
 use loadtest_contract::results::{
     ActionStats, DeliveryStats, ErrorCounts, Gauges, IntervalRecord, Item, ReadError, RunHeader,
-    ScheduleStats, StopReason, SummaryRecord, Totals,
+    ScheduleStats, ServerRecord, StopReason, SummaryRecord, Totals,
 };
 use loadtest_contract::{LatencyHistogram, Record, ResultsReader};
 
@@ -349,6 +349,8 @@ pub struct RunData {
     /// ran one after the other).
     pub elapsed_ms: u64,
     pub started_at_ms: Option<i64>,
+    /// The server instances' own figures (schema 1.3), in input order.
+    pub servers: Vec<ServerRecord>,
 }
 
 impl RunData {
@@ -372,6 +374,7 @@ impl RunData {
                 a.index = idx;
             }
         }
+        self.servers.extend(o.servers);
         self.elapsed_ms += o.elapsed_ms;
         self.started_at_ms = match (self.started_at_ms, o.started_at_ms) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -429,6 +432,7 @@ struct RunState {
     agents: BTreeMap<String, AgentState>,
     totals: Totals,
     intervals: BTreeMap<u64, IntervalAgg>,
+    servers: Vec<ServerRecord>,
 }
 
 /// Tracks the last byte the reader consumed, to tell a line cut at the very end of an input (a
@@ -524,6 +528,14 @@ pub fn load<'a>(inputs: impl IntoIterator<Item = Input<'a>>) -> Result<Loaded, E
                 runs.len() - 1
             });
             let run = &mut runs[slot];
+            // Server figures belong to the run, not to an agent.
+            let record = match record {
+                Record::Server(srv) => {
+                    run.servers.push(srv);
+                    continue;
+                }
+                other => other,
+            };
             let agent_id = record.agent_id().to_owned();
             let agent = run
                 .agents
@@ -582,6 +594,7 @@ pub fn load<'a>(inputs: impl IntoIterator<Item = Input<'a>>) -> Result<Loaded, E
                     agent.pending = None;
                     agent.summary = Some((started_at_ms, ended_at_ms, stop_reason, intervals));
                 }
+                Record::Server(_) => {}
             }
         }
     }
@@ -640,6 +653,7 @@ pub fn load<'a>(inputs: impl IntoIterator<Item = Input<'a>>) -> Result<Loaded, E
         }
         data.totals = run.totals;
         data.intervals = run.intervals;
+        data.servers = run.servers;
         loaded.runs.push(data);
     }
     Ok(loaded)
@@ -717,6 +731,30 @@ fn plausible(r: &Record) -> Result<(), String> {
     }
     match r {
         Record::Header(_) => Ok(()),
+        Record::Server(s) => {
+            for v in [
+                s.index,
+                s.requests,
+                s.errors_5xx,
+                s.posts,
+                s.broadcasts,
+                s.deliveries,
+                s.dropped,
+                s.db_operations,
+                s.websocket_connections,
+                s.tasks,
+            ] {
+                check("server", v)?;
+            }
+            let seconds = |v: f64| v.is_finite() && v >= 0.0;
+            if !(seconds(s.cpu_seconds) && seconds(s.db_seconds)) {
+                return Err(format!(
+                    "{}: implausible CPU or database seconds",
+                    s.instance
+                ));
+            }
+            Ok(())
+        }
         Record::Summary(s) => {
             check("interval", s.intervals)?;
             totals(&s.totals)

@@ -109,6 +109,40 @@ pub(crate) const DELIVERY_HEAD: [&str; 8] = [
 ];
 
 /// The one row of the delivery table.
+/// The server section's columns: one row per instance (schema 1.3 results).
+pub(crate) const SERVER_HEAD: [&str; 10] = [
+    "Instance",
+    "CPU cores mean",
+    "CPU peak",
+    "RSS peak MiB",
+    "WS peak",
+    "Tasks peak",
+    "Req/s",
+    "5xx",
+    "Deliveries/s",
+    "Dropped",
+];
+
+pub(crate) fn server_rows(r: &RunSummary) -> Vec<Vec<String>> {
+    r.servers
+        .iter()
+        .map(|s| {
+            vec![
+                s.instance.clone(),
+                format!("{:.2}", s.cpu_cores_mean),
+                format!("{:.2}", s.cpu_cores_peak),
+                format!("{:.1}", s.rss_peak_bytes as f64 / 1_048_576.0),
+                s.websocket_connections_peak.to_string(),
+                s.tasks_peak.to_string(),
+                format!("{:.1}", s.requests_per_s),
+                s.errors_5xx.to_string(),
+                format!("{:.1}", s.deliveries_per_s),
+                s.dropped.to_string(),
+            ]
+        })
+        .collect()
+}
+
 pub(crate) fn delivery_cells(d: &DeliverySummary) -> Vec<String> {
     vec![
         d.expected.to_string(),
@@ -313,6 +347,19 @@ fn text_run(o: &mut String, r: &RunSummary, verbose: bool) {
     let _ = writeln!(o, "{t}");
     if let Some(line) = remote_delivery_line(d) {
         let _ = writeln!(o, "{line}");
+    }
+
+    if !r.servers.is_empty() {
+        let _ = writeln!(
+            o,
+            "\nServer (each instance's own /metrics, sampled every interval)"
+        );
+        let mut t = table(&SERVER_HEAD);
+        for row in server_rows(r) {
+            t.add_row(row);
+        }
+        align(&mut t);
+        let _ = writeln!(o, "{t}");
     }
 
     let s = &r.schedule;
@@ -591,6 +638,10 @@ fn md_run(o: &mut String, r: &RunSummary, verbose: bool) {
     md_table(o, &DELIVERY_HEAD, &[delivery_cells(d)], 0);
     if let Some(line) = remote_delivery_line(d) {
         let _ = writeln!(o, "\n{line}");
+    }
+    if !r.servers.is_empty() {
+        let _ = writeln!(o, "\n### Server\n");
+        md_table(o, &SERVER_HEAD, &server_rows(r), 1);
     }
     let s = &r.schedule;
     let _ = writeln!(

@@ -7,8 +7,8 @@
 use std::collections::BTreeMap;
 
 use loadtest_contract::results::{
-    ErrorCounts, StopReason, CPU_STARVED_SHARE, GENERATOR_LAG_P99_US, LATE_THRESHOLD_MS,
-    PROBE_TOLERATED_US, WAITING_SHARE,
+    ErrorCounts, ServerRecord, StopReason, CPU_STARVED_SHARE, GENERATOR_LAG_P99_US,
+    LATE_THRESHOLD_MS, PROBE_TOLERATED_US, WAITING_SHARE,
 };
 use loadtest_contract::LatencyHistogram;
 use serde::Serialize;
@@ -248,6 +248,9 @@ pub struct RunSummary {
     pub peak_websocket_connections: u64,
     /// Human-readable warnings about the run (cut short, generator behind, missing agents).
     pub warnings: Vec<String>,
+    /// The server instances' own figures, when the coordinator sampled them (schema 1.3).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub servers: Vec<ServerSummary>,
     /// Per-interval timeline; in JSON only with `--verbose`. Its latencies are rounded up by at
     /// most 1.6 % to keep long runs small; the run totals above are exact.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -563,8 +566,80 @@ pub fn summarize(run: &RunData) -> RunSummary {
         peak_active_users: t.peak_active_users,
         peak_websocket_connections: t.peak_websocket_connections,
         warnings,
+        servers: server_summaries(&run.servers),
         intervals,
     }
+}
+
+/// One server instance over the run, from its own `/metrics` samples.
+#[derive(Clone, Debug, Default, PartialEq, Serialize)]
+pub struct ServerSummary {
+    pub instance: String,
+    /// Samples (intervals) seen.
+    pub samples: u64,
+    /// Seconds the samples cover.
+    pub covered_s: f64,
+    /// CPU in cores (1.0 = one core busy): over the run, and the busiest interval.
+    pub cpu_cores_mean: f64,
+    pub cpu_cores_peak: f64,
+    pub rss_peak_bytes: u64,
+    pub websocket_connections_peak: u64,
+    pub tasks_peak: u64,
+    pub requests_per_s: f64,
+    pub errors_5xx: u64,
+    pub broadcasts_per_s: f64,
+    pub deliveries_per_s: f64,
+    pub dropped: u64,
+    /// Mean database operation time, milliseconds.
+    pub db_mean_ms: Option<f64>,
+}
+
+fn server_summaries(records: &[ServerRecord]) -> Vec<ServerSummary> {
+    let mut by: BTreeMap<&str, Vec<&ServerRecord>> = BTreeMap::new();
+    for r in records {
+        by.entry(r.instance.as_str()).or_default().push(r);
+    }
+    by.into_iter()
+        .map(|(instance, rs)| {
+            let secs = |r: &ServerRecord| ((r.end_ms - r.start_ms).max(0) as f64) / 1000.0;
+            let covered: f64 = rs.iter().map(|r| secs(r)).sum();
+            let per_s = |v: u64| {
+                if covered > 0.0 {
+                    v as f64 / covered
+                } else {
+                    0.0
+                }
+            };
+            let sum = |f: fn(&ServerRecord) -> u64| rs.iter().map(|r| f(r)).sum::<u64>();
+            let cpu: f64 = rs.iter().map(|r| r.cpu_seconds).sum();
+            let db_ops = sum(|r| r.db_operations);
+            let db_s: f64 = rs.iter().map(|r| r.db_seconds).sum();
+            ServerSummary {
+                instance: instance.to_string(),
+                samples: rs.len() as u64,
+                covered_s: covered,
+                cpu_cores_mean: if covered > 0.0 { cpu / covered } else { 0.0 },
+                cpu_cores_peak: rs
+                    .iter()
+                    .filter(|r| secs(r) > 0.0)
+                    .map(|r| r.cpu_seconds / secs(r))
+                    .fold(0.0, f64::max),
+                rss_peak_bytes: rs.iter().map(|r| r.rss_bytes).max().unwrap_or(0),
+                websocket_connections_peak: rs
+                    .iter()
+                    .map(|r| r.websocket_connections)
+                    .max()
+                    .unwrap_or(0),
+                tasks_peak: rs.iter().map(|r| r.tasks).max().unwrap_or(0),
+                requests_per_s: per_s(sum(|r| r.requests)),
+                errors_5xx: sum(|r| r.errors_5xx),
+                broadcasts_per_s: per_s(sum(|r| r.broadcasts)),
+                deliveries_per_s: per_s(sum(|r| r.deliveries)),
+                dropped: sum(|r| r.dropped),
+                db_mean_ms: (db_ops > 0).then(|| db_s * 1000.0 / db_ops as f64),
+            }
+        })
+        .collect()
 }
 
 #[cfg(test)]

@@ -117,6 +117,7 @@ fn huge_counts_are_rejected_not_overflowed() {
             }
             Record::Summary(x) => x.totals.delivery.expected = u64::MAX,
             Record::Header(_) => {}
+            Record::Server(x) => x.requests = u64::MAX,
         }
     }
     let bytes = support::jsonl(&recs);
@@ -158,6 +159,10 @@ fn extreme_times_and_sizes_do_not_panic() {
                 Record::Summary(x) => {
                     x.started_at_ms = i64::MIN;
                     x.ended_at_ms = i64::MAX;
+                }
+                Record::Server(x) => {
+                    x.start_ms = i64::MAX;
+                    x.end_ms = i64::MIN;
                 }
             }
         }

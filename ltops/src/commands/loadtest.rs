@@ -489,6 +489,7 @@ pub async fn loadtest(home: &Home, opts: &LoadtestOptions) -> Result<i32> {
         results_dir: results_dir.clone(),
         start_delay: Duration::from_secs(2),
         initial_users: capacity.as_ref().map(|c| c.search.start_users),
+        server_metrics: endpoints.server_metrics.clone(),
     };
     let mut display: Box<dyn Progress> = match opts.progress {
         ProgressMode::Auto => progress::for_stderr(),

@@ -653,7 +653,14 @@ impl Provider for LocalProvider {
                 target_url: servers[i as usize % servers.len()].clone(),
             });
         }
-        Ok(Endpoints::new(out, servers[0].clone(), ()))
+        let metrics = state
+            .components(Role::Server)
+            .filter_map(|c| {
+                let m = c.metrics_address.as_ref()?;
+                Some((c.label(), format!("http://{m}/metrics")))
+            })
+            .collect();
+        Ok(Endpoints::new(out, servers[0].clone(), ()).with_server_metrics(metrics))
     }
 
     async fn lost_agent(

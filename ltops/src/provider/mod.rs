@@ -174,6 +174,9 @@ pub struct Endpoints {
     pub agents: Vec<AgentEndpoint>,
     /// The URL the report names as the target (each agent's own is in its endpoint).
     pub server_url: String,
+    /// Each server instance's `/metrics` URL, reachable from here (`server-N`, URL), when the
+    /// provider can offer them; the coordinator samples them into the results.
+    pub server_metrics: Vec<(String, String)>,
     _guard: Box<dyn Send + Sync>,
 }
 
@@ -186,8 +189,15 @@ impl Endpoints {
         Endpoints {
             agents,
             server_url,
+            server_metrics: Vec::new(),
             _guard: Box::new(guard),
         }
+    }
+
+    /// Adds the server instances' metrics URLs.
+    pub fn with_server_metrics(mut self, urls: Vec<(String, String)>) -> Self {
+        self.server_metrics = urls;
+        self
     }
 }
 
