@@ -196,6 +196,25 @@ fn lifecycle_create_deploy_loadtest_status_delete() {
         "{}",
         summary.rendered
     );
+    // The HTML report puts users, latency and the server's CPU on one time axis.
+    let html =
+        ltparse::render(&summary.report, ltparse::Display::Html, &Default::default()).unwrap();
+    let timeline = &html[html.find("id=\"timeline\"").expect("a timeline")..];
+    for chart in [
+        "active users and connections",
+        "delivery p99",
+        "server CPU",
+        "server memory",
+    ] {
+        assert!(
+            timeline.contains(&format!("<title>{chart}")),
+            "no {chart} chart"
+        );
+    }
+    assert!(
+        timeline.matches("<polyline").count() >= 6,
+        "charts without lines"
+    );
 
     let o = env.run(&["status", "e2e"]);
     let out = text(&o);

@@ -35,10 +35,18 @@ const PAD_B: f64 = 34.0;
 
 /// A simple line chart: linear axes from 0, five ticks each, a legend on top.
 fn chart(title: &str, y_unit: &str, series: &[Series]) -> String {
-    let max_x = series
-        .iter()
-        .flat_map(|s| s.points.iter().map(|p| p.0))
-        .fold(0.0_f64, f64::max)
+    chart_to(title, y_unit, series, None)
+}
+
+/// [`chart`] with the time axis ending at `max_x` (charts that share one axis).
+fn chart_to(title: &str, y_unit: &str, series: &[Series], max_x: Option<f64>) -> String {
+    let max_x = max_x
+        .unwrap_or_else(|| {
+            series
+                .iter()
+                .flat_map(|s| s.points.iter().map(|p| p.0))
+                .fold(0.0_f64, f64::max)
+        })
         .max(1.0);
     let max_y = series
         .iter()
@@ -140,6 +148,159 @@ fn fmt_tick(v: f64) -> String {
     }
 }
 
+const PALETTE: [&str; 8] = [
+    "#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#e377c2", "#17becf",
+];
+
+/// One point per interval of the run: `f` of the interval, at its end.
+fn per_interval(
+    r: &RunSummary,
+    f: impl Fn(&crate::summary::IntervalSummary) -> Option<f64>,
+) -> Vec<(f64, f64)> {
+    r.intervals
+        .iter()
+        .filter_map(|i| f(i).map(|v| (i.offset_s + i.length_s, v)))
+        .collect()
+}
+
+/// Cause and effect on one time axis: users and connections, request rate, response p99 per
+/// action, delivery p99, late actions, and the server's CPU and memory (baseline dashed).
+fn timeline(o: &mut String, r: &RunSummary, baseline: Option<&RunSummary>) {
+    let end = r
+        .intervals
+        .iter()
+        .map(|i| i.offset_s + i.length_s)
+        .chain(r.server_timeline.iter().map(|p| p.at_s))
+        .fold(0.0_f64, f64::max);
+    if end <= 0.0 {
+        return;
+    }
+    let line = |name: &str, color: &'static str, dashed: bool, points: Vec<(f64, f64)>| Series {
+        name: name.to_string(),
+        color,
+        dashed,
+        points,
+    };
+    let with_baseline =
+        |mut v: Vec<Series>, name: &str, f: &dyn Fn(&RunSummary) -> Vec<(f64, f64)>| {
+            if let Some(b) = baseline {
+                v.push(line(&format!("baseline {name}"), "#7f7f7f", true, f(b)));
+            }
+            v
+        };
+    let users = |r: &RunSummary| per_interval(r, |i| Some(i.active_users as f64));
+    let conns = |r: &RunSummary| per_interval(r, |i| Some(i.websocket_connections as f64));
+    let rate = |r: &RunSummary| {
+        per_interval(r, |i| {
+            Some(i.actions.iter().map(|a| a.throughput_per_s).sum())
+        })
+    };
+    let delivery = |r: &RunSummary| {
+        per_interval(r, |i| {
+            (i.delivery_latency.count > 0).then(|| i.delivery_latency.p99_us as f64 / 1000.0)
+        })
+    };
+    let late = |r: &RunSummary| per_interval(r, |i| Some(i.late as f64));
+    let _ = writeln!(
+        o,
+        "<h2>Over time (one time axis: users, load, latency, lateness, server)</h2><div id=\"timeline\">"
+    );
+    o.push_str(&chart_to(
+        "active users and connections",
+        "count",
+        &with_baseline(
+            vec![
+                line("users", PALETTE[0], false, users(r)),
+                line("WebSockets", PALETTE[2], false, conns(r)),
+            ],
+            "users",
+            &users,
+        ),
+        Some(end),
+    ));
+    o.push_str(&chart_to(
+        "request rate",
+        "req/s",
+        &with_baseline(
+            vec![line("all actions", PALETTE[0], false, rate(r))],
+            "rate",
+            &rate,
+        ),
+        Some(end),
+    ));
+    let p99: Vec<Series> = r
+        .actions
+        .iter()
+        .enumerate()
+        .map(|(k, a)| {
+            line(
+                &a.action,
+                PALETTE[k % PALETTE.len()],
+                false,
+                points(r, &a.action, |x| x.response_time.p99_us as f64 / 1000.0),
+            )
+        })
+        .collect();
+    o.push_str(&chart_to(
+        "response time p99 per action",
+        "ms",
+        &p99,
+        Some(end),
+    ));
+    o.push_str(&chart_to(
+        "delivery p99",
+        "ms",
+        &with_baseline(
+            vec![line("delivery p99", PALETTE[3], false, delivery(r))],
+            "delivery p99",
+            &delivery,
+        ),
+        Some(end),
+    ));
+    o.push_str(&chart_to(
+        "actions started late (generator or server behind)",
+        "per interval",
+        &with_baseline(
+            vec![line("late", PALETTE[1], false, late(r))],
+            "late",
+            &late,
+        ),
+        Some(end),
+    ));
+    if !r.server_timeline.is_empty() {
+        let mut instances: Vec<&str> = r
+            .server_timeline
+            .iter()
+            .map(|p| p.instance.as_str())
+            .collect();
+        instances.dedup();
+        let of = |inst: &str, f: &dyn Fn(&crate::summary::ServerPoint) -> f64| -> Vec<(f64, f64)> {
+            r.server_timeline
+                .iter()
+                .filter(|p| p.instance == inst)
+                .map(|p| (p.at_s, f(p)))
+                .collect()
+        };
+        let per_instance = |f: &dyn Fn(&crate::summary::ServerPoint) -> f64| -> Vec<Series> {
+            instances
+                .iter()
+                .enumerate()
+                .map(|(k, i)| line(i, PALETTE[k % PALETTE.len()], false, of(i, f)))
+                .collect()
+        };
+        let cpu = per_instance(&|p| p.cpu_cores);
+        let rss = per_instance(&|p| p.rss_bytes as f64 / 1_048_576.0);
+        o.push_str(&chart_to("server CPU", "cores", &cpu, Some(end)));
+        o.push_str(&chart_to(
+            "server memory (resident)",
+            "MiB",
+            &rss,
+            Some(end),
+        ));
+    }
+    o.push_str("</div>\n");
+}
+
 fn points(
     r: &RunSummary,
     action: &str,
@@ -232,7 +393,8 @@ th{{background:#f0f0f0}}.warn{{background:#fff3cd;border:1px solid #e0c060;paddi
         if let Some(line) = remote_delivery_line(&r.delivery) {
             let _ = writeln!(o, "<p>{}</p>", esc(&line));
         }
-        let _ = writeln!(o, "<h2>Over time</h2>");
+        timeline(&mut o, r, report.baseline.as_ref());
+        let _ = writeln!(o, "<h2>Over time, per action</h2>");
         for a in &r.actions {
             let _ = writeln!(o, "<h3>{}</h3><div>", esc(&a.action));
             let mut lat = vec![

@@ -220,7 +220,10 @@ pub fn render(report: &Report, display: Display, opts: &RenderOptions) -> Result
         Display::Json => {
             let mut r = report.clone();
             if !opts.verbose {
-                r.runs.iter_mut().for_each(|x| x.intervals.clear());
+                r.runs.iter_mut().for_each(|x| {
+                    x.intervals.clear();
+                    x.server_timeline.clear();
+                });
                 if let Some(b) = &mut r.baseline {
                     b.intervals.clear();
                 }

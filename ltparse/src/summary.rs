@@ -251,6 +251,9 @@ pub struct RunSummary {
     /// The server instances' own figures, when the coordinator sampled them (schema 1.3).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub servers: Vec<ServerSummary>,
+    /// Each server sample on the run's time axis (seconds from the run's start), for charts.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub server_timeline: Vec<ServerPoint>,
     /// Per-interval timeline; in JSON only with `--verbose`. Its latencies are rounded up by at
     /// most 1.6 % to keep long runs small; the run totals above are exact.
     #[serde(skip_serializing_if = "Vec::is_empty")]
@@ -567,6 +570,7 @@ pub fn summarize(run: &RunData) -> RunSummary {
         peak_websocket_connections: t.peak_websocket_connections,
         warnings,
         servers: server_summaries(&run.servers),
+        server_timeline: server_timeline(&run.servers, run.started_at_ms),
         intervals,
     }
 }
@@ -592,6 +596,40 @@ pub struct ServerSummary {
     pub dropped: u64,
     /// Mean database operation time, milliseconds.
     pub db_mean_ms: Option<f64>,
+}
+
+/// One server sample, placed on the run's time axis.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct ServerPoint {
+    pub instance: String,
+    /// End of the sample, seconds after the run's start.
+    pub at_s: f64,
+    pub cpu_cores: f64,
+    pub rss_bytes: u64,
+    pub websocket_connections: u64,
+}
+
+fn server_timeline(records: &[ServerRecord], started_at_ms: Option<i64>) -> Vec<ServerPoint> {
+    let Some(t0) = started_at_ms else {
+        return Vec::new();
+    };
+    let mut v: Vec<ServerPoint> = records
+        .iter()
+        .filter(|r| r.end_ms > r.start_ms && r.end_ms >= t0)
+        .map(|r| ServerPoint {
+            instance: r.instance.clone(),
+            at_s: (r.end_ms - t0) as f64 / 1000.0,
+            cpu_cores: r.cpu_seconds / ((r.end_ms - r.start_ms) as f64 / 1000.0),
+            rss_bytes: r.rss_bytes,
+            websocket_connections: r.websocket_connections,
+        })
+        .collect();
+    v.sort_by(|a, b| {
+        (&a.instance, a.at_s)
+            .partial_cmp(&(&b.instance, b.at_s))
+            .unwrap_or(std::cmp::Ordering::Equal)
+    });
+    v
 }
 
 fn server_summaries(records: &[ServerRecord]) -> Vec<ServerSummary> {
