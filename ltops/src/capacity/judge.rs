@@ -1,9 +1,11 @@
 //! Judging one probe's window: the agents' interval records inside it, merged exactly by
 //! `ltparse` as if they were a results file of their own, then every SLO evaluated on that merge.
 //!
-//! A window is *invalid* when the merge says the generator, not the server, made actions late
+//! A window is *invalid* when the merge says the generator, not the server, was the problem
 //! (`ltparse`'s [`Lateness::Generator`]: the agents' runtimes stalled or their CPU was at its
-//! limit) — its latencies are overstated and say nothing about the server.
+//! limit) and either actions fell behind or a latency SLO failed: its latencies are overstated
+//! and say nothing about the server. A stalled generator whose window met every latency SLO is
+//! judged on its SLOs as usual.
 
 use loadtest_contract::capacity::{ProbeVerdict, SloValue};
 use loadtest_contract::control::IntervalsReply;
@@ -91,7 +93,17 @@ pub fn judge(windows: &[AgentWindow], slos: &[Threshold]) -> Judgement {
         .sum();
     let delivery_p99_ms =
         (summary.delivery.latency.count > 0).then(|| summary.delivery.latency.p99_us as f64 / 1e3);
-    let verdict = if summary.schedule.cause == Lateness::Generator {
+    // A generator that stalled overstates latencies: a window whose SLOs held anyway is good
+    // (the server did at least that well), and errors are the server's whatever the generator
+    // did; one that fell behind, or whose latency SLOs failed while it stalled, says nothing
+    // about the server.
+    let failed_latency = results.iter().filter(|r| !r.passed).any(|r| {
+        slos.iter()
+            .any(|t| t.expr == r.expr && t.kind == ltparse::threshold::Kind::Latency)
+    });
+    let verdict = if summary.schedule.cause == Lateness::Generator
+        && (summary.schedule.behind || failed_latency)
+    {
         let s = &summary.schedule;
         Verdict::Invalid {
             reason: format!(
@@ -303,5 +315,21 @@ mod tests {
             panic!("{j:?}")
         };
         assert!(reason.contains("generator fell behind"), "{reason}");
+        // Stalled without falling behind, every SLO met anyway: the server did at least that well.
+        let mut stalled_only = stalled.clone();
+        for i in &mut stalled_only.intervals {
+            i.schedule.late = 0;
+            i.schedule.lag = LatencyHistogram::new();
+            i.schedule.lag.record_n_us(1_000, 10);
+        }
+        let w = window_of(&stalled_only, 0, 3000).unwrap();
+        let j = judge(std::slice::from_ref(&w), &slos(&["*.error_rate<1%"]));
+        assert_eq!(j.verdict, Verdict::Good, "{j:?}");
+        // ...but a failed latency SLO while it stalled is not the server's.
+        let j = judge(std::slice::from_ref(&w), &slos(&["create_post.p99<1ms"]));
+        assert!(matches!(j.verdict, Verdict::Invalid { .. }), "{j:?}");
+        // Counts and errors are the server's, whatever the generator did: bad, not invalid.
+        let j = judge(&[w], &slos(&["create_post.count<1"]));
+        assert!(matches!(j.verdict, Verdict::Bad { .. }), "{j:?}");
     }
 }
