@@ -841,7 +841,14 @@ thresholds = ["*.error_rate<1%"]
     );
     // The agents' results hold the whole run, with the user count following the probes.
     let mut peak = 0;
-    for f in ltparse::results_files_in(&dir).unwrap() {
+    let agent_files = ltparse::results_files_in(&dir)
+        .unwrap()
+        .into_iter()
+        .filter(|f| {
+            f.file_name()
+                .is_some_and(|n| n.to_string_lossy().starts_with("agent-"))
+        });
+    for f in agent_files {
         let reader = ResultsReader::new(
             std::io::BufReader::new(std::fs::File::open(&f).unwrap()),
             "x",
