@@ -118,6 +118,20 @@ const LATENCY_BUCKETS: [f64; 14] = [
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// Registers a metric whose definition is a constant: only a programming error can fail here.
+fn registered<C: prometheus::core::Collector + Clone + 'static>(
+    registry: &Registry,
+    made: prometheus::Result<C>,
+) -> C {
+    let c = made.unwrap_or_else(|e| unreachable!("metric definition: {e}"));
+    let _ = registry.register(Box::new(c.clone()));
+    c
+}
+
+fn latency_opts(name: &str, help: &str) -> prometheus::HistogramOpts {
+    prometheus::HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec())
+}
+
 impl Metrics {
     pub fn new() -> Self {
         let registry = Registry::new();
@@ -160,40 +174,30 @@ impl Metrics {
                 "Actions that started more than 100 ms after their intended time",
             ),
             reconnects: counter("loadtest_agent_reconnects_total", "WebSocket reconnects"),
-            schedule_lag_p99_seconds: {
-                let n = "loadtest_agent_schedule_lag_p99_seconds";
-                let g = prometheus::Gauge::new(n, "p99 of action start lag over the last interval")
-                    .unwrap_or_else(|e| unreachable!("metric {n}: {e}"));
-                let _ = registry.register(Box::new(g.clone()));
-                g
-            },
-            response: {
-                let n = "loadtest_agent_response_seconds";
-                let h = prometheus::HistogramVec::new(
-                    prometheus::HistogramOpts::new(
-                        n,
+            schedule_lag_p99_seconds: registered(
+                &registry,
+                prometheus::Gauge::new(
+                    "loadtest_agent_schedule_lag_p99_seconds",
+                    "p99 of action start lag over the last interval",
+                ),
+            ),
+            response: registered(
+                &registry,
+                prometheus::HistogramVec::new(
+                    latency_opts(
+                        "loadtest_agent_response_seconds",
                         "Response time of successful actions from their intended start, by action",
-                    )
-                    .buckets(LATENCY_BUCKETS.to_vec()),
+                    ),
                     &["action"],
-                )
-                .unwrap_or_else(|e| unreachable!("metric {n}: {e}"));
-                let _ = registry.register(Box::new(h.clone()));
-                h
-            },
-            delivery: {
-                let n = "loadtest_agent_delivery_seconds";
-                let h = prometheus::Histogram::with_opts(
-                    prometheus::HistogramOpts::new(
-                        n,
-                        "Delivery latency of this agent's posts to its own receivers",
-                    )
-                    .buckets(LATENCY_BUCKETS.to_vec()),
-                )
-                .unwrap_or_else(|e| unreachable!("metric {n}: {e}"));
-                let _ = registry.register(Box::new(h.clone()));
-                h
-            },
+                ),
+            ),
+            delivery: registered(
+                &registry,
+                prometheus::Histogram::with_opts(latency_opts(
+                    "loadtest_agent_delivery_seconds",
+                    "Delivery latency of this agent's posts to its own receivers",
+                )),
+            ),
             runtime_tasks: gauge(
                 "loadtest_agent_runtime_alive_tasks",
                 "Tasks alive on the tokio runtime",

@@ -17,6 +17,18 @@ use ltops::state::{ClusterState, Role};
 use util::{require_binaries, text, Env};
 
 impl Env {
+    /// Starts `ltops loadtest -c CLUSTER --config CFG ARGS…` in the background, output captured.
+    fn spawn_loadtest(&self, cluster: &str, cfg: &Path, args: &[&str]) -> std::process::Child {
+        let cfg = cfg.to_str().unwrap();
+        let mut all = vec!["loadtest", "-c", cluster, "--config", cfg];
+        all.extend_from_slice(args);
+        self.cmd(&all)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap()
+    }
+
     /// A tiny workload: 20 users over 2 agents for a few seconds.
     fn tiny_config(&self, duration: &str) -> PathBuf {
         let p = self.home.path().join(format!("tiny-{duration}.toml"));
@@ -306,20 +318,7 @@ fn agent_killed_mid_run_is_reported_and_the_others_results_kept() {
     let started = pids(&st);
     let victim = st.component(Role::Agent, 1).unwrap().clone();
 
-    let child = env
-        .cmd(&[
-            "loadtest",
-            "-c",
-            "kill",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--progress",
-            "plain",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = env.spawn_loadtest("kill", &cfg, &["--progress", "plain"]);
     // Wait until agent-1 runs its users, then kill it hard.
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
@@ -643,21 +642,7 @@ fn run_with_a_freeze(env: &Env, cluster: &str, pid: u32) -> (String, String) {
         .path()
         .join(format!("clusters/{cluster}/logs/agent-0.log"));
     let log_start = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
-    let child = env
-        .cmd(&[
-            "loadtest",
-            "-c",
-            cluster,
-            "--config",
-            cfg.to_str().unwrap(),
-            "--skip-setup",
-            "--progress",
-            "none",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = env.spawn_loadtest(cluster, &cfg, &["--skip-setup", "--progress", "none"]);
     let deadline = Instant::now() + Duration::from_secs(30);
     while intervals_since(&results, &before) < 3 {
         assert!(Instant::now() < deadline, "the run never got going");
@@ -945,20 +930,7 @@ fn promtool_finds_server_and_agent_metrics_clean_during_a_run() {
         Some(0)
     );
     assert_eq!(env.run(&["deploy", "-c", "prom"]).status.code(), Some(0));
-    let child = env
-        .cmd(&[
-            "loadtest",
-            "-c",
-            "prom",
-            "--config",
-            cfg.to_str().unwrap(),
-            "--progress",
-            "none",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = env.spawn_loadtest("prom", &cfg, &["--progress", "none"]);
     let st = env.state("prom");
     let mut endpoints: Vec<(String, &str)> = st
         .components(Role::Server)
