@@ -39,7 +39,11 @@ if [[ -z "${CHAT_TEST_POSTGRES_URL:-}" ]]; then
   fi
 fi
 
-echo "== cargo build (binaries used by end-to-end tests)"
-cargo build --workspace --bins --locked
+# One build: `--no-run` compiles every test and, with them, every binary the end-to-end tests
+# start (target/debug/{chat-server,loadtest-agent,ltops}) with the same features, so the test
+# step below compiles nothing again. A separate `cargo build --bins` would build a second copy
+# of most dependencies (dev-dependencies change their features).
+echo "== cargo test --no-run (tests and the binaries end-to-end tests start)"
+cargo test --workspace --locked --no-run
 echo "== cargo test"
 cargo test --workspace --locked --no-fail-fast -- --test-threads=2

@@ -2,7 +2,8 @@
 //! contract's `control` module). Every `/v1/*` request must carry `Authorization: Bearer
 //! <token>`; anything else gets 401 and an `ErrorReply`. `GET /metrics` (Prometheus text) is open
 //! so a scraper needs no secret, and exposes only counters; so is `GET /healthz` (`200 ok`), for
-//! probes.
+//! probes. With `--metrics-listen`, those two are also served on a listener of their own, so a
+//! Prometheus on another host can scrape the agent while the control API stays on loopback.
 //!
 //! One run at a time: `POST /v1/run` stores a validated plan (state `ready`), `start` launches
 //! it (optionally at a coordinator time corrected by the clock offset), `users` changes the
@@ -344,9 +345,8 @@ async fn metrics(State(st): State<Arc<ControlState>>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
-/// The control API's routes.
-pub fn router(cfg: ServeConfig) -> Router {
-    let state = Arc::new(ControlState {
+fn control_state(cfg: ServeConfig) -> Arc<ControlState> {
+    Arc::new(ControlState {
         cfg,
         slot: tokio::sync::Mutex::new(Slot::Idle),
         recorder: parking_lot::Mutex::new(None),
@@ -356,7 +356,18 @@ pub fn router(cfg: ServeConfig) -> Router {
             existing: 0,
             message: None,
         })),
-    });
+    })
+}
+
+/// The open routes: `/metrics` and `/healthz`.
+fn open_routes(state: Arc<ControlState>) -> Router {
+    Router::new()
+        .route(PATH_METRICS, get(metrics))
+        .route(PATH_HEALTH, get(|| async { "ok\n" }))
+        .with_state(state)
+}
+
+fn control_routes(state: Arc<ControlState>) -> Router {
     Router::new()
         .route(PATH_CLOCK, get(clock))
         .route(PATH_RUN, post(create))
@@ -368,20 +379,42 @@ pub fn router(cfg: ServeConfig) -> Router {
         .route(PATH_INTERVALS, get(intervals))
         .route(PATH_SETUP, post(setup_start).get(setup_status))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth))
-        .route(PATH_METRICS, get(metrics))
-        .route(PATH_HEALTH, get(|| async { "ok\n" }))
-        .with_state(state)
+        .with_state(state.clone())
+        .merge(open_routes(state))
 }
 
-/// Serves the control API on `listener` until `shutdown` resolves.
+/// The control API's routes.
+pub fn router(cfg: ServeConfig) -> Router {
+    control_routes(control_state(cfg))
+}
+
+/// Serves the control API on `listener` until `shutdown` resolves; with `metrics`, also the
+/// open routes alone (`/metrics`, `/healthz`) on that listener, for a scraper elsewhere.
 pub async fn serve(
     listener: TcpListener,
+    metrics: Option<TcpListener>,
     cfg: ServeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, router(cfg))
-        .with_graceful_shutdown(shutdown)
-        .await
+    let state = control_state(cfg);
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let control = axum::serve(listener, control_routes(state.clone()))
+        .with_graceful_shutdown(stopped(stop_rx.clone()));
+    match metrics {
+        None => control.await,
+        Some(m) => {
+            let open = axum::serve(m, open_routes(state)).with_graceful_shutdown(stopped(stop_rx));
+            let (a, b) = tokio::join!(control, open);
+            a.and(b)
+        }
+    }
 }
 
 /// Reads the shared token from a file (trimmed); an empty file is an error.

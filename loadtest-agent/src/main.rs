@@ -77,6 +77,10 @@ enum Cmd {
         /// Agent id reported by /v1/clock.
         #[arg(long, default_value = "agent")]
         agent_id: String,
+        /// Also serve /metrics and /healthz (no token) on this address, for a Prometheus on
+        /// another host; the control API stays on --listen.
+        #[arg(long)]
+        metrics_listen: Option<String>,
     },
 }
 
@@ -219,6 +223,7 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
             token_file,
             results_dir,
             agent_id,
+            metrics_listen,
         } => {
             let token = control::read_token(&token_file)
                 .map_err(|e| UsageError(format!("--token-file {}: {e}", token_file.display())))?;
@@ -226,12 +231,22 @@ async fn real_main(cli: Cli) -> anyhow::Result<ExitCode> {
                 .await
                 .map_err(|e| UsageError(format!("--listen {listen}: {e}")))?;
             tracing::info!("control API on http://{}", listener.local_addr()?);
+            let metrics = match &metrics_listen {
+                Some(addr) => {
+                    let l = tokio::net::TcpListener::bind(addr)
+                        .await
+                        .map_err(|e| UsageError(format!("--metrics-listen {addr}: {e}")))?;
+                    tracing::info!("metrics on http://{}/metrics", l.local_addr()?);
+                    Some(l)
+                }
+                None => None,
+            };
             let cfg = ServeConfig {
                 token,
                 agent_id,
                 results_dir,
             };
-            control::serve(listener, cfg, async {
+            control::serve(listener, metrics, cfg, async {
                 let _ = tokio::signal::ctrl_c().await;
             })
             .await?;

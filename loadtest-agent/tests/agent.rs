@@ -442,8 +442,48 @@ mod control {
             agent_id: "agent-c".into(),
             results_dir: results_dir.to_path_buf(),
         };
-        tokio::spawn(serve(listener, cfg, std::future::pending()));
+        tokio::spawn(serve(listener, None, cfg, std::future::pending()));
         format!("http://{addr}")
+    }
+
+    /// `--metrics-listen`: the open routes on a listener of their own, and nothing else there.
+    #[tokio::test]
+    async fn a_metrics_listener_serves_metrics_and_health_only() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let control = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let metrics = TcpListener::bind("127.0.0.1:0").await.expect("bind");
+        let (c, m) = (
+            control.local_addr().expect("addr"),
+            metrics.local_addr().expect("addr"),
+        );
+        let cfg = ServeConfig {
+            token: TOKEN.into(),
+            agent_id: "agent-m".into(),
+            results_dir: dir.path().to_path_buf(),
+        };
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let served = tokio::spawn(serve(control, Some(metrics), cfg, async {
+            let _ = stop_rx.await;
+        }));
+        let http = reqwest::Client::new();
+        let get = |url: String| http.get(url).bearer_auth(TOKEN).send();
+        let r = get(format!("http://{m}/metrics")).await.expect("metrics");
+        assert_eq!(r.status(), 200);
+        let r = get(format!("http://{m}/healthz")).await.expect("healthz");
+        assert_eq!(r.text().await.expect("body"), "ok\n");
+        // The control API is not there, even with the token; it is on its own listener.
+        let r = get(format!("http://{m}/v1/clock")).await.expect("clock");
+        assert_eq!(r.status(), 404);
+        let r = get(format!("http://{c}/v1/clock")).await.expect("clock");
+        assert_eq!(r.status(), 200);
+        // One shutdown ends both listeners.
+        stop_tx.send(()).expect("stop");
+        tokio::time::timeout(Duration::from_secs(10), served)
+            .await
+            .expect("serve returned")
+            .expect("task")
+            .expect("serve ok");
+        assert!(reqwest::get(format!("http://{m}/metrics")).await.is_err());
     }
 
     /// Sends a request and decodes its JSON answer.

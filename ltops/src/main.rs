@@ -141,7 +141,7 @@ enum Command {
         long_about = "Record a new cluster in the state directory and provision what it needs before \
 a deploy. --type names the provider: `local` runs everything as processes on this machine (for \
 --database postgres: a private PostgreSQL, initialized and started in the cluster's directory); `ssh` \
-runs on hosts you already have, listed with their roles (app, db, agent, proxy) in an --inventory \
+runs on hosts you already have, listed with their roles (app, db, agent, proxy, metrics) in an --inventory \
 file, reached with the system OpenSSH client (your ~/.ssh/config, agent, jump hosts and known_hosts \
 apply; new host keys are accepted on first contact and checked afterwards). `aws` provisions EC2: \
 a VPC, subnet, internet gateway, route table, a security group (SSH only from --allow-ssh-from), a \
@@ -154,7 +154,8 @@ or an existing one with --use-existing-namespace), sized for --users and checked
 allocatable resources before anything is created.\n\n\
 For ssh clusters the defaults come from the inventory: one agent per `agent` host, one server \
 instance per `app` host, PostgreSQL when there is a `db` host or a database_url, nginx when there is a \
-`proxy` host. For aws clusters: 1 agent, 1 server instance, PostgreSQL on its own instance, nginx \
+`proxy` host, and Prometheus (unless --no-metrics) on the `metrics` host, else beside the first \
+agent. For aws clusters: 1 agent, 1 server instance, PostgreSQL on its own instance, nginx \
 when --app-count is above 1.",
         after_help = "Examples:\n  ltops create --name laptop --agents 2\n  ltops create --name pg --database postgres --app-count 2 --agents 4\n  ltops create --name lab --type ssh --inventory hosts.toml --app-count 2 --agents 2 --proxy nginx\n  ltops create --name cloud --type aws --region eu-west-1 --app-count 2 --agents 3\n  ltops create --name tf --type ssh --inventory-from-terraform terraform/aws\n  ltops create --name k8s --type kubernetes --context prod-eu --app-count 2 --agents 4 --users 20000\n\n\
 An inventory (TOML):\n  [defaults]\n  user = \"loadtest\"\n  identity_file = \"~/.ssh/id_ed25519\"\n  [[host]]\n  address = \"10.20.0.2\"\n  roles = [\"app\", \"db\"]\n  [[host]]\n  address = \"10.20.0.3\"\n  roles = [\"agent\", \"proxy\"]\n\
@@ -189,10 +190,14 @@ See ltops/README.md for every key."
         aws: AwsArgs,
         #[command(flatten)]
         kube: KubeArgs,
-        /// Run a Prometheus that scrapes every server and agent (local clusters; Debian's
-        /// `prometheus` package); `ltops status` prints its URL.
-        #[arg(long)]
+        /// Run a Prometheus that scrapes every server and agent (Debian's `prometheus` package);
+        /// `ltops status` prints its URL. Opt-in for local clusters, on by default for ssh
+        /// clusters (on the host with the role `metrics`, else the first agent host).
+        #[arg(long, conflicts_with = "no_metrics")]
         metrics: bool,
+        /// No Prometheus in an ssh cluster.
+        #[arg(long)]
+        no_metrics: bool,
     },
     /// Start (or restart) a cluster's servers and agents.
     #[command(
@@ -350,6 +355,7 @@ async fn run(cli: Cli) -> ltops::Result<i32> {
             aws,
             kube,
             metrics,
+            no_metrics,
         } => {
             commands::create::create(
                 &home,
@@ -364,7 +370,11 @@ async fn run(cli: Cli) -> ltops::Result<i32> {
                     inventory_from_terraform,
                     aws: aws.options(),
                     kube: kube.options(),
-                    metrics,
+                    metrics: match (metrics, no_metrics) {
+                        (true, _) => Some(true),
+                        (_, true) => Some(false),
+                        _ => None,
+                    },
                 },
             )
             .await

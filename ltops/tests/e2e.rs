@@ -183,12 +183,7 @@ fn lifecycle_create_deploy_loadtest_status_delete() {
     let mut users = users_in(&last.results_dir);
     users.sort();
     assert_eq!(users, vec![10, 10], "each agent simulated its slice");
-    let summary = ltparse::run(&ltparse::Options {
-        files: ltparse::results_files_in(&last.results_dir).unwrap(),
-        aggregate: true,
-        ..Default::default()
-    })
-    .unwrap();
+    let summary = util::summarize(&last.results_dir);
     assert_eq!(summary.outcome, ltparse::Outcome::Pass);
     // The server's own figures travel with the run: sampled every interval from its /metrics.
     let servers = &summary.report.runs[0].servers;
@@ -253,6 +248,7 @@ fn lifecycle_create_deploy_loadtest_status_delete() {
     let out = text(&o);
     assert!(out.contains("already prepared"), "{out}");
     assert!(matches!(o.status.code(), Some(0) | Some(4)), "{out}");
+    look_at_the_html_report_in_a_browser(&env.state("e2e"), &last.results_dir);
 
     let o = env.run(&["logs", "agent", "-c", "e2e", "-i", "1", "-n", "5"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
@@ -300,6 +296,88 @@ fn lifecycle_create_deploy_loadtest_status_delete() {
     let o = env.run(&["delete", "e2e", "--purge-results", "--yes"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(!env.home.path().join("results/e2e").exists());
+}
+
+/// The HTML report of the last run, with `baseline` overlaid, in a real browser: headless
+/// Chromium (`ltparse/tests/browser/check.mjs`, DevTools protocol) loads the file; there must be
+/// no console message, exception or failed load, and every chart must draw data inside its plot.
+/// The full-page screenshot is kept under `LTOPS_REPORT_SCREENSHOT` when that is set.
+fn look_at_the_html_report_in_a_browser(st: &ClusterState, baseline: &Path) {
+    let browser = std::env::var("CHROMIUM").unwrap_or_else(|_| "chromium".into());
+    let found = |program: &str| {
+        std::process::Command::new(program)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    if !found(&browser) || !found("node") || !found("npm") {
+        assert!(
+            std::env::var("CI").as_deref() != Ok("true"),
+            "chromium, node and npm are required in CI (apt-get install chromium nodejs npm)"
+        );
+        eprintln!("note: not looking at the HTML report: chromium, node or npm is missing");
+        return;
+    }
+    let run = st.last_run.clone().expect("a last run");
+    let summary = ltparse::run(&ltparse::Options {
+        files: ltparse::results_files_in(&run.results_dir).unwrap(),
+        baseline: ltparse::results_files_in(baseline).unwrap(),
+        display: ltparse::Display::Html,
+        aggregate: true,
+        ..Default::default()
+    })
+    .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let page = dir.path().join("report.html");
+    std::fs::write(&page, &summary.rendered).unwrap();
+    let shot = std::env::var_os("LTOPS_REPORT_SCREENSHOT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| dir.path().join("report.png"));
+    let js = Path::new(env!("CARGO_MANIFEST_DIR")).join("../ltparse/tests/browser");
+    if !js.join("node_modules/ws").exists() {
+        let st = std::process::Command::new("npm")
+            .args(["ci", "--no-audit", "--no-fund"])
+            .current_dir(&js)
+            .status()
+            .unwrap();
+        assert!(st.success(), "npm ci failed in {}", js.display());
+    }
+    let o = std::process::Command::new("node")
+        .arg("check.mjs")
+        .arg(&page)
+        .arg(&shot)
+        .env("CHROMIUM", &browser)
+        .current_dir(&js)
+        .output()
+        .unwrap();
+    let out = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{out}");
+    let seen: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(seen["errors"], serde_json::json!([]), "{out}");
+    let charts = seen["charts"].as_array().unwrap();
+    let titles: Vec<&str> = charts.iter().filter_map(|c| c["title"].as_str()).collect();
+    for chart in [
+        "active users and connections",
+        "request rate",
+        "delivery p99",
+        "server CPU",
+        "server memory",
+    ] {
+        assert!(
+            titles.iter().any(|t| t.starts_with(chart)),
+            "no {chart} chart in {titles:?}"
+        );
+    }
+    assert!(
+        charts.iter().all(|c| c["drawn"] == true),
+        "a chart drew nothing: {out}"
+    );
+    let png = std::fs::read(&shot).unwrap();
+    assert!(
+        png.starts_with(b"\x89PNG") && png.len() > 20_000,
+        "{}",
+        png.len()
+    );
 }
 
 #[test]
@@ -426,11 +504,11 @@ fn bad_arguments_say_what_to_do() {
         text(&o)
     );
 
-    // Prometheus is run for local clusters only, so far: said, not ignored.
+    // Prometheus is run for local and ssh clusters only, so far: said, not ignored.
     let o = env.run(&["create", "--name", "m", "--type", "kubernetes", "--metrics"]);
     assert_eq!(o.status.code(), usage, "{}", text(&o));
     assert!(
-        text(&o).contains("--metrics runs Prometheus for local clusters only"),
+        text(&o).contains("--metrics: ltops runs Prometheus for local and ssh clusters so far"),
         "{}",
         text(&o)
     );
@@ -1029,7 +1107,7 @@ fn have(program: &str) -> bool {
 /// after a short load and must be valid and return at least one series. Grafana itself cannot
 /// run here: the dashboard JSON is checked for the structure Grafana's import needs (schema
 /// version, the `${DS_PROMETHEUS}` input, the `$instance` variable, panels with ids, grid
-/// positions, typed targets), not against Grafana's published schema.
+/// positions, typed targets); `examples.rs` checks it against Grafana's published schema.
 #[test]
 fn every_dashboard_panel_has_live_data_in_the_clusters_prometheus() {
     require_binaries();

@@ -148,6 +148,17 @@ async fn full_lifecycle_against_a_scripted_api_server() {
     for i in 0..2 {
         assert!(last.results_dir.join(format!("agent-{i}.jsonl")).is_file());
     }
+    // The server pod was sampled every interval through a port-forward to its metrics port.
+    let summary = util::summarize(&last.results_dir);
+    let servers = &summary.report.runs[0].servers;
+    assert!(!servers.is_empty(), "no server samples");
+    for (i, s) in servers.iter().enumerate() {
+        assert_eq!(s.instance, format!("server-{i}"), "{servers:?}");
+        assert!(
+            s.samples >= 2 && s.rss_peak_bytes > 1_000_000,
+            "{servers:?}"
+        );
+    }
     let forwards = fake
         .requests()
         .into_iter()

@@ -15,6 +15,7 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use ltops::provider::ssh::SshState;
+use ltops::state::Role;
 use util::{require_binaries, text, Env};
 
 /// Test hosts; torn down (users, namespaces, processes) on drop.
@@ -206,7 +207,7 @@ fn three_hosts_full_lifecycle() {
     let env = Env::new();
     let inv = h.inventory(
         "hosts.toml",
-        &[&["app", "db"], &["app", "proxy"], &["agent"]],
+        &[&["app", "db"], &["app", "proxy"], &["agent", "metrics"]],
         "",
         "id_ed25519",
     );
@@ -224,20 +225,28 @@ fn three_hosts_full_lifecycle() {
     ]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(
-        text(&o).contains("2 agent(s), 2 server instance(s), postgres, nginx in front"),
+        text(&o).contains("2 agent(s), 2 server instance(s), postgres, nginx in front, Prometheus"),
         "{}",
         text(&o)
     );
     let st = env.state("lab");
     assert_eq!(st.schema, 2);
     let ss: SshState = st.provider_state(Path::new("cluster.toml")).unwrap();
-    assert_eq!(ss.placements.len(), 6);
+    assert_eq!(ss.placements.len(), 7);
+    let prometheus = ss
+        .placements
+        .iter()
+        .find(|p| p.role == Role::Prometheus)
+        .expect("a Prometheus by default");
+    assert_eq!(prometheus.host, 2, "on the metrics host");
 
     let o = env.run(&["deploy", "-c", "lab"]);
     let out = text(&o);
     assert_eq!(o.status.code(), Some(0), "{out}");
     assert!(out.contains("chat-server: uploaded to"), "{out}");
-    assert_eq!(out.matches("healthy").count(), 6, "{out}");
+    assert_eq!(out.matches("healthy").count(), 7, "{out}");
+    // The metrics host's own Prometheus (Debian's, as on this machine) is used, not uploaded.
+    assert!(!out.contains("uploading prometheus"), "{out}");
     for user in [&h.hosts[0].1, &h.hosts[1].1, &h.hosts[2].1] {
         assert!(out.contains(user.as_str()), "{out}");
     }
@@ -247,7 +256,7 @@ fn three_hosts_full_lifecycle() {
     let out = text(&o);
     assert_eq!(o.status.code(), Some(0), "{out}");
     assert!(!out.contains("uploading"), "{out}");
-    assert_eq!(out.matches(": unchanged on").count(), 6, "{out}");
+    assert_eq!(out.matches(": unchanged on").count(), 7, "{out}");
     assert_eq!(out.matches(": up to date on").count(), 6, "{out}");
 
     let cfg = env.config("6s");
@@ -271,9 +280,80 @@ fn three_hosts_full_lifecycle() {
     for i in 0..2 {
         assert!(last.results_dir.join(format!("agent-{i}.jsonl")).is_file());
     }
+    // Both server instances were sampled through forwards to their hosts' loopback /metrics.
+    let summary = util::summarize(&last.results_dir);
+    let servers = &summary.report.runs[0].servers;
+    let names: Vec<&str> = servers.iter().map(|s| s.instance.as_str()).collect();
+    assert_eq!(names, ["server-0", "server-1"], "{servers:?}");
+    assert!(
+        servers
+            .iter()
+            .all(|s| s.samples >= 2 && s.cpu_cores_mean > 0.0 && s.rss_peak_bytes > 1_000_000),
+        "{servers:?}"
+    );
 
     let o = env.run(&["status", "lab"]);
-    assert_eq!(text(&o).matches("healthy").count(), 6, "{}", text(&o));
+    let out = text(&o);
+    assert_eq!(out.matches("healthy").count(), 7, "{out}");
+    let prom = format!("{}:9090", h.hosts[2].0);
+    assert!(
+        out.contains(&format!("Prometheus at http://{prom}")),
+        "{out}"
+    );
+    assert!(out.contains(&format!("ssh -N -L 9090:{prom}")), "{out}");
+    // It scrapes both instances and both agents on the private network, and holds the run.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let query = |expr: &str| -> serde_json::Value {
+        rt.block_on(async {
+            match http
+                .get(format!("http://{prom}/api/v1/query"))
+                .query(&[("query", expr)])
+                .send()
+                .await
+            {
+                Ok(r) => r.json().await.unwrap_or_default(),
+                Err(e) => serde_json::json!({ "error": e.to_string() }),
+            }
+        })
+    };
+    eventually(Duration::from_secs(20), "every target is up", || {
+        let up = query("up");
+        let series = up["data"]["result"].as_array().cloned().unwrap_or_default();
+        let mut seen: Vec<String> = series
+            .iter()
+            .filter(|s| s["value"][1] == "1")
+            .map(|s| {
+                format!(
+                    "{}/{}",
+                    s["metric"]["job"].as_str().unwrap_or("?"),
+                    s["metric"]["instance"].as_str().unwrap_or("?")
+                )
+            })
+            .collect();
+        seen.sort();
+        if seen
+            == [
+                "chat-server/server-0",
+                "chat-server/server-1",
+                "loadtest-agent/agent-0",
+                "loadtest-agent/agent-1",
+            ]
+        {
+            Ok(())
+        } else {
+            Err(format!("{up}"))
+        }
+    });
+    let delivered = query("max_over_time(sum(chat_events_delivered_total)[5m:])");
+    let total: f64 = delivered["data"]["result"][0]["value"][1]
+        .as_str()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0);
+    assert!(total > 0.0, "no deliveries in Prometheus: {delivered}");
     let o = env.run(&["logs", "server", "-c", "lab", "-i", "1", "-n", "3"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(
@@ -388,7 +468,7 @@ fn three_hosts_full_lifecycle() {
     assert_eq!(o.status.code(), Some(0), "{out}");
     assert!(!out.contains("uploading"), "{out}");
     let o = env.run(&["status", "lab"]);
-    assert_eq!(text(&o).matches("healthy").count(), 6, "{}", text(&o));
+    assert_eq!(text(&o).matches("healthy").count(), 7, "{}", text(&o));
 
     let o = env.run(&["delete", "lab", "--yes"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
@@ -421,6 +501,7 @@ fn faults_name_the_host_and_leave_the_cluster_usable() {
             "ssh",
             "--inventory",
             inv.to_str().unwrap(),
+            "--no-metrics",
         ])
     };
 

@@ -39,15 +39,13 @@ fn chart(title: &str, y_unit: &str, series: &[Series]) -> String {
 }
 
 /// [`chart`] with the time axis ending at `max_x` (charts that share one axis).
+/// The axis never ends before the data does, so no point is drawn outside the plot.
 fn chart_to(title: &str, y_unit: &str, series: &[Series], max_x: Option<f64>) -> String {
-    let max_x = max_x
-        .unwrap_or_else(|| {
-            series
-                .iter()
-                .flat_map(|s| s.points.iter().map(|p| p.0))
-                .fold(0.0_f64, f64::max)
-        })
-        .max(1.0);
+    let data_x = series
+        .iter()
+        .flat_map(|s| s.points.iter().map(|p| p.0))
+        .fold(0.0_f64, f64::max);
+    let max_x = max_x.unwrap_or(0.0).max(data_x).max(1.0);
     let max_y = series
         .iter()
         .flat_map(|s| s.points.iter().map(|p| p.1))
@@ -96,7 +94,9 @@ fn chart_to(title: &str, y_unit: &str, series: &[Series], max_x: Option<f64>) ->
         esc(title),
         esc(y_unit)
     );
-    let mut lx = PAD_L + 180.0;
+    // The legend starts after the chart's title (11 px text, ~6.4 px a character).
+    let title_end = 4.0 + 6.4 * (title.chars().count() + y_unit.chars().count() + 3) as f64;
+    let mut lx = (PAD_L + 180.0).max(title_end + 12.0);
     for s in series {
         let pts: Vec<String> = s
             .points
@@ -166,11 +166,15 @@ fn per_interval(
 /// Cause and effect on one time axis: users and connections, request rate, response p99 per
 /// action, delivery p99, late actions, and the server's CPU and memory (baseline dashed).
 fn timeline(o: &mut String, r: &RunSummary, baseline: Option<&RunSummary>) {
-    let end = r
-        .intervals
-        .iter()
-        .map(|i| i.offset_s + i.length_s)
-        .chain(r.server_timeline.iter().map(|p| p.at_s))
+    // The axis covers both runs: a longer baseline must not draw past the plot's edge.
+    let end = std::iter::once(r)
+        .chain(baseline)
+        .flat_map(|run| {
+            run.intervals
+                .iter()
+                .map(|i| i.offset_s + i.length_s)
+                .chain(run.server_timeline.iter().map(|p| p.at_s))
+        })
         .fold(0.0_f64, f64::max);
     if end <= 0.0 {
         return;
@@ -520,4 +524,46 @@ th{{background:#f0f0f0}}.warn{{background:#fff3cd;border:1px solid #e0c060;paddi
         report.outcome.exit_code()
     );
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every point of every line, as drawn.
+    fn drawn_points(svg: &str) -> Vec<(f64, f64)> {
+        svg.split("points=\"")
+            .skip(1)
+            .filter_map(|rest| rest.split('"').next())
+            .flat_map(|pts| pts.split(' ').map(str::to_string).collect::<Vec<_>>())
+            .filter_map(|p| {
+                let (x, y) = p.split_once(',')?;
+                Some((x.parse().ok()?, y.parse().ok()?))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_shared_axis_shorter_than_the_data_still_holds_every_point() {
+        let run = Series {
+            name: "run".into(),
+            color: PALETTE[0],
+            dashed: false,
+            points: vec![(1.0, 1.0), (2.0, 3.0)],
+        };
+        // A baseline that ran longer than the axis the run asked for.
+        let baseline = Series {
+            name: "baseline".into(),
+            color: "#7f7f7f",
+            dashed: true,
+            points: vec![(1.0, 2.0), (5.0, 4.0), (9.0, 1.0)],
+        };
+        let svg = chart_to("t", "u", &[run, baseline], Some(2.0));
+        let pts = drawn_points(&svg);
+        assert_eq!(pts.len(), 5, "{svg}");
+        for (x, y) in pts {
+            assert!((PAD_L..=W - PAD_R).contains(&x), "x {x} outside: {svg}");
+            assert!((PAD_T..=H - PAD_B).contains(&y), "y {y} outside: {svg}");
+        }
+    }
 }

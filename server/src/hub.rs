@@ -43,6 +43,28 @@ pub struct Hub {
     metrics: Arc<Metrics>,
 }
 
+/// What one broadcast queued: the count, and the queue depth each delivery found, gathered
+/// locally and added to the shared metrics once per broadcast rather than once per delivery.
+struct Delivered {
+    count: u64,
+    depth: prometheus::local::LocalHistogram,
+}
+
+impl Delivered {
+    fn new(metrics: &Metrics) -> Self {
+        Delivered {
+            count: 0,
+            depth: metrics.ws_queue_depth.local(),
+        }
+    }
+
+    fn finish(self, metrics: &Metrics) -> u64 {
+        metrics.events_delivered.inc_by(self.count);
+        self.depth.flush();
+        self.count
+    }
+}
+
 impl Hub {
     pub fn new(metrics: Arc<Metrics>) -> Hub {
         Hub {
@@ -219,9 +241,12 @@ impl Hub {
         }
     }
 
-    fn account(&self, offer: Offer, delivered: &mut u64) {
+    fn account(&self, offer: Offer, delivered: &mut Delivered) {
         match offer {
-            Offer::Queued => *delivered += 1,
+            Offer::Queued { ahead } => {
+                delivered.count += 1;
+                delivered.depth.observe(ahead as f64);
+            }
             Offer::Dropped => self
                 .metrics
                 .events_dropped
@@ -237,7 +262,7 @@ impl Hub {
         }
     }
 
-    fn offer_user(&self, user_id: &str, event: &Event, delivered: &mut u64) {
+    fn offer_user(&self, user_id: &str, event: &Event, delivered: &mut Delivered) {
         let shard = self.shard(user_id).read();
         if let Some(conns) = shard.get(user_id) {
             for c in conns {
@@ -257,7 +282,7 @@ impl Hub {
         let Some(chan) = self.channel(channel_id) else {
             return 0;
         };
-        let mut delivered = 0;
+        let mut delivered = Delivered::new(&self.metrics);
         let members = chan.members.read();
         for m in members.iter() {
             if Some(&**m) == omit {
@@ -266,8 +291,7 @@ impl Hub {
             self.offer_user(m, event, &mut delivered);
         }
         drop(members);
-        self.metrics.events_delivered.inc_by(delivered);
-        delivered
+        delivered.finish(&self.metrics)
     }
 
     /// Delivers `event` to every connection of one user.
@@ -276,18 +300,17 @@ impl Hub {
             .events_broadcast
             .with_label_values(&[event.kind.name()])
             .inc();
-        let mut delivered = 0;
+        let mut delivered = Delivered::new(&self.metrics);
         self.offer_user(user_id, event, &mut delivered);
-        self.metrics.events_delivered.inc_by(delivered);
-        delivered
+        delivered.finish(&self.metrics)
     }
 
     /// Offers an event to one connection (hello), with the same accounting.
     pub fn send_conn(&self, conn: &Conn, event: &Event) {
-        let mut delivered = 0;
+        let mut delivered = Delivered::new(&self.metrics);
         let o = conn.offer(event);
         self.account(o, &mut delivered);
-        self.metrics.events_delivered.inc_by(delivered);
+        delivered.finish(&self.metrics);
     }
 
     // ---- presence ----

@@ -8,8 +8,8 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts,
+    Registry, TextEncoder,
 };
 
 /// Every metric the server exports.
@@ -25,6 +25,9 @@ pub struct Metrics {
     pub events_delivered: IntCounter,
     pub events_dropped: IntCounterVec,
     pub slow_closed: IntCounter,
+    /// Events already waiting in a connection's send queue when one more is queued: one
+    /// observation per delivery, so its quantiles say how far behind the sockets are.
+    pub ws_queue_depth: Histogram,
     pub db_duration: HistogramVec,
     pub bus_published: IntCounter,
     pub bus_received: IntCounter,
@@ -108,6 +111,15 @@ impl Metrics {
                 "chat_websocket_slow_closed_total",
                 "WebSocket connections closed because their send queue was full",
             )),
+            ws_queue_depth: must(Histogram::with_opts(
+                HistogramOpts::new(
+                    "chat_websocket_queue_depth",
+                    "Events already waiting in the connection's send queue when an event is queued (one observation per delivery)",
+                )
+                .buckets(vec![
+                    0.0, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+                ]),
+            )),
             db_duration: must(HistogramVec::new(
                 HistogramOpts::new(
                     "chat_db_query_duration_seconds",
@@ -152,6 +164,7 @@ impl Metrics {
             Box::new(m.events_delivered.clone()),
             Box::new(m.events_dropped.clone()),
             Box::new(m.slow_closed.clone()),
+            Box::new(m.ws_queue_depth.clone()),
             Box::new(m.db_duration.clone()),
             Box::new(m.bus_published.clone()),
             Box::new(m.bus_received.clone()),

@@ -368,6 +368,16 @@ async fn clients_that_stop_reading_are_closed_and_a_reader_is_unaffected() {
         }
     }
     assert!(closed, "the slow connections never overflowed their queues");
+    // Every delivery recorded the depth it found, and the slow queues were seen filling up.
+    let m = h.metrics().await;
+    let observed = support::metric_sum(&m, "chat_websocket_queue_depth_count");
+    let delivered = support::metric_sum(&m, "chat_events_delivered_total");
+    assert_eq!(observed, delivered, "{m}");
+    let shallow = support::metric_sum(&m, r#"chat_websocket_queue_depth_bucket{le="4"}"#);
+    assert!(
+        observed - shallow >= 3.0,
+        "no delivery found more than 4 events waiting: {m}"
+    );
     // Within a bounded time the server has closed them, although they still read nothing.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {

@@ -26,8 +26,9 @@ pub struct CreateOptions {
     pub aws: AwsOptions,
     /// The `kubernetes` provider's flags.
     pub kube: KubeOptions,
-    /// Run a Prometheus scraping every server and agent.
-    pub metrics: bool,
+    /// Run a Prometheus scraping every server and agent (`--metrics`/`--no-metrics`; `None`:
+    /// the provider's default).
+    pub metrics: Option<bool>,
 }
 
 impl CreateOptions {
@@ -44,7 +45,7 @@ impl CreateOptions {
             inventory_from_terraform: None,
             aws: AwsOptions::default(),
             kube: KubeOptions::default(),
-            metrics: false,
+            metrics: None,
         }
     }
 
@@ -59,6 +60,7 @@ impl CreateOptions {
             inventory_from_terraform: self.inventory_from_terraform.clone(),
             aws: self.aws.clone(),
             kube: self.kube.clone(),
+            metrics: self.metrics,
         }
     }
 }
@@ -79,15 +81,6 @@ fn validate(opts: &CreateOptions, p: &dyn Provider) -> Result<Shape> {
         return Err(Error::Usage(
             "--context, --namespace, --use-existing-namespace, --image, --database-url-secret, --storage-class, --storage, --users and --server-url are for --type kubernetes".into(),
         ));
-    }
-    if opts.metrics && opts.kind != ClusterType::Local {
-        return Err(Error::Usage(format!(
-            "--metrics runs Prometheus for local clusters only so far; for --type {} point your own Prometheus at the servers' and agents' /metrics (see dashboards/README.md)",
-            opts.kind.name()
-        )));
-    }
-    if opts.metrics {
-        super::super::provider::prometheus::binary()?;
     }
     let shape = p.shape(&opts.request())?;
     state::check_shape(shape.agents, shape.app_count, shape.database, shape.proxy).map_err(
@@ -126,7 +119,7 @@ pub async fn create_locked(home: &Home, opts: &CreateOptions) -> Result<ClusterS
             database: shape.database,
             app_count: shape.app_count,
             proxy: shape.proxy,
-            metrics: opts.metrics,
+            metrics: shape.metrics,
             created_at_ms: loadtest_contract::now_ms(),
             control_token: state::random_token(),
             workload: None,
@@ -185,7 +178,7 @@ pub async fn create(home: &Home, opts: &CreateOptions) -> Result<i32> {
     }
     let st = result?;
     println!(
-        "created {} cluster {:?}: {} agent(s), {} server instance(s), {}{}",
+        "created {} cluster {:?}: {} agent(s), {} server instance(s), {}{}{}",
         st.kind().name(),
         st.name,
         st.agents,
@@ -194,7 +187,8 @@ pub async fn create(home: &Home, opts: &CreateOptions) -> Result<i32> {
         match st.proxy {
             Proxy::None => String::new(),
             other => format!(", {} in front", other.name()),
-        }
+        },
+        if st.metrics { ", Prometheus" } else { "" }
     );
     println!("state: {}", home.cluster_dir(&st.name).display());
     println!("next:  ltops deploy -c {}", st.name);

@@ -497,6 +497,7 @@ impl Provider for KubeProvider {
             app_count: req.app_count.unwrap_or(1),
             database: Database::Postgres,
             proxy: Proxy::None,
+            metrics: super::metrics_not_here(ClusterType::Kubernetes, req)?,
         })
     }
 
@@ -662,7 +663,27 @@ impl Provider for KubeProvider {
             });
             forwards.push(fwd);
         }
-        Ok(Endpoints::new(out, target, forwards))
+        // Each ready server pod's /metrics, for the run's server samples (a Deployment's pods
+        // have generated names: they are numbered here in name order).
+        let mut servers: Vec<&str> = pods
+            .iter()
+            .filter(|p| p.component == "server" && p.ready && !p.terminating)
+            .map(|p| p.name.as_str())
+            .collect();
+        servers.sort_unstable();
+        let mut server_metrics = Vec::new();
+        for (i, pod) in servers.into_iter().enumerate() {
+            let fwd = s
+                .forward(pod, manifests::SERVER_METRICS_PORT)
+                .await
+                .map_err(kube_err)?;
+            server_metrics.push((
+                format!("server-{i}"),
+                format!("http://{}/metrics", fwd.address()),
+            ));
+            forwards.push(fwd);
+        }
+        Ok(Endpoints::new(out, target, forwards).with_server_metrics(server_metrics))
     }
 
     async fn lost_agent(

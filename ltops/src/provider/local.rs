@@ -336,7 +336,7 @@ impl LocalProvider {
         let dir = self.component_dir(state, Role::Prometheus, 0);
         crate::state::create_private_dir(&dir)?;
         let config = dir.join("prometheus.yml");
-        let text = super::prometheus::scrape_config(state);
+        let text = super::prometheus::scrape_config(&state.name, &state.components);
         crate::state::write_atomic(&config, text.as_bytes(), 0o600)?;
         let data = dir.join("data").display().to_string();
         let config = config.display().to_string();
@@ -530,6 +530,13 @@ impl Provider for LocalProvider {
             app_count: req.app_count.unwrap_or(1),
             database: req.database.unwrap_or(Database::Sqlite),
             proxy: Proxy::None,
+            metrics: match req.metrics {
+                Some(true) => {
+                    super::prometheus::binary()?;
+                    true
+                }
+                _ => false,
+            },
         })
     }
 

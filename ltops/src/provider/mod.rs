@@ -89,6 +89,8 @@ pub struct CreateRequest {
     pub aws: aws::AwsOptions,
     /// The `kubernetes` provider's flags.
     pub kube: kubernetes::KubeOptions,
+    /// `--metrics` (`Some(true)`), `--no-metrics` (`Some(false)`), or the provider's default.
+    pub metrics: Option<bool>,
 }
 
 /// A cluster's shape, as resolved by its provider.
@@ -98,6 +100,19 @@ pub struct Shape {
     pub app_count: u32,
     pub database: Database,
     pub proxy: Proxy,
+    /// A Prometheus scrapes every server and agent.
+    pub metrics: bool,
+}
+
+/// `--metrics` on a provider that cannot run Prometheus yet: a usage error saying what to do.
+pub fn metrics_not_here(kind: ClusterType, req: &CreateRequest) -> Result<bool> {
+    if req.metrics == Some(true) {
+        return Err(Error::Usage(format!(
+            "--metrics: ltops runs Prometheus for local and ssh clusters so far; for --type {} point your own Prometheus at the servers' and agents' /metrics (see dashboards/README.md)",
+            kind.name()
+        )));
+    }
+    Ok(false)
 }
 
 /// One binary to deploy, built on this machine. Its SHA-256 is computed when first asked for

@@ -1,12 +1,13 @@
 //! The cluster's Prometheus (`ltops create --metrics`): finding the binary, and the scrape
 //! configuration for every server instance and agent a cluster runs. Which process runs it is
-//! the provider's business (the local provider starts Debian's `prometheus`).
+//! the provider's business: the local provider starts Debian's `prometheus` on this machine, the
+//! ssh provider on the cluster's metrics host (its own, or this machine's binary uploaded).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
-use crate::state::{ClusterState, Role};
+use crate::state::{Component, Role};
 
 /// How often every target is scraped: short enough that a minute of a test has a curve.
 pub const SCRAPE_INTERVAL: Duration = Duration::from_secs(2);
@@ -38,34 +39,32 @@ pub fn binary() -> Result<PathBuf> {
         })
 }
 
-/// `prometheus.yml` for the cluster's current components: job `chat-server` (each instance's
-/// metrics address) and job `loadtest-agent` (each agent's control address, `/metrics` needs no
-/// token), with `instance` labels `server-N` / `agent-N` and a `cluster` label.
-pub fn scrape_config(state: &ClusterState) -> String {
-    let job = |name: &str, role: Role, metrics: bool| {
+/// `prometheus.yml` for a cluster's components: job `chat-server` (each instance's metrics
+/// address) and job `loadtest-agent` (each agent's metrics address, else its control address,
+/// where `/metrics` needs no token), with `instance` labels `server-N` / `agent-N` and a
+/// `cluster` label.
+pub fn scrape_config(cluster: &str, components: &[Component]) -> String {
+    let job = |name: &str, role: Role| {
         let mut s = format!("  - job_name: {name}\n    static_configs:\n");
-        for c in state.components(role) {
-            let addr = if metrics {
-                c.metrics_address.clone()
-            } else {
-                Some(c.address.clone())
+        for c in components.iter().filter(|c| c.role == role) {
+            let addr = match role {
+                Role::Agent => Some(c.metrics_address.clone().unwrap_or(c.address.clone())),
+                _ => c.metrics_address.clone(),
             };
             if let Some(a) = addr {
                 s.push_str(&format!(
-                    "      - targets: [\"{a}\"]\n        labels: {{instance: \"{}-{}\", cluster: \"{}\"}}\n",
+                    "      - targets: [\"{a}\"]\n        labels: {{instance: \"{}-{}\", cluster: \"{cluster}\"}}\n",
                     role.name(),
                     c.index,
-                    state.name
                 ));
             }
         }
         s
     };
     format!(
-        "# Written by ltops for cluster {name}; rewritten at every deploy.\nglobal:\n  scrape_interval: {i}s\n  evaluation_interval: {i}s\nscrape_configs:\n{}{}",
-        job("chat-server", Role::Server, true),
-        job("loadtest-agent", Role::Agent, false),
-        name = state.name,
+        "# Written by ltops for cluster {cluster}; rewritten at every deploy.\nglobal:\n  scrape_interval: {i}s\n  evaluation_interval: {i}s\nscrape_configs:\n{}{}",
+        job("chat-server", Role::Server),
+        job("loadtest-agent", Role::Agent),
         i = SCRAPE_INTERVAL.as_secs(),
     )
 }

@@ -26,6 +26,16 @@ pub fn require_binaries() {
     }
 }
 
+/// A run's results directory through `ltparse`, all agents merged (and the server samples).
+pub fn summarize(results_dir: &std::path::Path) -> ltparse::RunOutcome {
+    ltparse::run(&ltparse::Options {
+        files: ltparse::results_files_in(results_dir).unwrap(),
+        aggregate: true,
+        ..Default::default()
+    })
+    .unwrap()
+}
+
 /// An `ltops` with its own state directory.
 pub struct Env {
     pub home: tempfile::TempDir,

@@ -26,7 +26,8 @@ pub enum Outbound {
 /// Result of offering an event to a connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Offer {
-    Queued,
+    /// Queued behind `ahead` events already waiting to be written.
+    Queued { ahead: usize },
     /// Dropped by policy: a droppable event while the queue is at least half full.
     Dropped,
     /// The queue was full: the connection is being closed.
@@ -44,7 +45,9 @@ pub fn queue_decision(droppable: bool, free_slots: usize, capacity: usize) -> Of
     } else if droppable && free_slots <= capacity / 2 {
         Offer::Dropped
     } else {
-        Offer::Queued
+        Offer::Queued {
+            ahead: capacity.saturating_sub(free_slots),
+        }
     }
 }
 
@@ -251,9 +254,12 @@ mod tests {
 
     #[test]
     fn policy_drops_typing_at_half_and_closes_when_full() {
-        assert_eq!(queue_decision(true, 200, 256), Offer::Queued);
+        assert_eq!(queue_decision(true, 200, 256), Offer::Queued { ahead: 56 });
         assert_eq!(queue_decision(true, 128, 256), Offer::Dropped);
-        assert_eq!(queue_decision(false, 128, 256), Offer::Queued);
+        assert_eq!(
+            queue_decision(false, 128, 256),
+            Offer::Queued { ahead: 128 }
+        );
         assert_eq!(queue_decision(false, 0, 256), Offer::ClosedSlow);
         assert_eq!(queue_decision(true, 0, 256), Offer::ClosedSlow);
     }
@@ -262,8 +268,8 @@ mod tests {
     fn seq_contiguous_and_full_queue_kicks() {
         let c = Conn::new("c".into(), Arc::from("u"), Arc::from("s"), 4, 4);
         let mut a = c.attach(None).expect("attach");
-        for _ in 0..4 {
-            assert_eq!(c.offer(&ev(EventKind::Posted)), Offer::Queued);
+        for ahead in 0..4 {
+            assert_eq!(c.offer(&ev(EventKind::Posted)), Offer::Queued { ahead });
         }
         assert_eq!(c.offer(&ev(EventKind::Posted)), Offer::ClosedSlow);
         assert!(a.kick.is_cancelled());
@@ -281,7 +287,7 @@ mod tests {
         c.offer(&ev(EventKind::Posted));
         c.offer(&ev(EventKind::Posted));
         assert_eq!(c.offer(&ev(EventKind::Typing)), Offer::Dropped);
-        assert_eq!(c.offer(&ev(EventKind::Posted)), Offer::Queued);
+        assert_eq!(c.offer(&ev(EventKind::Posted)), Offer::Queued { ahead: 2 });
         let mut seqs = vec![];
         while let Ok(Outbound::Event { seq, .. }) = a.rx.try_recv() {
             seqs.push(seq);

@@ -185,7 +185,8 @@ fn user_data(role: HostRole) -> String {
     match role {
         HostRole::Db => include_str!("../../../../terraform/aws/cloud-init/db.yaml"),
         HostRole::Proxy => include_str!("../../../../terraform/aws/cloud-init/proxy.yaml"),
-        HostRole::App | HostRole::Agent => {
+        // (`layout` gives aws clusters no metrics instance yet.)
+        HostRole::App | HostRole::Agent | HostRole::Metrics => {
             include_str!("../../../../terraform/aws/cloud-init/host.yaml")
         }
     }
@@ -211,6 +212,7 @@ fn role_name(r: HostRole) -> &'static str {
         HostRole::Db => "db",
         HostRole::Agent => "agent",
         HostRole::Proxy => "proxy",
+        HostRole::Metrics => "metrics",
     }
 }
 
@@ -444,7 +446,7 @@ impl AwsProvider {
                     HostRole::App => a.types.app.clone(),
                     HostRole::Db => a.types.db.clone(),
                     HostRole::Proxy => a.types.proxy.clone(),
-                    HostRole::Agent => a.types.agent.clone(),
+                    HostRole::Agent | HostRole::Metrics => a.types.agent.clone(),
                 },
                 user_data: user_data(role),
             })
@@ -600,6 +602,7 @@ impl Provider for AwsProvider {
             } else {
                 Proxy::None
             }),
+            metrics: super::metrics_not_here(ClusterType::Aws, req)?,
         })
     }
 

@@ -13,14 +13,16 @@
 //! postgres_bin_dir = "/usr/lib/postgresql/15/bin"   # default: the newest /usr/lib/postgresql/*/bin
 //! [ports]                            # first port of each kind on a host; the k-th instance adds k
 //! server = 8065
-//! server_metrics = 9065
-//! agent = 9165
+//! server_metrics = 9065            # each instance's /metrics, on the host's private address
+//! agent = 9165                       # the agents' control API (loopback only)
+//! agent_metrics = 9265               # the agents' /metrics, on the host's private address
 //! postgres = 15432
 //! proxy = 8080
+//! prometheus = 9090                  # the cluster's Prometheus, on the metrics host
 //! [[host]]
 //! address = "10.20.0.2"              # what ssh connects to (an IP, a name, a ~/.ssh/config alias)
 //! private_address = "10.20.0.2"      # what the other hosts use to reach it (default: address)
-//! roles = ["app", "db"]              # app, db, agent, proxy
+//! roles = ["app", "db"]              # app, db, agent, proxy, metrics
 //! ```
 //!
 //! Relative paths are relative to the inventory file; `~/` is the operator's home. Every
@@ -44,6 +46,8 @@ pub enum HostRole {
     Db,
     Agent,
     Proxy,
+    /// Runs the cluster's Prometheus.
+    Metrics,
 }
 
 /// First port of each kind on a host.
@@ -53,8 +57,10 @@ pub struct Ports {
     pub server: u16,
     pub server_metrics: u16,
     pub agent: u16,
+    pub agent_metrics: u16,
     pub postgres: u16,
     pub proxy: u16,
+    pub prometheus: u16,
 }
 
 impl Default for Ports {
@@ -63,8 +69,10 @@ impl Default for Ports {
             server: 8065,
             server_metrics: 9065,
             agent: 9165,
+            agent_metrics: 9265,
             postgres: 15432,
             proxy: 8080,
+            prometheus: 9090,
         }
     }
 }
@@ -436,8 +444,10 @@ impl Inventory {
             ("server", ports.server),
             ("server_metrics", ports.server_metrics),
             ("agent", ports.agent),
+            ("agent_metrics", ports.agent_metrics),
             ("postgres", ports.postgres),
             ("proxy", ports.proxy),
+            ("prometheus", ports.prometheus),
         ] {
             if p < 1024 {
                 return Err(bad(

@@ -11,11 +11,16 @@
 //! R/agent-<i>/token, results/         0600 control token; results flushed every interval
 //! R/postgres-0/data, pw               a private PostgreSQL on the db host (no `database_url`)
 //! R/proxy-0/nginx.conf                nginx (`least_conn`, WebSocket upgrade) on the proxy host
+//! R/prometheus-0/prometheus.yml, data Prometheus on the metrics host (the host's own binary, or
+//!                                     this machine's uploaded to R/bin/prometheus)
 //! ```
 //!
 //! Servers listen on every interface of their host (agents on other hosts reach them at the
-//! host's `private_address`); their metrics and the agents' control API listen on the host's
-//! loopback only and are reached through SSH port forwards held by [`Endpoints`]. A deploy that
+//! host's `private_address`); their metrics, the agents' `/metrics` and Prometheus listen on
+//! the host's `private_address`, and the agents' control API (which takes the token) on its
+//! loopback only. `ltops` reaches what it needs through SSH port forwards held by
+//! [`Endpoints`]: the agents' control API for the coordinator, the servers' metrics for the
+//! run's server samples. A deploy that
 //! changes nothing restarts nothing: each component's spec (binary checksum, arguments,
 //! configuration) is recorded, and a running component with the same spec is left alone.
 //! `delete` stops every component on every host, removes `R`, and closes the connections; a host
@@ -35,8 +40,8 @@ use serde::{Deserialize, Serialize};
 use self::client::{sh_quote, Forward, Ssh};
 use self::inventory::{DatabaseUrl, Host, HostRole, Inventory, Ports};
 use super::{
-    Artifacts, ComponentHealth, CreateRequest, DeleteOptions, Endpoints, Health, LostAgent,
-    Provider, Save, Shape, ShellCommand,
+    Artifact, Artifacts, ComponentHealth, CreateRequest, DeleteOptions, Endpoints, Health,
+    LostAgent, Provider, Save, Shape, ShellCommand,
 };
 use crate::agent_client::AgentEndpoint;
 use crate::error::{Error, IoContext, Result};
@@ -76,6 +81,14 @@ pub struct SshState {
     /// Which host runs each component, on which ports.
     #[serde(default)]
     pub placements: Vec<Placement>,
+}
+
+impl SshState {
+    /// The one component of `role` (PostgreSQL, proxy, Prometheus), with its index in `placements`.
+    fn only(&self, role: Role) -> Option<(usize, Placement)> {
+        let idx = self.placements.iter().position(|p| p.role == role)?;
+        Some((idx, self.placements[idx].clone()))
+    }
 }
 
 /// Where one component runs.
@@ -147,6 +160,7 @@ impl SshProvider {
             app_count: st.app_count,
             database: st.database,
             proxy: st.proxy,
+            metrics: st.metrics,
         };
         let private_db = st.database == Database::Postgres && inv.database_url.is_none();
         let placements = place(inv, &shape, private_db)?;
@@ -429,7 +443,11 @@ impl Cluster {
                 self.script(h, "pg_isready", &body, None).await.map(drop)
             }
             Role::Server | Role::Proxy | Role::Agent | Role::Prometheus => {
-                let fwd = self.ssh.forward(h, "127.0.0.1", p.port).await?;
+                let at = match p.role {
+                    Role::Prometheus => h.private_address.as_str(),
+                    _ => "127.0.0.1",
+                };
+                let fwd = self.ssh.forward(h, at, p.port).await?;
                 let (path, token) = match p.role {
                     Role::Agent => (
                         loadtest_contract::control::PATH_CLOCK,
@@ -565,7 +583,13 @@ fn place(inv: &Inventory, shape: &Shape, private_db: bool) -> Result<Vec<Placeme
         Some(inv.ports.server_metrics),
     );
     let agents = need(HostRole::Agent, "an agent")?;
-    spread(Role::Agent, shape.agents, &agents, inv.ports.agent, None);
+    spread(
+        Role::Agent,
+        shape.agents,
+        &agents,
+        inv.ports.agent,
+        Some(inv.ports.agent_metrics),
+    );
     if private_db {
         let db = need(HostRole::Db, "a private PostgreSQL (or set database_url)")?;
         spread(Role::Postgres, 1, &db[..1], inv.ports.postgres, None);
@@ -573,6 +597,13 @@ fn place(inv: &Inventory, shape: &Shape, private_db: bool) -> Result<Vec<Placeme
     if shape.proxy == Proxy::Nginx {
         let proxy = need(HostRole::Proxy, "--proxy nginx")?;
         spread(Role::Proxy, 1, &proxy[..1], inv.ports.proxy, None);
+    }
+    if shape.metrics {
+        // A host of its own when the inventory names one; else beside the first agent, whose
+        // host already serves the operator (Prometheus at a 2 s interval costs little there).
+        let metrics = inv.with_role(HostRole::Metrics);
+        let host = metrics.first().copied().unwrap_or(agents[0]);
+        spread(Role::Prometheus, 1, &[host], inv.ports.prometheus, None);
     }
     // The ranges of one host must not overlap.
     let mut used: HashMap<(usize, u16), String> = HashMap::new();
@@ -613,7 +644,8 @@ fn component(ss: &SshState, p: &Placement) -> Component {
         role: p.role,
         index: p.index,
         address,
-        metrics_address: p.metrics_port.map(|m| format!("127.0.0.1:{m}")),
+        // On the private network, for the cluster's Prometheus; ltops forwards to it.
+        metrics_address: p.metrics_port.map(|m| format!("{}:{m}", h.private_address)),
         started: false,
     }
 }
@@ -629,6 +661,22 @@ struct Deploy<'a> {
     /// PostgreSQL's binaries on the db host, nginx on the proxy host (found by `check_hosts`).
     pg_bin: Option<String>,
     nginx_path: Option<String>,
+    /// Prometheus on the metrics host (`check_hosts`), `None` when the cluster has none.
+    prometheus: Option<PromBinary>,
+}
+
+/// Which Prometheus the metrics host runs.
+#[derive(Clone, Debug)]
+enum PromBinary {
+    /// The host's own.
+    Installed(String),
+    /// This machine's, to upload (`upload` turns it into `Uploaded`).
+    Upload(PathBuf),
+    Uploaded {
+        sha256: String,
+    },
+    /// None anywhere: the deploy goes on without it and says how to add it.
+    Missing(String),
 }
 
 /// A component ready to start: its command line (run in `R/<name>/`) and its spec.
@@ -682,6 +730,15 @@ impl<'a> Deploy<'a> {
                 .placements
                 .iter()
                 .any(|p| p.role == Role::Proxy && p.host == i);
+            let prometheus_here = ss
+                .placements
+                .iter()
+                .any(|p| p.role == Role::Prometheus && p.host == i);
+            if prometheus_here {
+                body.push_str(
+                    "n=$(command -v prometheus 2>/dev/null || true)\n[ -z \"$n\" ] && [ -x /usr/bin/prometheus ] && n=/usr/bin/prometheus\n[ -n \"$n\" ] && echo \"prometheus=$n\" || true\n",
+                );
+            }
             if db_here {
                 match &ss.postgres_bin_dir {
                     Some(d) => body.push_str(&format!("[ -x {0}/initdb ] && echo pg={0} || true\n", sh_quote(d))),
@@ -761,6 +818,26 @@ impl<'a> Deploy<'a> {
             if proxy_here {
                 self.nginx_path = kv.get("nginx").map(|s| s.to_string());
             }
+            if prometheus_here {
+                let fix = "install it on either (`apt-get install prometheus`; from here it is \
+                           uploaded) and deploy again, or create the cluster with --no-metrics";
+                self.prometheus = Some(match (kv.get("prometheus"), super::prometheus::binary()) {
+                    (Some(p), _) => PromBinary::Installed(p.to_string()),
+                    (None, Ok(local)) => match (elf_machine(&local), uname_machine(arch)) {
+                        (Some(built), Some(host)) if built != host => PromBinary::Missing(format!(
+                            "Prometheus is not installed on {}, and this machine's ({}) is for \
+                             another CPU architecture than {arch}; {fix}",
+                            h.label(),
+                            local.display()
+                        )),
+                        _ => PromBinary::Upload(local),
+                    },
+                    (None, Err(_)) => PromBinary::Missing(format!(
+                        "Prometheus is installed neither on {} nor here; {fix}",
+                        h.label()
+                    )),
+                });
+            }
         }
         self.pg_bin = pg_bin;
         Ok(())
@@ -803,6 +880,16 @@ impl<'a> Deploy<'a> {
                     agent_sum.clone(),
                     Some(self.artifacts.agent.path.clone()),
                 ));
+            }
+            if let (true, Some(PromBinary::Upload(path))) =
+                (here(Role::Prometheus), self.prometheus.clone())
+            {
+                let local = Artifact::new(path);
+                let sum = local.sha256()?.to_string();
+                self.prometheus = Some(PromBinary::Uploaded {
+                    sha256: sum.clone(),
+                });
+                wanted.push(("prometheus", sum, Some(local.path.clone())));
             }
             let sums = self
                 .c
@@ -991,16 +1078,9 @@ impl<'a> Deploy<'a> {
 
     /// Phase 3: the private PostgreSQL (initialized once, then started and given its database).
     async fn postgres(&mut self, st: &mut ClusterState, save: &Save<'_>) -> Result<Option<String>> {
-        let Some(idx) = self
-            .c
-            .ss
-            .placements
-            .iter()
-            .position(|p| p.role == Role::Postgres)
-        else {
+        let Some((idx, p)) = self.c.ss.only(Role::Postgres) else {
             return Ok(None);
         };
-        let p = self.c.ss.placements[idx].clone();
         let h = self.c.host(&p).clone();
         let bin = self
             .pg_bin
@@ -1079,7 +1159,11 @@ impl<'a> Deploy<'a> {
                 "--listen".to_string(),
                 format!("0.0.0.0:{}", p.port),
                 "--metrics-listen".into(),
-                format!("127.0.0.1:{}", p.metrics_port.unwrap_or(0)),
+                format!(
+                    "{}:{}",
+                    self.c.ss.hosts[p.host].private_address,
+                    p.metrics_port.unwrap_or(0)
+                ),
             ];
             let config = match &db_url {
                 Some(url) => format!("database-url = {}\n", toml::Value::String(url.clone())),
@@ -1102,16 +1186,9 @@ impl<'a> Deploy<'a> {
 
     /// Phase 5: nginx in front of every instance.
     async fn proxy(&mut self, st: &mut ClusterState, save: &Save<'_>) -> Result<()> {
-        let Some(idx) = self
-            .c
-            .ss
-            .placements
-            .iter()
-            .position(|p| p.role == Role::Proxy)
-        else {
+        let Some((idx, p)) = self.c.ss.only(Role::Proxy) else {
             return Ok(());
         };
-        let p = self.c.ss.placements[idx].clone();
         let upstreams: Vec<String> = self
             .c
             .ss
@@ -1171,7 +1248,7 @@ impl<'a> Deploy<'a> {
                 self.c.st.control_token.as_bytes(),
             )
             .await?;
-            let args = vec![
+            let mut args = vec![
                 "serve".to_string(),
                 "--listen".into(),
                 format!("127.0.0.1:{}", p.port),
@@ -1182,6 +1259,13 @@ impl<'a> Deploy<'a> {
                 "--agent-id".into(),
                 name.clone(),
             ];
+            // Clusters created before agents had a metrics port have none.
+            if let Some(m) = p.metrics_port {
+                args.extend([
+                    "--metrics-listen".into(),
+                    format!("{}:{m}", self.c.ss.hosts[p.host].private_address),
+                ]);
+            }
             let program = "\"$R/bin/loadtest-agent\"".to_string();
             self.launch(
                 st,
@@ -1192,6 +1276,46 @@ impl<'a> Deploy<'a> {
             .await?;
         }
         Ok(())
+    }
+
+    /// Phase 7: the cluster's Prometheus on the metrics host, scraping every server and agent
+    /// on the private network (its data in `R/prometheus-0/data`, kept across deploys).
+    async fn prometheus(&mut self, st: &mut ClusterState, save: &Save<'_>) -> Result<()> {
+        let Some((idx, p)) = self.c.ss.only(Role::Prometheus) else {
+            return Ok(());
+        };
+        let ss = &self.c.ss;
+        let components: Vec<Component> = ss.placements.iter().map(|q| component(ss, q)).collect();
+        let conf = super::prometheus::scrape_config(&self.c.st.name, &components);
+        self.write_file(&p, "prometheus-0/prometheus.yml", conf.as_bytes())
+            .await?;
+        let (program, binary) = match self.prometheus.clone() {
+            Some(PromBinary::Installed(path)) => (sh_quote(&path), path),
+            Some(PromBinary::Uploaded { sha256 }) => ("\"$R/bin/prometheus\"".to_string(), sha256),
+            Some(PromBinary::Missing(why)) => {
+                self.say(format!("prometheus-0: not started: {why}"));
+                return Ok(());
+            }
+            Some(PromBinary::Upload(_)) | None => {
+                return Err(Error::Runtime(
+                    "internal: the metrics host's Prometheus was neither found nor uploaded".into(),
+                ))
+            }
+        };
+        let listen = format!("{}:{}", self.c.ss.hosts[p.host].private_address, p.port);
+        let args = vec![
+            "--config.file=prometheus.yml".to_string(),
+            "--storage.tsdb.path=data".into(),
+            "--storage.tsdb.retention.time=30d".into(),
+            format!("--web.listen-address={listen}"),
+        ];
+        self.launch(
+            st,
+            idx,
+            Launch::new(program, args, &[binary.as_bytes(), conf.as_bytes()]),
+            save,
+        )
+        .await
     }
 }
 
@@ -1326,6 +1450,7 @@ impl Provider for SshProvider {
             app_count: req.app_count.unwrap_or(count(HostRole::App).max(1)),
             database,
             proxy,
+            metrics: req.metrics.unwrap_or(true),
         };
         let private_db = database == Database::Postgres && inv.database_url.is_none();
         // Bounds first: placing 100,000 agents is not worth trying.
@@ -1376,6 +1501,7 @@ impl Provider for SshProvider {
             notes: Vec::new(),
             pg_bin: None,
             nginx_path: None,
+            prometheus: None,
         };
         let result = async {
             d.check_hosts().await?;
@@ -1384,6 +1510,7 @@ impl Provider for SshProvider {
             d.servers(st, db_external.or(private), save).await?;
             d.proxy(st, save).await?;
             d.agents(st, save).await?;
+            d.prometheus(st, save).await?;
             Ok::<(), Error>(())
         }
         .await;
@@ -1413,6 +1540,29 @@ impl Provider for SshProvider {
         }
         st.set_provider_state_in(self.slot, &d.c.ss)?;
         save(st)
+    }
+
+    async fn summary(&self, st: &ClusterState) -> Result<Vec<String>> {
+        let ss = self.state(st)?;
+        Ok(ss
+            .placements
+            .iter()
+            .filter(|p| p.role == Role::Prometheus)
+            .map(|p| {
+                let h = &ss.hosts[p.host];
+                format!(
+                    "prometheus: on {} at http://{}:{} (private network); from here: `ssh -N -L {}:{}:{} {}`, then http://127.0.0.1:{}",
+                    h.label(),
+                    h.private_address,
+                    p.port,
+                    p.port,
+                    h.private_address,
+                    p.port,
+                    h.label(),
+                    p.port
+                )
+            })
+            .collect())
     }
 
     async fn status(&self, st: &ClusterState) -> Result<Vec<ComponentHealth>> {
@@ -1506,8 +1656,27 @@ impl Provider for SshProvider {
             forwards.push(fwd);
         }
         out.sort_by_key(|e| e.index);
+        // Each server instance's /metrics (on its host's private address), for the run's
+        // server samples.
+        let servers: Vec<&Placement> =
+            c.ss.placements
+                .iter()
+                .filter(|p| p.role == Role::Server)
+                .collect();
+        let mut server_hosts: Vec<usize> = servers.iter().map(|p| p.host).collect();
+        server_hosts.sort_unstable();
+        server_hosts.dedup();
+        c.connect_all(&server_hosts).await?;
+        let mut server_metrics = Vec::new();
+        for p in servers {
+            let Some(port) = p.metrics_port else { continue };
+            let h = c.host(p);
+            let fwd = c.ssh.forward(h, &h.private_address, port).await?;
+            server_metrics.push((p.name(), format!("http://{}/metrics", fwd.address())));
+            forwards.push(fwd);
+        }
         let server_url = Self::target(&c.ss, 0)?;
-        Ok(Endpoints::new(out, server_url, forwards))
+        Ok(Endpoints::new(out, server_url, forwards).with_server_metrics(server_metrics))
     }
 
     async fn lost_agent(
@@ -1812,6 +1981,7 @@ mod tests {
             app_count: 3,
             database: Database::Postgres,
             proxy: Proxy::Nginx,
+            metrics: true,
         };
         let p = place(&i, &shape, true).unwrap();
         let at = |r: Role, n: u32| {
@@ -1826,6 +1996,38 @@ mod tests {
         assert_eq!(at(Role::Agent, 2), (2, 9167));
         assert_eq!(at(Role::Postgres, 0), (0, 15432));
         assert_eq!(at(Role::Proxy, 0), (1, 8080));
+        // No `metrics` host: Prometheus goes beside the first agent; agents get metrics ports.
+        assert_eq!(at(Role::Prometheus, 0), (2, 9090));
+        let agent2 = p
+            .iter()
+            .find(|q| q.role == Role::Agent && q.index == 2)
+            .unwrap();
+        assert_eq!(agent2.metrics_port, Some(9267));
+        let with_host = inv(
+            "[[host]]\naddress = \"a\"\nroles = [\"app\", \"agent\"]\n[[host]]\naddress = \"m\"\nroles = [\"metrics\"]\n",
+        );
+        let solo = Shape {
+            agents: 1,
+            app_count: 1,
+            database: Database::Sqlite,
+            proxy: Proxy::None,
+            metrics: true,
+        };
+        let q = place(&with_host, &solo, false).unwrap();
+        assert!(
+            q.iter().any(|x| x.role == Role::Prometheus && x.host == 1),
+            "{q:?}"
+        );
+        let none = place(
+            &with_host,
+            &Shape {
+                metrics: false,
+                ..solo
+            },
+            false,
+        )
+        .unwrap();
+        assert!(none.iter().all(|x| x.role != Role::Prometheus), "{none:?}");
         let no_proxy_host = inv("[[host]]\naddress = \"a\"\nroles = [\"app\", \"agent\"]\n");
         let e = place(&no_proxy_host, &shape, false)
             .unwrap_err()
@@ -1837,6 +2039,7 @@ mod tests {
             app_count: 2,
             database: Database::Postgres,
             proxy: Proxy::None,
+            metrics: false,
         };
         let e = place(&clash, &two, false).unwrap_err().to_string();
         assert!(e.contains("port 9001"), "{e}");
@@ -1848,6 +2051,7 @@ mod tests {
             app_count: 1,
             database: Database::Sqlite,
             proxy: Proxy::None,
+            metrics: false,
         };
         let e = place(&high, &many, false).unwrap_err().to_string();
         assert!(e.contains("above 65535"), "{e}");
