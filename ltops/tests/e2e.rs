@@ -746,6 +746,19 @@ fn run_with_a_freeze(env: &Env, cluster: &str, pid: u32) -> (String, String) {
     (report, agent_log)
 }
 
+/// The interval numbers an agent's log flags with `prefix` (`… in interval N: …`).
+fn flagged_intervals(log: &str, prefix: &str) -> Vec<u64> {
+    log.match_indices(prefix)
+        .filter_map(|(at, _)| {
+            let rest = &log[at + prefix.len()..];
+            rest.split(|c: char| !c.is_ascii_digit())
+                .next()?
+                .parse()
+                .ok()
+        })
+        .collect()
+}
+
 /// Who was slow is said truthfully. A server frozen for 2 s (SIGSTOP) makes actions start late,
 /// but the generator kept up: the report and the agent say the server stalled, and the latency
 /// figures stay trusted. An agent frozen for 2 s is the generator falling behind: its times are
@@ -768,8 +781,15 @@ fn lateness_is_attributed_to_the_server_or_to_the_generator() {
     assert!(report.contains("the load generator kept up"), "{report}");
     assert!(!report.contains("fell behind"), "{report}");
     assert!(!report.contains("UNRELIABLE"), "{report}");
-    assert!(agent_log.contains("SERVER STALLED"), "{agent_log}");
-    assert!(!agent_log.contains("AGENT FALLING BEHIND"), "{agent_log}");
+    // The frozen intervals are the server's. On a busy machine (CI runs tests side by side) the
+    // agent may truthfully report falling behind in another interval, never in those.
+    let stalled = flagged_intervals(&agent_log, "SERVER STALLED in interval ");
+    let behind = flagged_intervals(&agent_log, "AGENT FALLING BEHIND in interval ");
+    assert!(!stalled.is_empty(), "{agent_log}");
+    assert!(
+        stalled.iter().all(|i| !behind.contains(i)),
+        "an interval blamed on both: {agent_log}"
+    );
 
     let (report, agent_log) = run_with_a_freeze(&env, "who", pid_of(&st, Role::Agent, 0).unwrap());
     assert!(
