@@ -51,10 +51,25 @@ fn chart_to(title: &str, y_unit: &str, series: &[Series], max_x: Option<f64>) ->
         .flat_map(|s| s.points.iter().map(|p| p.1))
         .fold(0.0_f64, f64::max);
     let max_y = if max_y > 0.0 { max_y * 1.1 } else { 1.0 };
+    // The legend: after the title (11 px text, ~6.4 px a character), wrapping onto more rows
+    // when it does not fit; the plot starts below its last row.
+    let title_end = 4.0 + 6.4 * (title.chars().count() + y_unit.chars().count() + 3) as f64;
+    let mut legend = Vec::with_capacity(series.len());
+    let (mut lx, mut ly) = ((PAD_L + 180.0).max(title_end + 12.0), 10.0);
+    for s in series {
+        let w = 28.0 + 6.5 * s.name.chars().count() as f64;
+        if lx + w > W - PAD_R && lx > PAD_L {
+            lx = PAD_L;
+            ly += 12.0;
+        }
+        legend.push((lx, ly));
+        lx += w;
+    }
+    let pad_t = PAD_T + (ly - 10.0);
     let pw = W - PAD_L - PAD_R;
-    let ph = H - PAD_T - PAD_B;
+    let ph = H - pad_t - PAD_B;
     let x = |v: f64| PAD_L + v / max_x * pw;
-    let y = |v: f64| PAD_T + ph - v / max_y * ph;
+    let y = |v: f64| pad_t + ph - v / max_y * ph;
     let mut o = String::new();
     let _ = write!(
         o,
@@ -63,7 +78,7 @@ fn chart_to(title: &str, y_unit: &str, series: &[Series], max_x: Option<f64>) ->
     );
     let _ = write!(
         o,
-        r##"<rect x="{PAD_L}" y="{PAD_T}" width="{pw}" height="{ph}" fill="#fafafa" stroke="#ccc"/>"##
+        r##"<rect x="{PAD_L}" y="{pad_t}" width="{pw}" height="{ph}" fill="#fafafa" stroke="#ccc"/>"##
     );
     for i in 0..=4 {
         let fy = f64::from(i) / 4.0;
@@ -94,10 +109,7 @@ fn chart_to(title: &str, y_unit: &str, series: &[Series], max_x: Option<f64>) ->
         esc(title),
         esc(y_unit)
     );
-    // The legend starts after the chart's title (11 px text, ~6.4 px a character).
-    let title_end = 4.0 + 6.4 * (title.chars().count() + y_unit.chars().count() + 3) as f64;
-    let mut lx = (PAD_L + 180.0).max(title_end + 12.0);
-    for s in series {
+    for (s, &(lx, ly)) in series.iter().zip(&legend) {
         let pts: Vec<String> = s
             .points
             .iter()
@@ -126,13 +138,13 @@ fn chart_to(title: &str, y_unit: &str, series: &[Series], max_x: Option<f64>) ->
         }
         let _ = write!(
             o,
-            r#"<line x1="{lx:.1}" y1="10" x2="{:.1}" y2="10" stroke="{}" stroke-width="2"{dash}/><text x="{:.1}" y="14" font-size="10">{}</text>"#,
+            r#"<line x1="{lx:.1}" y1="{ly:.1}" x2="{:.1}" y2="{ly:.1}" stroke="{}" stroke-width="2"{dash}/><text x="{:.1}" y="{:.1}" font-size="10">{}</text>"#,
             lx + 16.0,
             s.color,
             lx + 20.0,
+            ly + 4.0,
             esc(&s.name)
         );
-        lx += 28.0 + 6.5 * s.name.len() as f64;
     }
     o.push_str("</svg>");
     o
@@ -564,6 +576,49 @@ mod tests {
         for (x, y) in pts {
             assert!((PAD_L..=W - PAD_R).contains(&x), "x {x} outside: {svg}");
             assert!((PAD_T..=H - PAD_B).contains(&y), "y {y} outside: {svg}");
+        }
+    }
+
+    #[test]
+    fn a_legend_too_long_for_one_row_wraps_and_the_plot_moves_down() {
+        let series: Vec<Series> = (0..9)
+            .map(|i| Series {
+                name: format!("switch_channel_{i}"),
+                color: PALETTE[i % PALETTE.len()],
+                dashed: false,
+                points: vec![(0.0, 1.0), (1.0, 2.0)],
+            })
+            .collect();
+        let svg = chart_to("response time p99 per action", "ms", &series, None);
+        let top: f64 = svg
+            .split("<rect x=\"56\" y=\"")
+            .nth(1)
+            .and_then(|r| r.split('"').next()?.parse().ok())
+            .unwrap_or(0.0);
+        assert!(
+            top > PAD_T + 12.0,
+            "the plot did not move below the legend rows: {top}"
+        );
+        // The legend's labels: every text above the plot but the title.
+        let labels: Vec<(f64, f64)> = svg
+            .split("<text x=\"")
+            .skip(1)
+            .filter_map(|r| {
+                let mut parts = r.split('"');
+                let x = parts.next()?.parse().ok()?;
+                let y = parts.nth(1)?.parse().ok()?;
+                Some((x, y))
+            })
+            .filter(|&(x, y)| y < top && x > 4.0)
+            .collect();
+        assert_eq!(labels.len(), 9, "{labels:?}");
+        // Each label leaves room for its name (15 characters) before the right edge.
+        assert!(
+            labels.iter().all(|&(x, _)| x + 6.5 * 15.0 <= W),
+            "{labels:?}"
+        );
+        for (_, y) in drawn_points(&svg) {
+            assert!((top..=H - PAD_B).contains(&y), "y {y} above the plot");
         }
     }
 }

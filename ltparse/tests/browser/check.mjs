@@ -1,12 +1,12 @@
 // Looks at an ltparse HTML report in a real browser: headless Chromium, driven over the DevTools
 // protocol. Loads the file, collects every console message, uncaught exception, browser log
 // error and failed load, then measures each chart as rendered (its size on the page, its lines
-// and whether their points lie inside the plot, text overlapping other text) and saves a
-// full-page screenshot.
+// and whether their points lie inside the plot, text overlapping other text or cut off at the
+// chart's edge) and saves a full-page screenshot.
 //
 // Usage: node check.mjs REPORT.html SCREENSHOT.png
 // Prints one JSON object ({errors, charts: [{title, width, height, lines, points, outside,
-// overlaps, drawn}], ...})
+// overlaps, clipped, drawn}], ...})
 // and exits 0 when there is no error and every chart drew data, 1 otherwise, 2 on a harness
 // failure. CHROMIUM names the browser (default: chromium).
 import { spawn } from "node:child_process";
@@ -142,6 +142,9 @@ const measure = `(() => {
     }
     // Text that overlaps other text (a legend over a long title, crowded ticks) is unreadable.
     const boxes = [...svg.querySelectorAll("text")].map((t) => t.getBBox());
+    const view = svg.viewBox.baseVal;
+    const clipped = boxes.filter((b) => b.x < -0.5 || b.y < -0.5 ||
+      b.x + b.width > view.width + 0.5 || b.y + b.height > view.height + 0.5).length;
     let overlaps = 0;
     for (let i = 0; i < boxes.length; i++) {
       for (let j = i + 1; j < boxes.length; j++) {
@@ -153,8 +156,9 @@ const measure = `(() => {
     }
     const title = svg.querySelector("title")?.textContent ?? "";
     return { title, width: Math.round(box.width), height: Math.round(box.height), lines, points, outside,
-             overlaps,
-             drawn: box.width > 0 && box.height > 0 && lines > 0 && outside === 0 && overlaps === 0 };
+             overlaps, clipped,
+             drawn: box.width > 0 && box.height > 0 && lines > 0 && outside === 0 && overlaps === 0 &&
+               clipped === 0 };
   });
   const h = document.documentElement;
   return { title: document.title, sections: [...document.querySelectorAll("h2")].map((e) => e.textContent),
