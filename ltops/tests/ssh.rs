@@ -565,6 +565,62 @@ fn faults_name_the_host_and_leave_the_cluster_usable() {
     assert!(text(&o).contains(&h.hosts[1].1), "{}", text(&o));
     assert_eq!(env.run(&["delete", "n", "--yes"]).status.code(), Some(0));
 
+    // A metrics host without Prometheus: with none here either, the deploy goes on without it
+    // and says how to add it; with this machine's, it is uploaded once and then left alone.
+    let inv = h.inventory(
+        "noprom.toml",
+        &[&["app", "agent", "metrics"]],
+        "prometheus = \"/nonexistent/prometheus\"",
+        "id_ed25519",
+    );
+    let o = env.run(&[
+        "create",
+        "--name",
+        "m",
+        "--type",
+        "ssh",
+        "--inventory",
+        inv.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{}", text(&o));
+    let deploy = |prometheus_here: &str| {
+        let o = env
+            .cmd(&["deploy", "-c", "m"])
+            .env("LTOPS_PROMETHEUS", prometheus_here)
+            .output()
+            .unwrap();
+        let out = text(&o);
+        eprintln!("$ LTOPS_PROMETHEUS={prometheus_here} ltops deploy -c m\n{out}");
+        assert_eq!(o.status.code(), Some(0), "{out}");
+        out
+    };
+    let out = deploy("/nonexistent/prometheus");
+    assert!(
+        out.contains(&format!(
+            "prometheus-0: not started: Prometheus is installed neither on {}",
+            h.hosts[0].1
+        )) && out.contains("--no-metrics"),
+        "{out}"
+    );
+    assert!(!out.contains("prometheus-0: started"), "{out}");
+    let out = deploy("/usr/bin/prometheus");
+    assert!(out.contains("uploading prometheus to"), "{out}");
+    assert!(out.contains("prometheus-0: started on"), "{out}");
+    let out = deploy("/usr/bin/prometheus");
+    assert!(out.contains("prometheus: up to date on"), "{out}");
+    assert!(out.contains("prometheus-0: unchanged on"), "{out}");
+    let st = env.state("m");
+    let prom = st.component(Role::Prometheus, 0).unwrap().address.clone();
+    assert!(
+        h.processes_of(0)
+            .iter()
+            .any(|p| p.contains("bin/prometheus") && p.contains(&prom)),
+        "the uploaded Prometheus runs, listening on {prom}: {:?}",
+        h.processes_of(0)
+    );
+    assert_eq!(env.run(&["delete", "m", "--yes"]).status.code(), Some(0));
+    nothing_runs_on(&h, 0);
+
     // A port already taken on the app host.
     let inv = h.inventory(
         "one.toml",

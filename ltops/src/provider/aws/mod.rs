@@ -510,6 +510,7 @@ impl AwsProvider {
             ports: Ports::default(),
             remote_dir: ".ltops".into(),
             nginx: "nginx".into(),
+            prometheus: "prometheus".into(),
             postgres_bin_dir: None,
             database_url: None,
         })

@@ -10,6 +10,7 @@
 //! known_hosts = "known_hosts"        # UserKnownHostsFile (default: ssh's own)
 //! remote_dir = ".ltops"              # per-cluster directories go below it (relative: to the home)
 //! nginx = "nginx"                    # the nginx program on proxy hosts
+//! prometheus = "prometheus"          # the metrics host's Prometheus (missing: this machine's is uploaded)
 //! postgres_bin_dir = "/usr/lib/postgresql/15/bin"   # default: the newest /usr/lib/postgresql/*/bin
 //! [ports]                            # first port of each kind on a host; the k-th instance adds k
 //! server = 8065
@@ -87,6 +88,7 @@ struct Defaults {
     known_hosts: Option<String>,
     remote_dir: Option<String>,
     nginx: Option<String>,
+    prometheus: Option<String>,
     postgres_bin_dir: Option<String>,
 }
 
@@ -163,6 +165,7 @@ pub struct Inventory {
     pub ports: Ports,
     pub remote_dir: String,
     pub nginx: String,
+    pub prometheus: String,
     pub postgres_bin_dir: Option<String>,
     pub database_url: Option<DatabaseUrl>,
 }
@@ -302,6 +305,14 @@ impl Inventory {
                 line_of("nginx"),
                 "defaults.nginx",
                 format!("{nginx:?} is not a plain program path"),
+            ));
+        }
+        let prometheus = d.prometheus.clone().unwrap_or_else(|| "prometheus".into());
+        if !plain_path(&prometheus) {
+            return Err(bad(
+                line_of("prometheus"),
+                "defaults.prometheus",
+                format!("{prometheus:?} is not a plain program path"),
             ));
         }
         if let Some(p) = &d.postgres_bin_dir {
@@ -465,6 +476,7 @@ impl Inventory {
             ports,
             remote_dir,
             nginx,
+            prometheus,
             postgres_bin_dir: d.postgres_bin_dir.clone(),
             database_url,
         })

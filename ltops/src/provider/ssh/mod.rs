@@ -51,6 +51,10 @@ use crate::state::{
     ClusterState, ClusterType, Component, Database, Home, Proxy, Role, Slot, CLUSTER_FILE,
 };
 
+fn default_prometheus() -> String {
+    "prometheus".into()
+}
+
 /// The supervisor uploaded to every host.
 const SUPERVISE: &str = include_str!("supervise.sh");
 /// How long a component may take to pass its health check after start.
@@ -65,6 +69,9 @@ pub struct SshState {
     pub inventory: PathBuf,
     pub remote_dir: String,
     pub nginx: String,
+    /// The Prometheus program on the metrics host (default `prometheus`).
+    #[serde(default = "default_prometheus")]
+    pub prometheus: String,
     #[serde(default)]
     pub postgres_bin_dir: Option<String>,
     pub ports: Ports,
@@ -168,6 +175,7 @@ impl SshProvider {
             inventory: std::fs::canonicalize(&inv.path).unwrap_or(inv.path.clone()),
             remote_dir: inv.remote_dir.clone(),
             nginx: inv.nginx.clone(),
+            prometheus: inv.prometheus.clone(),
             postgres_bin_dir: inv.postgres_bin_dir.clone(),
             ports: inv.ports,
             hosts: inv.hosts.clone(),
@@ -271,7 +279,7 @@ impl SshProvider {
             .pg_bin
             .iter()
             .chain(ss.postgres_bin_dir.iter())
-            .chain(std::iter::once(&ss.nginx))
+            .chain([&ss.nginx, &ss.prometheus])
         {
             if !inventory::plain_path(v) {
                 return bad("provider (a program path)", v);
@@ -735,9 +743,10 @@ impl<'a> Deploy<'a> {
                 .iter()
                 .any(|p| p.role == Role::Prometheus && p.host == i);
             if prometheus_here {
-                body.push_str(
-                    "n=$(command -v prometheus 2>/dev/null || true)\n[ -z \"$n\" ] && [ -x /usr/bin/prometheus ] && n=/usr/bin/prometheus\n[ -n \"$n\" ] && echo \"prometheus=$n\" || true\n",
-                );
+                body.push_str(&format!(
+                    "n=$(command -v {0} 2>/dev/null || true)\n[ -z \"$n\" ] && [ {0} = prometheus ] && [ -x /usr/bin/prometheus ] && n=/usr/bin/prometheus\n[ -n \"$n\" ] && echo \"prometheus=$n\" || true\n",
+                    sh_quote(&ss.prometheus)
+                ));
             }
             if db_here {
                 match &ss.postgres_bin_dir {
