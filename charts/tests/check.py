@@ -58,8 +58,9 @@ CHECKOV_PREFIXES = {"kubernetes": ("CKV_K8S_", "CKV2_K8S_"), "helm": ("CKV_K8S_"
 IGNORED_LABELS = {"app.kubernetes.io/managed-by", "helm.sh/chart"}
 WORKLOAD_KINDS = {"Deployment", "StatefulSet"}
 # Apply order of the spec: shared objects, then per component its NetworkPolicy, Service, workload.
-KIND_ORDER = ["Namespace", "Secret", "ConfigMap", "NetworkPolicy", "Service", "Deployment", "StatefulSet"]
-COMPONENT_ORDER = ["", "postgres", "server", "agent"]
+KIND_ORDER = ["Namespace", "ServiceAccount", "Secret", "ConfigMap", "Role", "RoleBinding", "NetworkPolicy",
+              "Service", "Deployment", "StatefulSet"]
+COMPONENT_ORDER = ["", "postgres", "server", "agent", "prometheus"]
 PROBE_DEFAULTS = {
     "initialDelaySeconds": 0,
     "periodSeconds": 10,
@@ -409,6 +410,7 @@ def view_workload(obj: dict[str, Any]) -> dict[str, Any]:
         "template.annotations": (template.get("metadata") or {}).get("annotations") or {},
         "pod.securityContext": pod.get("securityContext"),
         "pod.automountServiceAccountToken": pod.get("automountServiceAccountToken"),
+        "pod.serviceAccountName": pod.get("serviceAccountName", "default"),
         "pod.enableServiceLinks": pod.get("enableServiceLinks"),
         "containers": keyed(pod.get("containers"), "name", norm_container),
         "initContainers": keyed(pod.get("initContainers"), "name", norm_container),
@@ -465,6 +467,13 @@ def view(obj: dict[str, Any]) -> dict[str, Any]:
         result["keys"] = sorted(set(obj.get("data") or {}) | set(obj.get("stringData") or {}))
     elif kind == "ConfigMap":
         result["data"] = obj.get("data") or {}
+    elif kind == "ServiceAccount":
+        result["automountServiceAccountToken"] = obj.get("automountServiceAccountToken", True)
+    elif kind == "Role":
+        result["rules"] = obj.get("rules") or []
+    elif kind == "RoleBinding":
+        result["roleRef"] = obj.get("roleRef")
+        result["subjects"] = obj.get("subjects") or []
     return result
 
 
@@ -542,7 +551,21 @@ def cmd_helm_shim(args: argparse.Namespace) -> int:
         return 2
     values = values_from(values_files, [], [])
     namespace = os.environ.get("HELM_NAMESPACE", "default")
-    for template, obj in render_templates(values, "release-name", namespace):
+    # checkov takes any stderr output of `helm template` for a failure; Helm's note that it
+    # followed the chart's `dashboards` link is not one, so it is dropped (the rest is kept).
+    with tempfile.TemporaryFile() as err:
+        saved = os.dup(2)
+        os.dup2(err.fileno(), 2)
+        try:
+            rendered = render_templates(values, "release-name", namespace)
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+        err.seek(0)
+        for line in err.read().decode(errors="replace").splitlines(keepends=True):
+            if "found symbolic link in path" not in line:
+                sys.stderr.write(line)
+    for template, obj in rendered:
         sys.stdout.write(f"---\n# Source: {template}\n{yaml.safe_dump(obj, sort_keys=False)}")
     return 0
 

@@ -207,9 +207,7 @@ impl Metrics {
                 "Worker threads of the tokio runtime",
             ),
             registry: {
-                let _ = registry.register(Box::new(
-                    prometheus::process_collector::ProcessCollector::for_self(),
-                ));
+                let _ = registry.register(Box::new(process_metrics::ProcessCollector::for_self()));
                 registry
             },
         };

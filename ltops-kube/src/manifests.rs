@@ -14,6 +14,8 @@ pub const SERVER_PORT: u16 = 8065;
 pub const SERVER_METRICS_PORT: u16 = 8067;
 pub const AGENT_PORT: u16 = 8070;
 pub const POSTGRES_PORT: u16 = 5432;
+pub const PROMETHEUS_PORT: u16 = 9090;
+pub const GRAFANA_PORT: u16 = 3000;
 /// The agent's unauthenticated health route (the control API's `/healthz`).
 pub const AGENT_HEALTH_PATH: &str = "/healthz";
 /// Where the chart and `ltops` mount things.
@@ -26,9 +28,32 @@ pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
 pub const LABEL_INSTANCE: &str = "app.kubernetes.io/instance";
 /// The default PostgreSQL image.
 pub const POSTGRES_IMAGE: &str = "postgres:16-bookworm";
+/// The default Prometheus image (the project's official one, a long-term-support release).
+pub const PROMETHEUS_IMAGE: &str = "quay.io/prometheus/prometheus:v3.5.0";
+/// The default Grafana image: the release whose published schema `dashboards/` is checked against.
+pub const GRAFANA_IMAGE: &str = "docker.io/grafana/grafana:13.2.3";
+/// The uid of the provisioned Prometheus datasource, which the dashboards' `${DS_PROMETHEUS}`
+/// becomes.
+pub const GRAFANA_DATASOURCE_UID: &str = "prometheus";
+/// The dashboards provisioned into Grafana (`dashboards/` of the repository; the chart reads the
+/// same files through its `dashboards` link).
+pub const DASHBOARDS: [(&str, &str); 3] = [
+    ("agents.json", include_str!("../../dashboards/agents.json")),
+    (
+        "overview.json",
+        include_str!("../../dashboards/overview.json"),
+    ),
+    ("server.json", include_str!("../../dashboards/server.json")),
+];
+/// How often the cluster's Prometheus scrapes every pod, as ltops's own Prometheus does.
+pub const SCRAPE_INTERVAL_S: u32 = 2;
 /// Non-root ids: the product image's user, and the PostgreSQL image's `postgres`.
 const APP_UID: i64 = 10001;
 const POSTGRES_UID: i64 = 999;
+/// The Prometheus image's `nobody`.
+const PROMETHEUS_UID: i64 = 65534;
+/// Grafana runs as a uid of its own (the image supports arbitrary uids).
+const GRAFANA_UID: i64 = 10472;
 
 /// Where the cluster's database lives.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -60,6 +85,11 @@ pub struct ClusterSpec {
     pub database: DatabaseSpec,
     /// How many simulated users the cluster is sized for.
     pub users: u64,
+    /// The cluster's Prometheus (its image), scraping every server and agent pod.
+    pub prometheus: Option<String>,
+    /// Grafana (its image) with that Prometheus as its datasource and `dashboards/` provisioned;
+    /// only with a Prometheus.
+    pub grafana: Option<String>,
 }
 
 /// The secret values; `None` in a dry run, which prints placeholders.
@@ -68,6 +98,8 @@ pub struct Secrets {
     pub control_token: String,
     /// The internal database's password.
     pub postgres_password: String,
+    /// Grafana's `admin` password.
+    pub grafana_password: String,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -98,6 +130,8 @@ pub struct Sizing {
     pub agent: Resources,
     pub server: Resources,
     pub postgres: Option<Resources>,
+    pub prometheus: Option<Resources>,
+    pub grafana: Option<Resources>,
 }
 
 impl Sizing {
@@ -120,6 +154,18 @@ impl Sizing {
                 cpu_m: 250 + spec.users / 20,
                 memory_mi: 256 + spec.users / 64,
             }),
+            // Its series grow with the pods it scrapes.
+            prometheus: spec.prometheus.is_some().then(|| {
+                let pods = u64::from(spec.agents) + u64::from(spec.app_count);
+                Resources {
+                    cpu_m: 100 + 10 * pods,
+                    memory_mi: 256 + 16 * pods,
+                }
+            }),
+            grafana: (spec.prometheus.is_some() && spec.grafana.is_some()).then_some(Resources {
+                cpu_m: 100,
+                memory_mi: 256,
+            }),
         }
     }
 
@@ -127,21 +173,38 @@ impl Sizing {
     pub fn total(&self, spec: &ClusterSpec) -> Resources {
         let n_a = u64::from(spec.agents);
         let n_s = u64::from(spec.app_count);
-        let pg = self.postgres.unwrap_or(Resources {
+        let none = Resources {
             cpu_m: 0,
             memory_mi: 0,
-        });
+        };
+        let pg = self.postgres.unwrap_or(none);
+        let prom = self.prometheus.unwrap_or(none);
+        let gf = self.grafana.unwrap_or(none);
         Resources {
-            cpu_m: self.agent.cpu_m * n_a + self.server.cpu_m * n_s + pg.cpu_m,
-            memory_mi: self.agent.memory_mi * n_a + self.server.memory_mi * n_s + pg.memory_mi,
+            cpu_m: self.agent.cpu_m * n_a
+                + self.server.cpu_m * n_s
+                + pg.cpu_m
+                + prom.cpu_m
+                + gf.cpu_m,
+            memory_mi: self.agent.memory_mi * n_a
+                + self.server.memory_mi * n_s
+                + pg.memory_mi
+                + prom.memory_mi
+                + gf.memory_mi,
         }
     }
 
     /// The largest single pod's requests (each must fit on one node).
     pub fn largest(&self) -> Resources {
-        let mut r = [Some(self.agent), Some(self.server), self.postgres]
-            .into_iter()
-            .flatten();
+        let mut r = [
+            Some(self.agent),
+            Some(self.server),
+            self.postgres,
+            self.prometheus,
+            self.grafana,
+        ]
+        .into_iter()
+        .flatten();
         let first = r.next().unwrap_or(self.agent);
         r.fold(first, |a, b| Resources {
             cpu_m: a.cpu_m.max(b.cpu_m),
@@ -162,8 +225,11 @@ pub struct Manifest {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Kind {
     Namespace,
+    ServiceAccount,
     Secret,
     ConfigMap,
+    Role,
+    RoleBinding,
     NetworkPolicy,
     Service,
     StatefulSet,
@@ -174,8 +240,11 @@ impl Kind {
     pub fn name(self) -> &'static str {
         match self {
             Kind::Namespace => "Namespace",
+            Kind::ServiceAccount => "ServiceAccount",
             Kind::Secret => "Secret",
             Kind::ConfigMap => "ConfigMap",
+            Kind::Role => "Role",
+            Kind::RoleBinding => "RoleBinding",
             Kind::NetworkPolicy => "NetworkPolicy",
             Kind::Service => "Service",
             Kind::StatefulSet => "StatefulSet",
@@ -187,18 +256,22 @@ impl Kind {
         match self {
             Kind::StatefulSet | Kind::Deployment => "apps/v1",
             Kind::NetworkPolicy => "networking.k8s.io/v1",
+            Kind::Role | Kind::RoleBinding => "rbac.authorization.k8s.io/v1",
             _ => "v1",
         }
     }
 
     /// Kinds deleted one by one in a shared namespace, dependents first.
-    pub const DELETE_ORDER: [Kind; 6] = [
+    pub const DELETE_ORDER: [Kind; 9] = [
         Kind::Deployment,
         Kind::StatefulSet,
         Kind::Service,
         Kind::NetworkPolicy,
+        Kind::RoleBinding,
+        Kind::Role,
         Kind::ConfigMap,
         Kind::Secret,
+        Kind::ServiceAccount,
     ];
 }
 
@@ -214,6 +287,14 @@ pub fn agent_name(cluster: &str) -> String {
 }
 pub fn postgres_name(cluster: &str) -> String {
     format!("{cluster}-postgres")
+}
+/// The Prometheus Deployment, Service, ServiceAccount, Role and RoleBinding.
+pub fn prometheus_name(cluster: &str) -> String {
+    format!("{cluster}-prometheus")
+}
+/// Grafana's Deployment and Service (its ConfigMaps add `-provisioning` and `-dashboards`).
+pub fn grafana_name(cluster: &str) -> String {
+    format!("{cluster}-grafana")
 }
 /// The pod of agent `index` (a StatefulSet's stable name).
 pub fn agent_pod(cluster: &str, index: u32) -> String {
@@ -292,6 +373,22 @@ impl<'a> Builder<'a> {
         out.push(self.network_policy("agent", &[AGENT_PORT], None));
         out.push(self.agent_service());
         out.push(self.agent_statefulset());
+        if let Some(image) = &self.spec.prometheus {
+            out.push(self.prometheus_account());
+            out.push(self.prometheus_config());
+            out.push(self.prometheus_role());
+            out.push(self.prometheus_binding());
+            out.push(self.network_policy("prometheus", &[PROMETHEUS_PORT], None));
+            out.push(self.prometheus_service());
+            out.push(self.prometheus_deployment(image));
+            if let Some(image) = &self.spec.grafana {
+                out.push(self.grafana_provisioning());
+                out.push(self.grafana_dashboards());
+                out.push(self.network_policy("grafana", &[GRAFANA_PORT], None));
+                out.push(self.grafana_service());
+                out.push(self.grafana_deployment(image));
+            }
+        }
         out
     }
 
@@ -345,6 +442,10 @@ impl<'a> Builder<'a> {
         let mut data = serde_json::Map::new();
         let token = secrets.map_or(placeholder, |s| s.control_token.as_str());
         data.insert("control-token".into(), json!(b64(token)));
+        if self.grafana() {
+            let pw = secrets.map_or(placeholder, |s| s.grafana_password.as_str());
+            data.insert("grafana-admin-password".into(), json!(b64(pw)));
+        }
         if let DatabaseSpec::Internal { .. } = self.spec.database {
             let pw = secrets.map_or(placeholder, |s| s.postgres_password.as_str());
             data.insert("postgres-password".into(), json!(b64(pw)));
@@ -669,6 +770,245 @@ impl<'a> Builder<'a> {
             }}),
         )
     }
+
+    fn prometheus_account(&self) -> Manifest {
+        // The token is mounted into the Prometheus pod only (its pod spec asks for it).
+        self.object(
+            Kind::ServiceAccount,
+            prometheus_name(&self.spec.name),
+            Some("prometheus"),
+            json!({"automountServiceAccountToken": false}),
+        )
+    }
+
+    /// Pod discovery in the cluster's namespace, and nothing else.
+    fn prometheus_role(&self) -> Manifest {
+        self.object(
+            Kind::Role,
+            prometheus_name(&self.spec.name),
+            Some("prometheus"),
+            json!({"rules": [{"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "watch"]}]}),
+        )
+    }
+
+    fn prometheus_binding(&self) -> Manifest {
+        let name = prometheus_name(&self.spec.name);
+        self.object(
+            Kind::RoleBinding,
+            name.clone(),
+            Some("prometheus"),
+            json!({
+                "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": name},
+                "subjects": [{"kind": "ServiceAccount", "name": name, "namespace": self.spec.namespace}],
+            }),
+        )
+    }
+
+    fn prometheus_config(&self) -> Manifest {
+        self.object(
+            Kind::ConfigMap,
+            format!("{}-config", prometheus_name(&self.spec.name)),
+            Some("prometheus"),
+            json!({"data": {"prometheus.yml": prometheus_yml(self.spec)}}),
+        )
+    }
+
+    fn prometheus_service(&self) -> Manifest {
+        self.service(
+            prometheus_name(&self.spec.name),
+            "prometheus",
+            PROMETHEUS_PORT,
+            "http",
+            false,
+        )
+    }
+
+    fn prometheus_deployment(&self, image: &str) -> Manifest {
+        let name = prometheus_name(&self.spec.name);
+        let res = self.sizing.prometheus.unwrap_or(Resources {
+            cpu_m: 100,
+            memory_mi: 256,
+        });
+        let probe = |path: &str, delay: u32| json!({"httpGet": {"path": path, "port": "http"}, "initialDelaySeconds": delay, "periodSeconds": 10, "timeoutSeconds": 3, "failureThreshold": 6});
+        let container = json!({
+            "name": "prometheus",
+            "image": image,
+            "imagePullPolicy": "IfNotPresent",
+            "args": [
+                "--config.file=/etc/prometheus/prometheus.yml",
+                "--storage.tsdb.path=/prometheus",
+                "--storage.tsdb.retention.time=15d",
+                "--storage.tsdb.retention.size=4GB",
+                format!("--web.listen-address=:{PROMETHEUS_PORT}"),
+            ],
+            "ports": [{"name": "http", "containerPort": PROMETHEUS_PORT, "protocol": "TCP"}],
+            "readinessProbe": probe("/-/ready", 0),
+            "livenessProbe": probe("/-/healthy", 30),
+            "resources": res.json(),
+            "securityContext": Self::container_security(),
+            "volumeMounts": [
+                {"name": "config", "mountPath": "/etc/prometheus", "readOnly": true},
+                {"name": "data", "mountPath": "/prometheus"},
+            ],
+        });
+        let mut template = self.pod_template(
+            "prometheus",
+            None,
+            json!({
+                "securityContext": Self::pod_security(PROMETHEUS_UID),
+                "containers": [container],
+                "volumes": [
+                    {"name": "config", "configMap": {"name": format!("{name}-config")}},
+                    {"name": "data", "emptyDir": {"sizeLimit": "5Gi"}},
+                ],
+            }),
+        );
+        // Pod discovery needs the API token: this pod alone mounts its service account's.
+        template["spec"]["serviceAccountName"] = json!(name);
+        template["spec"]["automountServiceAccountToken"] = json!(true);
+        let mut m = self.object(
+            Kind::Deployment,
+            name,
+            Some("prometheus"),
+            json!({"spec": {
+                "replicas": 1,
+                "strategy": {"type": "Recreate"},
+                "selector": {"matchLabels": self.selector("prometheus")},
+                "template": template,
+            }}),
+        );
+        m.body["metadata"]["annotations"] = json!({
+            "checkov.io/skip1": "CKV_K8S_38=Prometheus discovers the cluster's pods through the API server: it needs its service account's token (a Role allowing get/list/watch on pods in this namespace only)",
+        });
+        m
+    }
+
+    /// Grafana runs only beside the cluster's Prometheus.
+    fn grafana(&self) -> bool {
+        self.spec.prometheus.is_some() && self.spec.grafana.is_some()
+    }
+
+    fn grafana_provisioning(&self) -> Manifest {
+        let datasources = format!(
+            "apiVersion: 1\ndatasources:\n  - name: Prometheus\n    uid: {GRAFANA_DATASOURCE_UID}\n    type: prometheus\n    access: proxy\n    url: http://{}:{PROMETHEUS_PORT}\n    isDefault: true\n    editable: false\n    jsonData:\n      timeInterval: {SCRAPE_INTERVAL_S}s\n",
+            prometheus_name(&self.spec.name)
+        );
+        let dashboards = "apiVersion: 1\nproviders:\n  - name: chat-loadtest\n    folder: chat-loadtest\n    type: file\n    disableDeletion: true\n    allowUiUpdates: false\n    options:\n      path: /etc/grafana/dashboards\n";
+        self.object(
+            Kind::ConfigMap,
+            format!("{}-provisioning", grafana_name(&self.spec.name)),
+            Some("grafana"),
+            json!({"data": {"datasources.yaml": datasources, "dashboards.yaml": dashboards}}),
+        )
+    }
+
+    fn grafana_dashboards(&self) -> Manifest {
+        let data: serde_json::Map<String, Value> = DASHBOARDS
+            .iter()
+            .map(|(file, text)| ((*file).to_string(), json!(dashboard_for_grafana(text))))
+            .collect();
+        self.object(
+            Kind::ConfigMap,
+            format!("{}-dashboards", grafana_name(&self.spec.name)),
+            Some("grafana"),
+            json!({"data": data}),
+        )
+    }
+
+    fn grafana_service(&self) -> Manifest {
+        self.service(
+            grafana_name(&self.spec.name),
+            "grafana",
+            GRAFANA_PORT,
+            "http",
+            false,
+        )
+    }
+
+    fn grafana_deployment(&self, image: &str) -> Manifest {
+        let name = grafana_name(&self.spec.name);
+        let env = |k: &str, v: &str| json!({"name": k, "value": v});
+        let container = json!({
+            "name": "grafana",
+            "image": image,
+            "imagePullPolicy": "IfNotPresent",
+            "env": [
+                env("GF_SECURITY_ADMIN_USER", "admin"),
+                {"name": "GF_SECURITY_ADMIN_PASSWORD", "valueFrom": {"secretKeyRef": {"name": secret_name(&self.spec.name), "key": "grafana-admin-password"}}},
+                env("GF_USERS_ALLOW_SIGN_UP", "false"),
+                env("GF_ANALYTICS_REPORTING_ENABLED", "false"),
+                env("GF_ANALYTICS_CHECK_FOR_UPDATES", "false"),
+                env("GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH", "/etc/grafana/dashboards/overview.json"),
+            ],
+            "ports": [{"name": "http", "containerPort": GRAFANA_PORT, "protocol": "TCP"}],
+            "readinessProbe": {"httpGet": {"path": "/api/health", "port": "http"}, "periodSeconds": 10, "timeoutSeconds": 3, "failureThreshold": 6},
+            "livenessProbe": {"httpGet": {"path": "/api/health", "port": "http"}, "initialDelaySeconds": 30, "periodSeconds": 10, "timeoutSeconds": 3, "failureThreshold": 6},
+            "resources": self.sizing.grafana.unwrap_or(Resources { cpu_m: 100, memory_mi: 256 }).json(),
+            "securityContext": Self::container_security(),
+            "volumeMounts": [
+                {"name": "provisioning", "mountPath": "/etc/grafana/provisioning", "readOnly": true},
+                {"name": "dashboards", "mountPath": "/etc/grafana/dashboards", "readOnly": true},
+                {"name": "data", "mountPath": "/var/lib/grafana"},
+                {"name": "tmp", "mountPath": "/tmp"},
+            ],
+        });
+        let template = self.pod_template(
+            "grafana",
+            None,
+            json!({
+                "securityContext": Self::pod_security(GRAFANA_UID),
+                "containers": [container],
+                "volumes": [
+                    {"name": "provisioning", "configMap": {"name": format!("{name}-provisioning"), "items": [
+                        {"key": "datasources.yaml", "path": "datasources/datasources.yaml"},
+                        {"key": "dashboards.yaml", "path": "dashboards/dashboards.yaml"},
+                    ]}},
+                    {"name": "dashboards", "configMap": {"name": format!("{name}-dashboards")}},
+                    {"name": "data", "emptyDir": {}},
+                    {"name": "tmp", "emptyDir": {}},
+                ],
+            }),
+        );
+        self.object(
+            Kind::Deployment,
+            name,
+            Some("grafana"),
+            json!({"spec": {
+                "replicas": 1,
+                "strategy": {"type": "Recreate"},
+                "selector": {"matchLabels": self.selector("grafana")},
+                "template": template,
+            }}),
+        )
+    }
+}
+
+/// A dashboard of `dashboards/` as Grafana's file provisioning takes it: provisioning resolves no
+/// `__inputs`, so the `${DS_PROMETHEUS}` datasource input becomes the provisioned datasource's uid.
+pub fn dashboard_for_grafana(text: &str) -> String {
+    text.replace("${DS_PROMETHEUS}", GRAFANA_DATASOURCE_UID)
+}
+
+/// The cluster's `prometheus.yml`: jobs `chat-server` and `loadtest-agent` (the names the
+/// dashboards select on), every pod of the cluster found through the API server (this namespace,
+/// the cluster's id and component labels), scraped on its metrics port (a server's `metrics`, an
+/// agent's `control`, where `/metrics` needs no token), with `instance` set to the pod's name and
+/// a `cluster` label. The chart's `prometheus-configmap.yaml` renders the same text.
+pub fn prometheus_yml(spec: &ClusterSpec) -> String {
+    let job = |job: &str, component: &str, port: &str| {
+        format!(
+            "  - job_name: {job}\n    kubernetes_sd_configs:\n      - role: pod\n        namespaces:\n          names: [{ns}]\n        selectors:\n          - role: pod\n            label: \"{LABEL_CLUSTER_ID}={id},{LABEL_COMPONENT}={component}\"\n    relabel_configs:\n      - source_labels: [__meta_kubernetes_pod_annotation_prometheus_io_scrape]\n        regex: \"true\"\n        action: keep\n      - source_labels: [__meta_kubernetes_pod_container_port_name]\n        regex: {port}\n        action: keep\n      - source_labels: [__meta_kubernetes_pod_name]\n        target_label: instance\n      - target_label: cluster\n        replacement: {name}\n",
+            ns = spec.namespace,
+            id = spec.cluster_id,
+            name = spec.name,
+        )
+    };
+    format!(
+        "# The Prometheus of cluster {name} (ltops and the chart render the same file).\nglobal:\n  scrape_interval: {SCRAPE_INTERVAL_S}s\n  evaluation_interval: {SCRAPE_INTERVAL_S}s\nscrape_configs:\n{}{}",
+        job("chat-server", "server", "metrics"),
+        job("loadtest-agent", "agent", "control"),
+        name = spec.name,
+    )
 }
 
 /// `postgres_statefulset` is only built for an internal database (see `build`).
@@ -705,6 +1045,8 @@ mod tests {
             agents: 3,
             database,
             users: 1000,
+            prometheus: Some(PROMETHEUS_IMAGE.into()),
+            grafana: Some(GRAFANA_IMAGE.into()),
         }
     }
 
@@ -741,8 +1083,20 @@ mod tests {
                 memory_mi: 271
             })
         );
+        // Prometheus: 5 pods to scrape.
+        assert_eq!(
+            s.prometheus,
+            Some(Resources {
+                cpu_m: 150,
+                memory_mi: 336
+            })
+        );
         let t = s.total(&spec(internal()));
-        assert_eq!(t.cpu_m, 133 * 3 + 300 * 2 + 300);
+        assert_eq!(
+            t.cpu_m,
+            133 * 3 + 300 * 2 + 300 + 150 + 100,
+            "with Grafana's 100m"
+        );
         assert_eq!(
             s.largest(),
             Resources {
@@ -754,7 +1108,7 @@ mod tests {
 
     #[test]
     fn every_object_deserializes_into_its_type_and_is_labelled() {
-        use k8s_openapi::api::{apps::v1 as apps, core::v1 as core};
+        use k8s_openapi::api::{apps::v1 as apps, core::v1 as core, rbac::v1 as rbac};
         for db in [
             internal(),
             DatabaseSpec::External {
@@ -783,6 +1137,13 @@ mod tests {
                     Kind::Deployment => {
                         drop(serde_json::from_value::<apps::Deployment>(v).unwrap())
                     }
+                    Kind::ServiceAccount => {
+                        drop(serde_json::from_value::<core::ServiceAccount>(v).unwrap())
+                    }
+                    Kind::Role => drop(serde_json::from_value::<rbac::Role>(v).unwrap()),
+                    Kind::RoleBinding => {
+                        drop(serde_json::from_value::<rbac::RoleBinding>(v).unwrap())
+                    }
                 }
                 assert_eq!(m.body["metadata"]["labels"][LABEL_CLUSTER_ID], "abc123");
             }
@@ -790,6 +1151,15 @@ mod tests {
                 .iter()
                 .map(|m| format!("{}/{}", m.kind.name(), m.name))
                 .collect();
+            for n in [
+                "ServiceAccount/k1-prometheus",
+                "Role/k1-prometheus",
+                "Deployment/k1-prometheus",
+                "ConfigMap/k1-grafana-dashboards",
+                "Deployment/k1-grafana",
+            ] {
+                assert!(names.iter().any(|m| m == n), "{n}: {names:?}");
+            }
             let has_pg = names.iter().any(|n| n == "StatefulSet/k1-postgres");
             assert_eq!(
                 has_pg,
@@ -800,17 +1170,68 @@ mod tests {
     }
 
     #[test]
+    fn without_metrics_there_is_no_prometheus_and_no_grafana() {
+        let mut sp = spec(internal());
+        sp.prometheus = None;
+        let ms = Builder::new(&sp).build(true, None);
+        assert!(
+            ms.iter()
+                .all(|m| !m.name.contains("prometheus") && !m.name.contains("grafana")),
+            "{:?}",
+            ms.iter().map(|m| &m.name).collect::<Vec<_>>()
+        );
+        assert!(Sizing::of(&sp).grafana.is_none());
+        assert!(ms[1].body["data"].get("grafana-admin-password").is_none());
+    }
+
+    #[test]
+    fn grafana_gets_the_dashboards_with_its_provisioned_datasource() {
+        let sp = spec(internal());
+        let ms = Builder::new(&sp).build(false, None);
+        let cm = ms
+            .iter()
+            .find(|m| m.name == "k1-grafana-dashboards")
+            .unwrap();
+        for (file, text) in DASHBOARDS {
+            let got = cm.body["data"][file].as_str().unwrap();
+            assert!(text.contains("${DS_PROMETHEUS}"), "{file}");
+            assert!(!got.contains("${DS_PROMETHEUS}"), "{file}");
+            let v: Value = serde_json::from_str(got).unwrap();
+            assert_eq!(
+                v["panels"][0]["datasource"]["uid"], GRAFANA_DATASOURCE_UID,
+                "{file}"
+            );
+        }
+        let prov = ms
+            .iter()
+            .find(|m| m.name == "k1-grafana-provisioning")
+            .unwrap();
+        let ds = prov.body["data"]["datasources.yaml"].as_str().unwrap();
+        assert!(ds.contains("url: http://k1-prometheus:9090\n"), "{ds}");
+        assert!(
+            ds.contains(&format!("uid: {GRAFANA_DATASOURCE_UID}\n")),
+            "{ds}"
+        );
+    }
+
+    #[test]
     fn a_dry_run_prints_no_secret_and_parses_back() {
         let sp = spec(internal());
         let secrets = Secrets {
             control_token: "tok-very-secret".into(),
             postgres_password: "pw-very-secret".into(),
+            grafana_password: "gf-very-secret".into(),
         };
         let real = Builder::new(&sp).build(false, Some(&secrets));
         let dry = Builder::new(&sp).build(false, None);
         let text = to_yaml(&dry).unwrap();
+        for secret in ["tok-very-secret", "pw-very-secret", "gf-very-secret"] {
+            assert!(!text.contains(&base64::engine::general_purpose::STANDARD.encode(secret)));
+            assert!(!text.contains(secret));
+        }
+        let real_text = to_yaml(&real).unwrap();
         assert!(
-            !text.contains(&base64::engine::general_purpose::STANDARD.encode("tok-very-secret"))
+            real_text.contains(&base64::engine::general_purpose::STANDARD.encode("gf-very-secret"))
         );
         assert_ne!(real[0].body, dry[0].body);
         assert_eq!(text.matches("---\n").count(), dry.len());

@@ -463,6 +463,9 @@ impl Session {
             Kind::Service => ApiResource::erase::<core::Service>(&()),
             Kind::StatefulSet => ApiResource::erase::<apps::StatefulSet>(&()),
             Kind::Deployment => ApiResource::erase::<apps::Deployment>(&()),
+            Kind::ServiceAccount => ApiResource::erase::<core::ServiceAccount>(&()),
+            Kind::Role => ApiResource::erase::<k8s_openapi::api::rbac::v1::Role>(&()),
+            Kind::RoleBinding => ApiResource::erase::<k8s_openapi::api::rbac::v1::RoleBinding>(&()),
         };
         if kind == Kind::Namespace {
             Api::all_with(self.client.clone(), &ar)
@@ -950,6 +953,12 @@ fn expected(spec: &ClusterSpec) -> Vec<(&'static str, u32)> {
     if matches!(spec.database, manifests::DatabaseSpec::Internal { .. }) {
         v.insert(0, ("postgres", 1));
     }
+    if spec.prometheus.is_some() {
+        v.push(("prometheus", 1));
+        if spec.grafana.is_some() {
+            v.push(("grafana", 1));
+        }
+    }
     v
 }
 
@@ -1013,6 +1022,8 @@ mod tests {
                 image: "postgres".into(),
             },
             users: 20_000,
+            prometheus: Some(manifests::PROMETHEUS_IMAGE.into()),
+            grafana: Some(manifests::GRAFANA_IMAGE.into()),
         }
     }
 

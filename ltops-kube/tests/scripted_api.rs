@@ -201,6 +201,8 @@ fn spec() -> ClusterSpec {
             image: manifests::POSTGRES_IMAGE.into(),
         },
         users: 1000,
+        prometheus: None,
+        grafana: None,
     }
 }
 
@@ -208,6 +210,7 @@ fn secrets() -> Secrets {
     Secrets {
         control_token: "tok-3b9f".into(),
         postgres_password: "pw-81c2".into(),
+        grafana_password: "gf-0123456789".into(),
     }
 }
 

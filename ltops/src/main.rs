@@ -60,6 +60,9 @@ struct AwsArgs {
     /// aws: instance type of the nginx instance [default: c6i.large].
     #[arg(long)]
     proxy_type: Option<String>,
+    /// aws: instance type of the metrics instance (Prometheus) [default: m6i.large].
+    #[arg(long)]
+    metrics_type: Option<String>,
     /// aws: the machine image (x86_64 Debian or Ubuntu) [default: the region's newest Debian, looked up].
     #[arg(long)]
     ami: Option<String>,
@@ -77,6 +80,7 @@ impl AwsArgs {
             agent_type: self.agent_type,
             db_type: self.db_type,
             proxy_type: self.proxy_type,
+            metrics_type: self.metrics_type,
             ami: self.ami,
             allow_ssh_from: self.allow_ssh_from,
             cluster_id: None,

@@ -151,8 +151,8 @@ fn create_status_delete_leaves_nothing_behind() {
     let id = st.cluster_id.clone();
     assert_eq!(
         st.components.len(),
-        6,
-        "2 servers, postgres, nginx, 2 agents"
+        7,
+        "2 servers, postgres, nginx, 2 agents, prometheus (on by default)"
     );
     let found = moto.inventory("ltops:cluster-id", &id);
     assert_eq!(
@@ -163,6 +163,7 @@ fn create_status_delete_leaves_nothing_behind() {
             "app-c6i.xlarge",
             "app-c6i.xlarge",
             "db-m6i.large",
+            "metrics-m6i.large",
             "proxy-c6i.large"
         ])
     );
@@ -195,10 +196,18 @@ fn create_status_delete_leaves_nothing_behind() {
     let out = moto.ltops(&env, &["status", "cloud"]);
     assert!(out.status.success());
     let t = text(&out);
-    assert_eq!(t.matches(" running  ").count(), 6, "six running instances");
+    assert_eq!(
+        t.matches(" running  ").count(),
+        7,
+        "seven running instances"
+    );
     assert!(
-        t.contains("estimated cost: $0.86/hour"),
-        "2×0.17+0.096+0.085+2×0.17"
+        t.contains("estimated cost: $0.96/hour"),
+        "2×0.17+0.096+0.085+2×0.17+0.096: {t}"
+    );
+    assert!(
+        t.contains("prometheus: on ") && t.contains("ssh -N -L 9090:10.60.1."),
+        "where Prometheus runs and the tunnel to it: {t}"
     );
     assert!(t.contains("list prices of 2024-06"));
     assert!(t.contains("not deployed yet"));
@@ -212,12 +221,12 @@ fn create_status_delete_leaves_nothing_behind() {
     let out = moto.ltops(&env, &["stop", "cloud"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(
-        text(&out).contains("its 6 EC2 instance(s) in us-east-1 keep running, and billing"),
+        text(&out).contains("its 7 EC2 instance(s) in us-east-1 keep running, and billing"),
         "{}",
         text(&out)
     );
     let out = moto.ltops(&env, &["status", "cloud"]);
-    assert_eq!(text(&out).matches(" running  ").count(), 6);
+    assert_eq!(text(&out).matches(" running  ").count(), 7);
 
     let out = moto.ltops(&env, &["delete", "cloud", "--yes"]);
     assert!(out.status.success());
@@ -225,7 +234,7 @@ fn create_status_delete_leaves_nothing_behind() {
     assert!(t.contains(&format!(
         "leak check: nothing tagged ltops:cluster-id={id} is left in us-east-1"
     )));
-    assert_eq!(t.matches("removed instance i-").count(), 6);
+    assert_eq!(t.matches("removed instance i-").count(), 7);
     assert_eq!(moto.inventory("ltops:cluster-id", &id), empty());
     assert!(!dir.exists());
 
@@ -277,6 +286,15 @@ fn an_interrupted_create_is_deleted_or_resumed() {
     let out = moto.ltops(&env, &create_args("again", &["--agents", "3"]));
     assert_eq!(out.status.code(), Some(2));
     assert!(text(&out).contains("--agents: the interrupted create"));
+    let out = moto.ltops(&env, &create_args("again", &["--no-metrics"]));
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out).contains(
+            "--no-metrics: the interrupted create of \"again\" was started with --metrics"
+        ),
+        "{}",
+        text(&out)
+    );
     // A create stopped between an API's answer and its record: the ids are gone from the
     // state, the resources carry the tag. The resume adopts them instead of making new ones.
     let file = env.home.path().join("clusters/again/cluster.toml");
@@ -294,15 +312,20 @@ fn an_interrupted_create_is_deleted_or_resumed() {
     assert!(t.contains("resuming the create"));
     assert_eq!(
         t.matches("created instance").count(),
-        1,
-        "only the missing one"
+        2,
+        "only the missing ones: agent-0 and metrics-0"
     );
     assert!(!t.contains("created VPC"));
     assert!(t.contains("adopted what carries the cluster's tag but was not recorded: VPC vpc-"));
     let found = moto.inventory("ltops:cluster-id", &id);
     assert_eq!(
         found["instances"],
-        serde_json::json!(["agent-c6i.large", "app-c6i.xlarge", "db-m6i.large"])
+        serde_json::json!([
+            "agent-c6i.large",
+            "app-c6i.xlarge",
+            "db-m6i.large",
+            "metrics-m6i.large"
+        ])
     );
     assert_eq!(found["vpcs"], 1, "the VPC was adopted, not made again");
     assert_eq!(found["security_groups"], 1);
@@ -351,7 +374,11 @@ fn ctrl_c_during_a_create_leaves_a_resumable_cluster() {
         assert!(out.status.success());
     }
     let found = moto.inventory("ltops:cluster-id", &id);
-    assert_eq!(found["instances"].as_array().unwrap().len(), 9);
+    assert_eq!(
+        found["instances"].as_array().unwrap().len(),
+        10,
+        "3 servers, postgres, nginx, 4 agents, metrics"
+    );
     assert_eq!(found["vpcs"], 1);
     assert!(moto
         .ltops(&env, &["delete", "intr", "--yes"])
@@ -368,8 +395,24 @@ fn a_lost_state_is_deleted_by_tag_without_touching_a_namesake() {
     let Some(moto) = Ec2::start() else { return };
     let a = Env::new();
     let b = Env::new();
-    assert!(moto.ltops(&a, &create_args("same", &[])).status.success());
+    // One without a metrics instance (`--no-metrics`), one with.
+    assert!(moto
+        .ltops(
+            &a,
+            &create_args("same", &["--no-metrics", "--metrics-type", "t3.medium"])
+        )
+        .status
+        .success());
     assert!(moto.ltops(&b, &create_args("same", &[])).status.success());
+    assert_eq!(
+        moto.inventory("ltops:cluster-id", &b.state("same").cluster_id)["instances"],
+        serde_json::json!([
+            "agent-c6i.xlarge",
+            "app-c6i.xlarge",
+            "db-m6i.large",
+            "metrics-m6i.large"
+        ])
+    );
     let id_a = a.state("same").cluster_id;
     let id_b = b.state("same").cluster_id;
     assert_ne!(id_a, id_b);
@@ -421,6 +464,7 @@ fn bad_input_names_the_flag_or_the_key() {
         (vec!["--allow-ssh-from", "0.0.0.0/99"], "--allow-ssh-from"),
         (vec!["--allow-ssh-from", "me"], "--allow-ssh-from"),
         (vec!["--app-type", "c6i large;rm"], "--app-type"),
+        (vec!["--metrics-type", "m6i large"], "--metrics-type"),
         (vec!["--ami", "ami-doesnotexist"], "--ami ami-doesnotexist"),
         (
             vec!["--app-count", "2", "--database", "sqlite"],
@@ -525,7 +569,8 @@ fn the_ltops_profile_is_the_default() {
             .as_array()
             .unwrap()
             .len(),
-        3
+        4,
+        "app, db, agent, metrics"
     );
     assert!(moto
         .ltops(&env, &["delete", "prof", "--yes"])

@@ -504,15 +504,6 @@ fn bad_arguments_say_what_to_do() {
         text(&o)
     );
 
-    // Prometheus is run for local and ssh clusters only, so far: said, not ignored.
-    let o = env.run(&["create", "--name", "m", "--type", "kubernetes", "--metrics"]);
-    assert_eq!(o.status.code(), usage, "{}", text(&o));
-    assert!(
-        text(&o).contains("--metrics: ltops runs Prometheus for local and ssh clusters so far"),
-        "{}",
-        text(&o)
-    );
-
     let o = env.run(&[
         "create",
         "--name",

@@ -29,6 +29,8 @@ fn spec() -> ClusterSpec {
             image: manifests::POSTGRES_IMAGE.into(),
         },
         users: 100,
+        prometheus: Some(manifests::PROMETHEUS_IMAGE.into()),
+        grafana: Some(manifests::GRAFANA_IMAGE.into()),
     }
 }
 
@@ -49,6 +51,7 @@ async fn the_fake_api_server_runs_a_cluster_for_ltops_kube() {
     let secrets = Secrets {
         control_token: "control-token-0123456789".into(),
         postgres_password: "pw-0123456789".into(),
+        grafana_password: "gf-0123456789".into(),
     };
     let objects = Builder::new(&spec).build(true, Some(&secrets));
     let (session, context) = Session::connect(None, &spec.namespace).await.unwrap();
@@ -113,7 +116,11 @@ async fn the_fake_api_server_runs_a_cluster_for_ltops_kube() {
     eprintln!("ready after {:?}: {progress:?}", started.elapsed());
     let pods = session.pods(&spec.name, &spec.cluster_id).await.unwrap();
     let names: Vec<&str> = pods.iter().map(|p| p.name.as_str()).collect();
-    assert_eq!(pods.len(), 5, "{names:?}");
+    assert_eq!(
+        pods.len(),
+        7,
+        "postgres, 2 servers, 2 agents, prometheus, grafana: {names:?}"
+    );
     assert!(
         pods.iter().all(|p| p.ready && p.phase == "Running"),
         "{pods:?}"
@@ -123,6 +130,10 @@ async fn the_fake_api_server_runs_a_cluster_for_ltops_kube() {
         "{names:?}"
     );
     assert!(names.contains(&"k1-postgres-0"), "{names:?}");
+    assert!(
+        names.iter().any(|n| n.starts_with("k1-prometheus-")),
+        "{names:?}"
+    );
     let servers: Vec<&str> = pods
         .iter()
         .filter(|p| p.component == "server")

@@ -100,9 +100,16 @@ async fn full_lifecycle_against_a_scripted_api_server() {
     assert!(out.contains("applied Deployment/k1-server"), "{out}");
     assert_eq!(
         out.matches("healthy").count(),
-        5,
-        "postgres, 2 servers, 2 agents: {out}"
+        6,
+        "postgres, 2 servers, 2 agents, prometheus: {out}"
     );
+    // Prometheus (on by default) discovers pods with its own account, allowed to read pods.
+    for plural in ["serviceaccounts", "roles", "rolebindings"] {
+        let objs = fake.objects(plural, "ltops-k1");
+        assert_eq!(objs.len(), 1, "{plural}: {objs:?}");
+    }
+    let roles = serde_json::to_string(&fake.objects("roles", "ltops-k1")).unwrap();
+    assert!(roles.contains(r#""resources":["pods"]"#), "{roles}");
     let applies: Vec<_> = fake
         .requests()
         .into_iter()
@@ -125,6 +132,34 @@ async fn full_lifecycle_against_a_scripted_api_server() {
     assert_eq!(o.status.code(), Some(0), "{out}");
     assert!(out.contains("pod k1-agent-1 on"), "{out}");
     assert!(out.contains("context \"fake\""), "{out}");
+    assert!(out.contains("pod k1-prometheus-"), "{out}");
+    prometheus_finds_and_scrapes_the_pods(&fake, "ltops-k1", "k1", scratch.path()).await;
+    assert!(
+        out.contains(
+            "-n ltops-k1 port-forward svc/k1-prometheus 9090`, then http://127.0.0.1:9090"
+        ),
+        "{out}"
+    );
+    assert!(
+        out.contains("port-forward svc/k1-grafana 3000`, then http://127.0.0.1:3000 as admin"),
+        "{out}"
+    );
+    // Grafana's password is in the Secret only, like the control token.
+    let toml = std::fs::read_to_string(env.home.path().join("clusters/k1/cluster.toml")).unwrap();
+    let gf = toml
+        .lines()
+        .find_map(|l| l.strip_prefix("grafana_password = \""))
+        .map(|l| l.trim_end_matches('"').to_string())
+        .unwrap();
+    assert!(gf.len() >= 16);
+    assert!(!out.contains(&gf), "status prints no password");
+    for plural in ["configmaps", "deployments", "statefulsets", "services"] {
+        let all = serde_json::to_string(&fake.objects(plural, "ltops-k1")).unwrap();
+        assert!(!all.contains(&gf), "{plural} holds Grafana's password");
+    }
+    let secret = serde_json::to_string(&fake.objects("secrets", "ltops-k1")).unwrap();
+    use base64::Engine as _;
+    assert!(secret.contains(&base64::engine::general_purpose::STANDARD.encode(&gf)));
 
     let cfg = workload(env.home.path());
     let o = run(
@@ -250,15 +285,22 @@ async fn full_lifecycle_against_a_scripted_api_server() {
     assert!(text(&o).contains("PersistentVolumeClaims"), "{}", text(&o));
     assert!(fake.processes().is_empty(), "{:?}", fake.processes());
     assert!(fake.objects("pods", "ltops-k1").is_empty());
-    assert_eq!(fake.objects("deployments", "ltops-k1").len(), 1);
+    assert_eq!(
+        fake.objects("deployments", "ltops-k1").len(),
+        3,
+        "server, prometheus, grafana"
+    );
     assert_eq!(fake.objects("statefulsets", "ltops-k1").len(), 2);
+    for o in fake.objects("deployments", "ltops-k1") {
+        assert_eq!(o["spec"]["replicas"], 0, "{o}");
+    }
     for o in fake.objects("statefulsets", "ltops-k1") {
         assert_eq!(o["spec"]["replicas"], 0, "{o}");
     }
     assert_eq!(fake.objects("secrets", "ltops-k1").len(), 1);
     let o = run(&env, &fake, &["deploy", "-c", "k1"]).await;
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    assert_eq!(text(&o).matches("healthy").count(), 5, "{}", text(&o));
+    assert_eq!(text(&o).matches("healthy").count(), 6, "{}", text(&o));
 
     let o = run(&env, &fake, &["delete", "k1", "--yes"]).await;
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
@@ -457,6 +499,7 @@ async fn dry_run_and_chart_agree_and_validate_strictly() {
             vec!["--database-url-secret", "chat-db:url", "--users", "2000", "--agents", "2", "--app-count", "2"],
             "users: 2000\nserver:\n  replicas: 2\nagents:\n  replicas: 2\ndatabase:\n  mode: external\n  external:\n    secretName: chat-db\n    secretKey: url\n",
         ),
+        ("lt4", vec!["--no-metrics"], "prometheus:\n  enabled: false\n"),
     ] {
         let mut args = vec!["create", "--name", name, "--type", "kubernetes"];
         args.extend(extra);
@@ -494,6 +537,10 @@ async fn dry_run_and_chart_agree_and_validate_strictly() {
         assert!(o.status.success(), "ltops and the chart drifted ({name}): {}", text(&o));
         let o = check(&py, &["checkov", ltops_yaml.to_str().unwrap(), "--framework", "kubernetes"]);
         assert!(o.status.success(), "{}", text(&o));
+        if name == "lt4" {
+            let yaml = std::fs::read_to_string(&ltops_yaml).unwrap();
+            assert!(!yaml.contains("-prometheus"), "--no-metrics renders no Prometheus");
+        }
     }
     let o = check(&py, &["lint"]);
     assert!(o.status.success(), "{}", text(&o));
@@ -515,6 +562,243 @@ async fn dry_run_and_chart_agree_and_validate_strictly() {
     );
     assert!(o.status.success(), "{}", text(&o));
     fake.stop().await;
+}
+
+/// Stops a process when dropped.
+struct Kill(std::process::Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// `NAME` as a Prometheus label name (Kubernetes discovery's sanitizing: `_` for the rest).
+fn label_name(s: &str) -> String {
+    s.chars()
+        .map(|c| if c.is_ascii_alphanumeric() { c } else { '_' })
+        .collect()
+}
+
+/// What Kubernetes pod discovery finds for one job's `namespaces` and `selectors`: a target per
+/// container port of every matching pod, with its documented `__meta_kubernetes_*` labels, at
+/// the local port of the fake's process for that pod (a closed port where it runs none).
+fn discovered(fake: &FakeKube, ns: &str, selector: &str) -> serde_json::Value {
+    let want: Vec<(&str, &str)> = selector
+        .split(',')
+        .map(|kv| kv.split_once('=').unwrap())
+        .collect();
+    let mut groups = Vec::new();
+    for pod in fake.objects("pods", ns) {
+        let meta = &pod["metadata"];
+        let name = meta["name"].as_str().unwrap();
+        if !want.iter().all(|(k, v)| meta["labels"][*k] == *v) {
+            continue;
+        }
+        let local = fake.pod_ports(ns, name);
+        let mut base = serde_json::Map::new();
+        base.insert("__meta_kubernetes_namespace".into(), ns.into());
+        base.insert("__meta_kubernetes_pod_name".into(), name.into());
+        for (what, key) in [("label", "labels"), ("annotation", "annotations")] {
+            for (k, v) in meta[key].as_object().into_iter().flatten() {
+                base.insert(
+                    format!("__meta_kubernetes_pod_{what}_{}", label_name(k)),
+                    v.clone(),
+                );
+            }
+        }
+        for c in pod["spec"]["containers"].as_array().unwrap() {
+            for port in c["ports"].as_array().into_iter().flatten() {
+                let number = port["containerPort"].as_u64().unwrap() as u16;
+                let mut labels = base.clone();
+                labels.insert(
+                    "__meta_kubernetes_pod_container_name".into(),
+                    c["name"].clone(),
+                );
+                labels.insert(
+                    "__meta_kubernetes_pod_container_port_name".into(),
+                    port["name"].clone(),
+                );
+                labels.insert(
+                    "__meta_kubernetes_pod_container_port_number".into(),
+                    number.to_string().into(),
+                );
+                let at = local.get(&number).copied().unwrap_or(1);
+                groups.push(
+                    serde_json::json!({"targets": [format!("127.0.0.1:{at}")], "labels": labels}),
+                );
+            }
+        }
+    }
+    serde_json::Value::Array(groups)
+}
+
+/// The Prometheus configuration `ltops` applied (the ConfigMap in the fake), run by a real
+/// Prometheus against the fake's real server and agent processes. Debian's `prometheus` is built
+/// without Kubernetes discovery, so each job's `kubernetes_sd_configs` is swapped for a file of
+/// what that discovery finds (`discovered`: the job's namespace and label selector applied to
+/// the fake's pods); the relabelling, the scrapes and the labels the dashboards select on are
+/// Prometheus's own. Every server and agent pod must be up under its job, with `instance` the
+/// pod's name and the `cluster` label, and every other port dropped.
+async fn prometheus_finds_and_scrapes_the_pods(
+    fake: &FakeKube,
+    ns: &str,
+    cluster: &str,
+    dir: &Path,
+) {
+    if Command::new("prometheus")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        util::moto::missing("prometheus (Debian package prometheus)");
+        return;
+    }
+    let cm = fake
+        .objects("configmaps", ns)
+        .into_iter()
+        .find(|o| o["metadata"]["name"] == format!("{cluster}-prometheus-config"))
+        .expect("the Prometheus ConfigMap was applied");
+    let applied = cm["data"]["prometheus.yml"].as_str().unwrap();
+    let dir = dir.join("prometheus");
+    std::fs::create_dir_all(&dir).unwrap();
+    let lines: Vec<&str> = applied.lines().collect();
+    let (mut out, mut job, mut i) = (String::new(), "", 0);
+    while i < lines.len() {
+        let l = lines[i];
+        if let Some(j) = l.strip_prefix("  - job_name: ") {
+            job = j;
+        }
+        if l != "    kubernetes_sd_configs:" {
+            out.push_str(l);
+            out.push('\n');
+            i += 1;
+            continue;
+        }
+        let end = i + lines[i..]
+            .iter()
+            .position(|l| *l == "    relabel_configs:")
+            .unwrap();
+        let block = lines[i..end].join("\n");
+        assert!(block.contains(&format!("names: [{ns}]")), "{block}");
+        let selector = block
+            .split("label: \"")
+            .nth(1)
+            .and_then(|r| r.split('"').next())
+            .unwrap();
+        let file = dir.join(format!("{job}.json"));
+        std::fs::write(&file, discovered(fake, ns, selector).to_string()).unwrap();
+        out.push_str(&format!(
+            "    file_sd_configs:\n      - files: [\"{}\"]\n",
+            file.display()
+        ));
+        i = end;
+    }
+    let config = dir.join("prometheus.yml");
+    std::fs::write(&config, &out).unwrap();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let log = std::fs::File::create(dir.join("log")).unwrap();
+    let _prom = Kill(
+        Command::new("prometheus")
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!(
+                "--storage.tsdb.path={}",
+                dir.join("data").display()
+            ))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap(),
+    );
+    let http = reqwest::Client::new();
+    let get = |path: String| {
+        let http = http.clone();
+        async move {
+            let r = http
+                .get(format!("http://127.0.0.1:{port}{path}"))
+                .send()
+                .await
+                .ok()?;
+            r.json::<serde_json::Value>().await.ok()
+        }
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let targets = loop {
+        let t = get("/api/v1/targets".into()).await;
+        let active = t
+            .as_ref()
+            .and_then(|t| t["data"]["activeTargets"].as_array().cloned())
+            .unwrap_or_default();
+        if active.len() == 4 && active.iter().all(|a| a["health"] == "up") {
+            break t.unwrap();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "Prometheus's targets never were 2 servers and 2 agents, all up: {t:?}\n{}\nits log:\n{}",
+            out,
+            std::fs::read_to_string(dir.join("log")).unwrap_or_default()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(250)).await;
+    };
+    let mut seen: Vec<(String, String, String)> = targets["data"]["activeTargets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| {
+            let l = &t["labels"];
+            (
+                l["job"].as_str().unwrap().to_string(),
+                l["instance"].as_str().unwrap().to_string(),
+                l["cluster"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    seen.sort();
+    let servers: Vec<String> = fake
+        .objects("pods", ns)
+        .iter()
+        .filter(|p| p["metadata"]["labels"]["app.kubernetes.io/component"] == "server")
+        .map(|p| p["metadata"]["name"].as_str().unwrap().to_string())
+        .collect();
+    let mut want: Vec<(String, String, String)> = servers
+        .iter()
+        .map(|s| ("chat-server".to_string(), s.clone(), cluster.to_string()))
+        .chain((0..2).map(|i| {
+            (
+                "loadtest-agent".to_string(),
+                format!("{cluster}-agent-{i}"),
+                cluster.to_string(),
+            )
+        }))
+        .collect();
+    want.sort();
+    assert_eq!(seen, want, "{targets}");
+    let dropped = targets["data"]["droppedTargets"]
+        .as_array()
+        .map_or(0, Vec::len);
+    assert_eq!(
+        dropped,
+        servers.len(),
+        "each server pod's API port is not scraped: {targets}"
+    );
+    // The scraped series carry the labels the dashboards select on.
+    let q = get(
+        "/api/v1/query?query=process_resident_memory_bytes%7Bjob%3D%22chat-server%22%7D".into(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        q["data"]["result"].as_array().map_or(0, Vec::len),
+        servers.len(),
+        "{q}"
+    );
+    eprintln!("prometheus: {} targets up: {seen:?}", seen.len());
 }
 
 /// No Docker engine runs here, so the image's build is checked statically: its build stage uses

@@ -603,9 +603,15 @@ fn faults_name_the_host_and_leave_the_cluster_usable() {
         "{out}"
     );
     assert!(!out.contains("prometheus-0: started"), "{out}");
+    // `status` names no Prometheus that does not run.
+    let o = env.run(&["status", "m"]);
+    assert!(!text(&o).contains("prometheus: on "), "{}", text(&o));
+    assert!(!text(&o).contains("Prometheus at"), "{}", text(&o));
     let out = deploy("/usr/bin/prometheus");
     assert!(out.contains("uploading prometheus to"), "{out}");
     assert!(out.contains("prometheus-0: started on"), "{out}");
+    let o = env.run(&["status", "m"]);
+    assert!(text(&o).contains("prometheus: on "), "{}", text(&o));
     let out = deploy("/usr/bin/prometheus");
     assert!(out.contains("prometheus: up to date on"), "{out}");
     assert!(out.contains("prometheus-0: unchanged on"), "{out}");

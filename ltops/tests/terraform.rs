@@ -237,8 +237,8 @@ fn the_module_validates_applies_and_destroys_and_ltops_reads_its_inventory() {
     let instances = found["instances"].as_array().unwrap().clone();
     assert_eq!(
         instances.len(),
-        6,
-        "2 app, db, proxy (auto: 2 servers), 2 agents"
+        7,
+        "2 app, db, proxy (auto: 2 servers), 2 agents, metrics (default on)"
     );
 
     // ltops reads the output exactly as `--inventory-from-terraform` does, and as a JSON
@@ -265,6 +265,7 @@ fn the_module_validates_applies_and_destroys_and_ltops_reads_its_inventory() {
                 [HostRole::Db] => "db",
                 [HostRole::Proxy] => "proxy",
                 [HostRole::Agent] => "agent",
+                [HostRole::Metrics] => "metrics",
                 _ => panic!("one role per host: {h:?}"),
             };
             (h.address.clone(), role.to_string())

@@ -149,9 +149,10 @@ impl Metrics {
             )),
             registry,
         };
-        must(m.registry.register(Box::new(
-            prometheus::process_collector::ProcessCollector::for_self(),
-        )));
+        must(
+            m.registry
+                .register(Box::new(process_metrics::ProcessCollector::for_self())),
+        );
         for c in [
             Box::new(m.runtime_tasks.clone()) as Box<dyn prometheus::core::Collector>,
             Box::new(m.runtime_workers.clone()),

@@ -19,6 +19,7 @@ locals {
     { for k, v in { "db-0" = { role = "db", index = 0, type = var.db_type, init = "db.yaml" } } : k => v if var.database == "postgres" },
     { for k, v in { "proxy-0" = { role = "proxy", index = 0, type = var.proxy_type, init = "proxy.yaml" } } : k => v if local.proxy },
     { for i in range(var.agents) : "agent-${i}" => { role = "agent", index = i, type = var.agent_type, init = "host.yaml" } },
+    { for k, v in { "metrics-0" = { role = "metrics", index = 0, type = var.metrics_type, init = "metrics.yaml" } } : k => v if var.metrics },
   )
 }
 

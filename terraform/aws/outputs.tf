@@ -21,6 +21,6 @@ output "cluster_id" {
 }
 
 output "instances" {
-  description = "Instance id per component (app-0, db-0, proxy-0, agent-0, …)."
+  description = "Instance id per component (app-0, db-0, proxy-0, agent-0, …, metrics-0)."
   value       = { for k, i in aws_instance.node : k => i.id }
 }

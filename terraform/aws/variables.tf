@@ -86,6 +86,18 @@ variable "proxy_type" {
   default     = "c6i.large"
 }
 
+variable "metrics" {
+  description = "A metrics instance running the cluster's Prometheus (`ltops deploy` configures it), as `--metrics`/`--no-metrics`."
+  type        = bool
+  default     = true
+}
+
+variable "metrics_type" {
+  description = "Instance type of the metrics instance, as `--metrics-type`."
+  type        = string
+  default     = "m6i.large"
+}
+
 variable "ami" {
   description = "Machine image (x86_64 Debian or Ubuntu). Empty: the region's newest Debian 12 or later, else the newest Ubuntu server image."
   type        = string

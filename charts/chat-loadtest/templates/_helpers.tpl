@@ -20,6 +20,11 @@ limit for cluster names, and keeps StatefulSet pod and revision labels under 63.
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion .Values.image.tag) -}}
 {{- end -}}
 
+{{/* Whether the chart runs Grafana (beside its Prometheus only). */}}
+{{- define "chat-loadtest.grafana" -}}
+{{- if and .Values.prometheus.enabled .Values.grafana.enabled }}true{{ end -}}
+{{- end -}}
+
 {{/* Whether the chart runs PostgreSQL itself. */}}
 {{- define "chat-loadtest.internalDatabase" -}}
 {{- if eq .Values.database.mode "internal" }}true{{ end -}}
@@ -98,7 +103,7 @@ limits:
   memory: {{ printf "%dMi" (mul $mem 2) | quote }}
 {{- end -}}
 
-{{/* The resources of one component ("server", "agent" or "postgres"): explicit or from users. */}}
+{{/* The resources of one component ("server", "agent", "postgres" or "prometheus"): explicit or computed. */}}
 {{- define "chat-loadtest.resources" -}}
 {{- $v := .ctx.Values -}}
 {{- $users := int $v.users -}}
@@ -121,6 +126,19 @@ limits:
 {{- toYaml $v.postgres.resources -}}
 {{- else -}}
 {{- include "chat-loadtest.sizedResources" (list (add 250 (div $users 20)) (add 256 (div $users 64))) -}}
+{{- end -}}
+{{- else if eq .component "prometheus" -}}
+{{- if $v.prometheus.resources -}}
+{{- toYaml $v.prometheus.resources -}}
+{{- else -}}
+{{- $pods := add (int $v.agents.replicas) (int $v.server.replicas) -}}
+{{- include "chat-loadtest.sizedResources" (list (add 100 (mul 10 $pods)) (add 256 (mul 16 $pods))) -}}
+{{- end -}}
+{{- else if eq .component "grafana" -}}
+{{- if $v.grafana.resources -}}
+{{- toYaml $v.grafana.resources -}}
+{{- else -}}
+{{- include "chat-loadtest.sizedResources" (list 100 256) -}}
 {{- end -}}
 {{- else -}}
 {{- fail (printf "chat-loadtest.resources: unknown component %q" .component) -}}

@@ -85,6 +85,16 @@ struct KubeState {
     storage_class: Option<String>,
     storage: String,
     postgres_image: String,
+    /// The image of the cluster's Prometheus (when the cluster has one, `--metrics`).
+    #[serde(default = "default_prometheus_image")]
+    prometheus_image: String,
+    /// The image of the Grafana beside it.
+    #[serde(default = "default_grafana_image")]
+    grafana_image: String,
+    /// Grafana's `admin` password (clusters recorded before Grafana get one at their next read,
+    /// kept by the next deploy).
+    #[serde(default = "crate::state::random_token")]
+    grafana_password: String,
     /// `[name, key]` of the Secret with an external database's URL.
     #[serde(default)]
     external_database: Option<[String; 2]>,
@@ -94,6 +104,14 @@ struct KubeState {
     server_url: Option<String>,
 }
 
+fn default_prometheus_image() -> String {
+    manifests::PROMETHEUS_IMAGE.into()
+}
+
+fn default_grafana_image() -> String {
+    manifests::GRAFANA_IMAGE.into()
+}
+
 impl KubeState {
     /// What a hand edit could break: names, sizes and the image.
     fn check(&self) -> Result<()> {
@@ -101,6 +119,13 @@ impl KubeState {
         check_storage(&self.storage, "storage")?;
         check_image(&self.image, "image")?;
         check_image(&self.postgres_image, "postgres_image")?;
+        check_image(&self.prometheus_image, "prometheus_image")?;
+        check_image(&self.grafana_image, "grafana_image")?;
+        if self.grafana_password.len() < 16 {
+            return Err(Error::Usage(
+                "grafana_password is shorter than 16 characters; remove the line and ltops makes a new one".into(),
+            ));
+        }
         if self.users == 0 {
             return Err(Error::Usage("users must be at least 1".into()));
         }
@@ -162,6 +187,7 @@ impl KubeProvider {
         Secrets {
             control_token: st.control_token.clone(),
             postgres_password: ks.postgres_password.clone(),
+            grafana_password: ks.grafana_password.clone(),
         }
     }
 
@@ -192,6 +218,8 @@ impl KubeProvider {
                 },
             },
             users: ks.users,
+            prometheus: st.metrics.then(|| ks.prometheus_image.clone()),
+            grafana: st.metrics.then(|| ks.grafana_image.clone()),
         }
     }
 
@@ -239,10 +267,23 @@ impl KubeProvider {
             Role::Proxy => Err(Error::Usage(
                 "a kubernetes cluster has no proxy: its Service balances the server pods".into(),
             )),
-            Role::Prometheus => Err(Error::Usage(
-                "this kubernetes cluster runs no Prometheus (--metrics is for local clusters so far)"
-                    .into(),
-            )),
+            Role::Prometheus if !st.metrics => Err(Error::Usage(format!(
+                "cluster {:?} runs no Prometheus (it was created with --no-metrics)",
+                st.name
+            ))),
+            Role::Prometheus => {
+                check_index(st, role, index, 1)?;
+                let pods = s.pods(&st.name, &st.cluster_id).await.map_err(kube_err)?;
+                pods.into_iter()
+                    .find(|p| p.component == "prometheus" && !p.terminating)
+                    .map(|p| p.name)
+                    .ok_or_else(|| {
+                        Error::Runtime(format!(
+                            "the Prometheus of cluster {:?} has no pod; run `ltops deploy -c {}`",
+                            st.name, st.name
+                        ))
+                    })
+            }
         }
     }
 
@@ -250,6 +291,7 @@ impl KubeProvider {
         match role {
             Role::Agent => "loadtest-agent",
             Role::Postgres => "postgres",
+            Role::Prometheus => "prometheus",
             _ => "chat-server",
         }
     }
@@ -293,6 +335,19 @@ impl KubeProvider {
                     manifests::agent_pod(&name, i),
                     manifests::agent_name(&name),
                     manifests::AGENT_PORT
+                ),
+                metrics_address: None,
+                started: true,
+            });
+        }
+        if st.metrics {
+            all.push(Component {
+                role: Role::Prometheus,
+                index: 0,
+                address: format!(
+                    "{}.{ns}.svc:{}",
+                    manifests::prometheus_name(&name),
+                    manifests::PROMETHEUS_PORT
                 ),
                 metrics_address: None,
                 started: true,
@@ -363,6 +418,9 @@ impl KubeProvider {
             storage_class: o.storage_class.clone(),
             storage: o.storage.clone().unwrap_or_else(|| DEFAULT_STORAGE.into()),
             postgres_image: manifests::POSTGRES_IMAGE.into(),
+            prometheus_image: default_prometheus_image(),
+            grafana_image: default_grafana_image(),
+            grafana_password: crate::state::random_token(),
             external_database,
             postgres_password: crate::state::random_token(),
             server_url: o.server_url.clone(),
@@ -497,7 +555,7 @@ impl Provider for KubeProvider {
             app_count: req.app_count.unwrap_or(1),
             database: Database::Postgres,
             proxy: Proxy::None,
-            metrics: super::metrics_not_here(ClusterType::Kubernetes, req)?,
+            metrics: req.metrics.unwrap_or(true),
         })
     }
 
@@ -544,7 +602,7 @@ impl Provider for KubeProvider {
 
     async fn summary(&self, st: &ClusterState) -> Result<Vec<String>> {
         let ks = self.state(st)?;
-        Ok(vec![
+        let mut lines = vec![
             format!(
                 "kubernetes: context {:?}, namespace {:?}{}",
                 ks.context,
@@ -553,7 +611,23 @@ impl Provider for KubeProvider {
             ),
             format!("image: {}; sized for {} users", ks.image, ks.users),
             format!("agents load: {}", Self::target(st, &ks)),
-        ])
+        ];
+        if st.metrics {
+            let ns = &ks.namespace;
+            let ctx = &ks.context;
+            let svc = manifests::prometheus_name(&st.name);
+            let port = manifests::PROMETHEUS_PORT;
+            lines.push(format!(
+                "prometheus: http://{svc}.{ns}.svc:{port} inside the cluster; from here: `kubectl --context {ctx} -n {ns} port-forward svc/{svc} {port}`, then http://127.0.0.1:{port}",
+            ));
+            let svc = manifests::grafana_name(&st.name);
+            let port = manifests::GRAFANA_PORT;
+            lines.push(format!(
+                "grafana: the dashboards of dashboards/ on that Prometheus; `kubectl --context {ctx} -n {ns} port-forward svc/{svc} {port}`, then http://127.0.0.1:{port} as admin, password: `kubectl --context {ctx} -n {ns} get secret {} -o jsonpath='{{.data.grafana-admin-password}}' | base64 -d`",
+                manifests::secret_name(&st.name),
+            ));
+        }
+        Ok(lines)
     }
 
     async fn deploy(
@@ -563,6 +637,9 @@ impl Provider for KubeProvider {
         save: &Save<'_>,
     ) -> Result<()> {
         let ks = self.state(st)?;
+        // Keeps what a read filled in (a Grafana password for a cluster recorded before it).
+        st.set_provider_state(&ks)?;
+        save(st)?;
         let spec = Self::spec(st, &ks);
         let s = Self::session(&ks).await?;
         let ms = Builder::new(&spec).build(ks.own_namespace, Some(&Self::secrets(st, &ks)));
@@ -595,7 +672,10 @@ impl Provider for KubeProvider {
                     .iter()
                     .find(|p| p.name == manifests::agent_pod(&st.name, c.index)),
                 Role::Postgres => pods.iter().find(|p| p.component == "postgres"),
-                Role::Proxy | Role::Prometheus => None,
+                Role::Prometheus => pods
+                    .iter()
+                    .find(|p| p.component == "prometheus" && !p.terminating),
+                Role::Proxy => None,
             };
             let (health, location) = match pod {
                 None => (Health::Stopped, "no pod".to_string()),

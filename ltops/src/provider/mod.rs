@@ -104,15 +104,17 @@ pub struct Shape {
     pub metrics: bool,
 }
 
-/// `--metrics` on a provider that cannot run Prometheus yet: a usage error saying what to do.
-pub fn metrics_not_here(kind: ClusterType, req: &CreateRequest) -> Result<bool> {
-    if req.metrics == Some(true) {
-        return Err(Error::Usage(format!(
-            "--metrics: ltops runs Prometheus for local and ssh clusters so far; for --type {} point your own Prometheus at the servers' and agents' /metrics (see dashboards/README.md)",
-            kind.name()
-        )));
+impl Shape {
+    /// The shape a recorded cluster was created with.
+    pub fn of(st: &ClusterState) -> Shape {
+        Shape {
+            agents: st.agents,
+            app_count: st.app_count,
+            database: st.database,
+            proxy: st.proxy,
+            metrics: st.metrics,
+        }
     }
-    Ok(false)
 }
 
 /// One binary to deploy, built on this machine. Its SHA-256 is computed when first asked for

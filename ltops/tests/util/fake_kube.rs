@@ -291,6 +291,18 @@ impl FakeKube {
             .collect()
     }
 
+    /// The local port behind each container port of a pod whose process runs (container port →
+    /// port on 127.0.0.1); empty for a pod without a process.
+    pub fn pod_ports(&self, namespace: &str, pod: &str) -> HashMap<u16, u16> {
+        let st = self.inner.state.lock().unwrap();
+        st.pods
+            .get(&(namespace.to_string(), pod.to_string()))
+            .and_then(|p| p.proc_key.as_ref())
+            .and_then(|k| st.procs.get(k))
+            .map(|p| p.ports.clone())
+            .unwrap_or_default()
+    }
+
     /// The log file of a pod's process, if the pod exists.
     pub fn log_file(&self, namespace: &str, pod: &str) -> Option<PathBuf> {
         let st = self.inner.state.lock().unwrap();

@@ -47,6 +47,7 @@ pub struct AwsOptions {
     pub agent_type: Option<String>,
     pub db_type: Option<String>,
     pub proxy_type: Option<String>,
+    pub metrics_type: Option<String>,
     pub ami: Option<String>,
     pub allow_ssh_from: Option<String>,
     /// `delete --cluster-id`: one specific cluster (from another home, say).
@@ -61,6 +62,13 @@ struct Types {
     agent: String,
     db: String,
     proxy: String,
+    /// The metrics instance (Prometheus); clusters recorded before it existed get the default.
+    #[serde(default = "default_metrics_type")]
+    metrics: String,
+}
+
+fn default_metrics_type() -> String {
+    "m6i.large".into()
 }
 
 /// The aws provider's section of `cluster.toml`.
@@ -185,8 +193,8 @@ fn user_data(role: HostRole) -> String {
     match role {
         HostRole::Db => include_str!("../../../../terraform/aws/cloud-init/db.yaml"),
         HostRole::Proxy => include_str!("../../../../terraform/aws/cloud-init/proxy.yaml"),
-        // (`layout` gives aws clusters no metrics instance yet.)
-        HostRole::App | HostRole::Agent | HostRole::Metrics => {
+        HostRole::Metrics => include_str!("../../../../terraform/aws/cloud-init/metrics.yaml"),
+        HostRole::App | HostRole::Agent => {
             include_str!("../../../../terraform/aws/cloud-init/host.yaml")
         }
     }
@@ -194,7 +202,7 @@ fn user_data(role: HostRole) -> String {
 }
 
 /// One instance per component: (role, index) in the order of [`HostRole`].
-fn layout(st: &ClusterState) -> Vec<(HostRole, u32)> {
+fn layout(st: &Shape) -> Vec<(HostRole, u32)> {
     let mut v: Vec<(HostRole, u32)> = (0..st.app_count).map(|i| (HostRole::App, i)).collect();
     if st.database == Database::Postgres {
         v.push((HostRole::Db, 0));
@@ -203,6 +211,9 @@ fn layout(st: &ClusterState) -> Vec<(HostRole, u32)> {
         v.push((HostRole::Proxy, 0));
     }
     v.extend((0..st.agents).map(|i| (HostRole::Agent, i)));
+    if st.metrics {
+        v.push((HostRole::Metrics, 0));
+    }
     v
 }
 
@@ -276,6 +287,7 @@ impl AwsProvider {
             ("types.agent", &a.types.agent),
             ("types.db", &a.types.db),
             ("types.proxy", &a.types.proxy),
+            ("types.metrics", &a.types.metrics),
         ] {
             if !super::ssh::inventory::plain(v) {
                 return bad(k, v);
@@ -315,6 +327,7 @@ impl AwsProvider {
             ("--agent-type", &o.agent_type),
             ("--db-type", &o.db_type),
             ("--proxy-type", &o.proxy_type),
+            ("--metrics-type", &o.metrics_type),
             ("--ami", &o.ami),
         ] {
             if let Some(v) = v {
@@ -352,6 +365,7 @@ impl AwsProvider {
                 agent: o.agent_type.clone().unwrap_or_else(|| "c6i.xlarge".into()),
                 db: o.db_type.clone().unwrap_or_else(|| "m6i.large".into()),
                 proxy: o.proxy_type.clone().unwrap_or_else(|| "c6i.large".into()),
+                metrics: o.metrics_type.clone().unwrap_or_else(default_metrics_type),
             },
             resources: Resources::default(),
             complete: false,
@@ -381,6 +395,21 @@ impl AwsProvider {
         if req.proxy.is_some_and(|p| p != st.proxy) {
             return differs("--proxy", st.proxy.name().to_string());
         }
+        if req.metrics.is_some_and(|m| m != st.metrics) {
+            let was = if st.metrics {
+                "--metrics"
+            } else {
+                "--no-metrics"
+            };
+            return differs(
+                if st.metrics {
+                    "--no-metrics"
+                } else {
+                    "--metrics"
+                },
+                was.into(),
+            );
+        }
         let o = &req.aws;
         if o.region.as_ref().is_some_and(|r| *r != a.region) {
             return differs("--region", a.region.clone());
@@ -393,6 +422,7 @@ impl AwsProvider {
             ("--agent-type", &o.agent_type, &mut a.types.agent),
             ("--db-type", &o.db_type, &mut a.types.db),
             ("--proxy-type", &o.proxy_type, &mut a.types.proxy),
+            ("--metrics-type", &o.metrics_type, &mut a.types.metrics),
         ] {
             if let Some(t) = new {
                 plain_flag(flag, t)?;
@@ -437,7 +467,7 @@ impl AwsProvider {
     }
 
     fn plan(&self, st: &ClusterState, a: &AwsState, public_key: String) -> Plan {
-        let instances = layout(st)
+        let instances = layout(&Shape::of(st))
             .into_iter()
             .map(|(role, index)| InstanceSpec {
                 role: role_name(role).to_string(),
@@ -446,7 +476,8 @@ impl AwsProvider {
                     HostRole::App => a.types.app.clone(),
                     HostRole::Db => a.types.db.clone(),
                     HostRole::Proxy => a.types.proxy.clone(),
-                    HostRole::Agent | HostRole::Metrics => a.types.agent.clone(),
+                    HostRole::Agent => a.types.agent.clone(),
+                    HostRole::Metrics => a.types.metrics.clone(),
                 },
                 user_data: user_data(role),
             })
@@ -477,7 +508,7 @@ impl AwsProvider {
     ) -> Result<Inventory> {
         let dir = self.home.cluster_dir(&st.name);
         let mut hosts = Vec::new();
-        for (role, index) in layout(st) {
+        for (role, index) in layout(&Shape::of(st)) {
             let name = role_name(role);
             let i = instances
                 .iter()
@@ -603,7 +634,7 @@ impl Provider for AwsProvider {
             } else {
                 Proxy::None
             }),
-            metrics: super::metrics_not_here(ClusterType::Aws, req)?,
+            metrics: req.metrics.unwrap_or(true),
         })
     }
 
@@ -725,7 +756,11 @@ impl Provider for AwsProvider {
             .instances(&Selector::ClusterId(st.cluster_id.clone()))
             .await
             .map_err(aws_err)?;
-        let rank = |r: &str| ["app", "db", "proxy", "agent"].iter().position(|x| *x == r);
+        let rank = |r: &str| {
+            ["app", "db", "proxy", "agent", "metrics"]
+                .iter()
+                .position(|x| *x == r)
+        };
         instances.sort_by_key(|i| (rank(&i.role), i.index));
         let prices = Prices::load();
         let mut hourly = 0.0;
@@ -766,6 +801,10 @@ impl Provider for AwsProvider {
             ));
         }
         lines.push(cost);
+        if a.complete && !st.provider_slot_is_empty(SSH_SLOT) {
+            // Where Prometheus is, and the tunnel to reach it: the SSH provider's lines.
+            lines.extend(self.ssh.summary(st).await?);
+        }
         Ok(lines)
     }
 
@@ -929,5 +968,26 @@ mod tests {
         let agent = user_data(HostRole::Agent);
         assert!(!agent.contains("packages:"));
         assert!(agent.contains("nofile 1048576"));
+        let metrics = user_data(HostRole::Metrics);
+        assert!(metrics.contains("  - prometheus\n"));
+        assert!(metrics.contains("[systemctl, disable, --now, prometheus]"));
+    }
+
+    #[test]
+    fn the_metrics_instance_comes_last_and_only_when_asked_for() {
+        let mut st = Shape {
+            agents: 2,
+            app_count: 1,
+            database: Database::Postgres,
+            proxy: Proxy::None,
+            metrics: true,
+        };
+        assert_eq!(layout(&st).last(), Some(&(HostRole::Metrics, 0)));
+        st.metrics = false;
+        assert!(!layout(&st).iter().any(|(r, _)| *r == HostRole::Metrics));
+        // A state recorded before the metrics type existed reads with the default.
+        let t: Types =
+            toml::from_str("app = \"a\"\nagent = \"b\"\ndb = \"c\"\nproxy = \"d\"\n").unwrap();
+        assert_eq!(t.metrics, "m6i.large");
     }
 }

@@ -162,13 +162,7 @@ impl SshProvider {
     /// Places a new cluster's components on `inv`'s hosts and records the result (this
     /// provider's state and the cluster's components) in `st`.
     pub(crate) fn record(&self, inv: &Inventory, st: &mut ClusterState) -> Result<SshState> {
-        let shape = Shape {
-            agents: st.agents,
-            app_count: st.app_count,
-            database: st.database,
-            proxy: st.proxy,
-            metrics: st.metrics,
-        };
+        let shape = Shape::of(st);
         let private_db = st.database == Database::Postgres && inv.database_url.is_none();
         let placements = place(inv, &shape, private_db)?;
         let ss = SshState {
@@ -1556,7 +1550,14 @@ impl Provider for SshProvider {
         Ok(ss
             .placements
             .iter()
-            .filter(|p| p.role == Role::Prometheus)
+            // Where it runs, or will run once deployed; not one a deploy skipped (no binary).
+            .filter(|p| {
+                p.role == Role::Prometheus
+                    && (st.deployed_at_ms.is_none()
+                        || st
+                            .component(Role::Prometheus, p.index)
+                            .is_some_and(|c| c.started))
+            })
             .map(|p| {
                 let h = &ss.hosts[p.host];
                 format!(
