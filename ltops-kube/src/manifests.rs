@@ -889,11 +889,11 @@ impl<'a> Builder<'a> {
     }
 
     fn grafana_provisioning(&self) -> Manifest {
-        let datasources = format!(
-            "apiVersion: 1\ndatasources:\n  - name: Prometheus\n    uid: {GRAFANA_DATASOURCE_UID}\n    type: prometheus\n    access: proxy\n    url: http://{}:{PROMETHEUS_PORT}\n    isDefault: true\n    editable: false\n    jsonData:\n      timeInterval: {SCRAPE_INTERVAL_S}s\n",
+        let datasources = grafana_datasources(&format!(
+            "http://{}:{PROMETHEUS_PORT}",
             prometheus_name(&self.spec.name)
-        );
-        let dashboards = "apiVersion: 1\nproviders:\n  - name: chat-loadtest\n    folder: chat-loadtest\n    type: file\n    disableDeletion: true\n    allowUiUpdates: false\n    options:\n      path: /etc/grafana/dashboards\n";
+        ));
+        let dashboards = grafana_dashboard_provider("/etc/grafana/dashboards");
         self.object(
             Kind::ConfigMap,
             format!("{}-provisioning", grafana_name(&self.spec.name)),
@@ -981,6 +981,22 @@ impl<'a> Builder<'a> {
             }}),
         )
     }
+}
+
+/// Grafana's datasource provisioning: the cluster's Prometheus at `url`, the default datasource,
+/// with the uid the provisioned dashboards use. (The ssh provider's metrics host uses it too.)
+pub fn grafana_datasources(url: &str) -> String {
+    format!(
+        "apiVersion: 1\ndatasources:\n  - name: Prometheus\n    uid: {GRAFANA_DATASOURCE_UID}\n    type: prometheus\n    access: proxy\n    url: {url}\n    isDefault: true\n    editable: false\n    jsonData:\n      timeInterval: {SCRAPE_INTERVAL_S}s\n"
+    )
+}
+
+/// Grafana's dashboard provisioning: the JSON files in `path`, read-only, in folder
+/// `chat-loadtest`.
+pub fn grafana_dashboard_provider(path: &str) -> String {
+    format!(
+        "apiVersion: 1\nproviders:\n  - name: chat-loadtest\n    folder: chat-loadtest\n    type: file\n    disableDeletion: true\n    allowUiUpdates: false\n    options:\n      path: {path}\n"
+    )
 }
 
 /// A dashboard of `dashboards/` as Grafana's file provisioning takes it: provisioning resolves no
@@ -1097,11 +1113,12 @@ mod tests {
             133 * 3 + 300 * 2 + 300 + 150 + 100,
             "with Grafana's 100m"
         );
+        // The most CPU (PostgreSQL's) and the most memory (Prometheus's) of any pod.
         assert_eq!(
             s.largest(),
             Resources {
                 cpu_m: 300,
-                memory_mi: 271
+                memory_mi: 336
             }
         );
     }

@@ -435,6 +435,19 @@ fn collections() -> Vec<(&'static str, &'static str, &'static str, Vec<Value>)> 
                 object("k1-agent", Some("agent")),
             ],
         ),
+        // (This cluster runs no Prometheus: nothing of its account, Role and binding to delete.)
+        (
+            "/apis/rbac.authorization.k8s.io/v1/namespaces/ltops-k1/rolebindings",
+            "RoleBindingList",
+            "rbac.authorization.k8s.io/v1",
+            vec![],
+        ),
+        (
+            "/apis/rbac.authorization.k8s.io/v1/namespaces/ltops-k1/roles",
+            "RoleList",
+            "rbac.authorization.k8s.io/v1",
+            vec![],
+        ),
         (
             "/api/v1/namespaces/ltops-k1/configmaps",
             "ConfigMapList",
@@ -446,6 +459,12 @@ fn collections() -> Vec<(&'static str, &'static str, &'static str, Vec<Value>)> 
             "SecretList",
             "v1",
             vec![object("k1-secrets", None)],
+        ),
+        (
+            "/api/v1/namespaces/ltops-k1/serviceaccounts",
+            "ServiceAccountList",
+            "v1",
+            vec![],
         ),
     ]
 }

@@ -239,6 +239,9 @@ pub enum Role {
     Proxy,
     /// The cluster's Prometheus (`ltops create --metrics`), scraping every server and agent.
     Prometheus,
+    /// Grafana beside that Prometheus, with the dashboards of `dashboards/` (ssh, aws and
+    /// kubernetes clusters).
+    Grafana,
 }
 
 impl Role {
@@ -249,13 +252,14 @@ impl Role {
             Role::Postgres => "postgres",
             Role::Proxy => "proxy",
             Role::Prometheus => "prometheus",
+            Role::Grafana => "grafana",
         }
     }
 
     /// Order in which components are stopped: clients before what they talk to.
     pub fn stop_rank(self) -> u8 {
         match self {
-            Role::Agent | Role::Prometheus => 0,
+            Role::Agent | Role::Prometheus | Role::Grafana => 0,
             Role::Proxy => 1,
             Role::Server => 2,
             Role::Postgres => 3,

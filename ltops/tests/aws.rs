@@ -151,8 +151,8 @@ fn create_status_delete_leaves_nothing_behind() {
     let id = st.cluster_id.clone();
     assert_eq!(
         st.components.len(),
-        7,
-        "2 servers, postgres, nginx, 2 agents, prometheus (on by default)"
+        8,
+        "2 servers, postgres, nginx, 2 agents, prometheus and grafana (on by default)"
     );
     let found = moto.inventory("ltops:cluster-id", &id);
     assert_eq!(

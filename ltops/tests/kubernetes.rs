@@ -100,8 +100,8 @@ async fn full_lifecycle_against_a_scripted_api_server() {
     assert!(out.contains("applied Deployment/k1-server"), "{out}");
     assert_eq!(
         out.matches("healthy").count(),
-        6,
-        "postgres, 2 servers, 2 agents, prometheus: {out}"
+        7,
+        "postgres, 2 servers, 2 agents, prometheus, grafana: {out}"
     );
     // Prometheus (on by default) discovers pods with its own account, allowed to read pods.
     for plural in ["serviceaccounts", "roles", "rolebindings"] {
@@ -133,6 +133,7 @@ async fn full_lifecycle_against_a_scripted_api_server() {
     assert!(out.contains("pod k1-agent-1 on"), "{out}");
     assert!(out.contains("context \"fake\""), "{out}");
     assert!(out.contains("pod k1-prometheus-"), "{out}");
+    assert!(out.contains("pod k1-grafana-"), "{out}");
     prometheus_finds_and_scrapes_the_pods(&fake, "ltops-k1", "k1", scratch.path()).await;
     assert!(
         out.contains(
@@ -300,7 +301,7 @@ async fn full_lifecycle_against_a_scripted_api_server() {
     assert_eq!(fake.objects("secrets", "ltops-k1").len(), 1);
     let o = run(&env, &fake, &["deploy", "-c", "k1"]).await;
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
-    assert_eq!(text(&o).matches("healthy").count(), 6, "{}", text(&o));
+    assert_eq!(text(&o).matches("healthy").count(), 7, "{}", text(&o));
 
     let o = run(&env, &fake, &["delete", "k1", "--yes"]).await;
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));

@@ -198,6 +198,37 @@ fn eventually(within: Duration, what: &str, mut check: impl FnMut() -> Result<()
 /// a third host) → a second deploy that changes nothing → loadtest → status → logs → ssh →
 /// an agent killed mid-run (results salvaged over SSH) → delete, after which no process of the
 /// cluster is left on any host.
+/// `tests/support/grafana-standin` and its home, copied where the hosts' users can run them:
+/// the inventory lines that make the metrics host's Grafana this stand-in. Grafana cannot be
+/// installed on the test machines; the stand-in checks what ltops hands a real Grafana (home,
+/// a 0600 config with absolute paths, the datasource answering, the dashboards with their
+/// datasource input resolved) and answers `/api/health`, `/api/search` and `/api/datasources`.
+fn grafana_standin() -> (tempfile::TempDir, String) {
+    use std::os::unix::fs::PermissionsExt;
+    let support = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support");
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let program = dir.path().join("grafana-server");
+    std::fs::copy(support.join("grafana-standin"), &program).unwrap();
+    std::fs::set_permissions(&program, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(home.join("conf")).unwrap();
+    std::fs::copy(
+        support.join("grafana-home/conf/defaults.ini"),
+        home.join("conf/defaults.ini"),
+    )
+    .unwrap();
+    for d in [&home, &home.join("conf")] {
+        std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let lines = format!(
+        "grafana = \"{}\"\ngrafana_home = \"{}\"",
+        program.display(),
+        home.display()
+    );
+    (dir, lines)
+}
+
 #[test]
 fn three_hosts_full_lifecycle() {
     require_binaries();
@@ -205,10 +236,11 @@ fn three_hosts_full_lifecycle() {
         return;
     };
     let env = Env::new();
+    let (_grafana, grafana_lines) = grafana_standin();
     let inv = h.inventory(
         "hosts.toml",
         &[&["app", "db"], &["app", "proxy"], &["agent", "metrics"]],
-        "",
+        &grafana_lines,
         "id_ed25519",
     );
     let inv = inv.to_str().unwrap();
@@ -232,19 +264,22 @@ fn three_hosts_full_lifecycle() {
     let st = env.state("lab");
     assert_eq!(st.schema, 2);
     let ss: SshState = st.provider_state(Path::new("cluster.toml")).unwrap();
-    assert_eq!(ss.placements.len(), 7);
+    assert_eq!(ss.placements.len(), 8);
     let prometheus = ss
         .placements
         .iter()
         .find(|p| p.role == Role::Prometheus)
         .expect("a Prometheus by default");
     assert_eq!(prometheus.host, 2, "on the metrics host");
+    let grafana = ss.placements.iter().find(|p| p.role == Role::Grafana);
+    assert_eq!(grafana.map(|p| p.host), Some(2), "beside Prometheus");
 
     let o = env.run(&["deploy", "-c", "lab"]);
     let out = text(&o);
     assert_eq!(o.status.code(), Some(0), "{out}");
     assert!(out.contains("chat-server: uploaded to"), "{out}");
-    assert_eq!(out.matches("healthy").count(), 7, "{out}");
+    assert_eq!(out.matches("healthy").count(), 8, "{out}");
+    assert!(out.contains("grafana-0: started on"), "{out}");
     // The metrics host's own Prometheus (Debian's, as on this machine) is used, not uploaded.
     assert!(!out.contains("uploading prometheus"), "{out}");
     for user in [&h.hosts[0].1, &h.hosts[1].1, &h.hosts[2].1] {
@@ -256,7 +291,7 @@ fn three_hosts_full_lifecycle() {
     let out = text(&o);
     assert_eq!(o.status.code(), Some(0), "{out}");
     assert!(!out.contains("uploading"), "{out}");
-    assert_eq!(out.matches(": unchanged on").count(), 7, "{out}");
+    assert_eq!(out.matches(": unchanged on").count(), 8, "{out}");
     assert_eq!(out.matches(": up to date on").count(), 6, "{out}");
 
     let cfg = env.config("6s");
@@ -294,7 +329,13 @@ fn three_hosts_full_lifecycle() {
 
     let o = env.run(&["status", "lab"]);
     let out = text(&o);
-    assert_eq!(out.matches("healthy").count(), 7, "{out}");
+    assert_eq!(out.matches("healthy").count(), 8, "{out}");
+    let gf = format!("{}:3000", h.hosts[2].0);
+    assert!(out.contains(&format!("ssh -N -L 3000:{gf}")), "{out}");
+    assert!(
+        out.contains("as admin, password: grafana_password in"),
+        "{out}"
+    );
     let prom = format!("{}:9090", h.hosts[2].0);
     assert!(
         out.contains(&format!("Prometheus at http://{prom}")),
@@ -354,6 +395,33 @@ fn three_hosts_full_lifecycle() {
         .and_then(|v| v.parse().ok())
         .unwrap_or(0.0);
     assert!(total > 0.0, "no deliveries in Prometheus: {delivered}");
+    // Grafana answers with the dashboards provisioned, and only to the generated password
+    // (kept in the 0600 state file, never printed).
+    let password = ss.grafana_password.clone();
+    assert!(!out.contains(&password), "status prints no password");
+    let grafana_get = |path: &str, auth: bool| -> (u16, serde_json::Value) {
+        rt.block_on(async {
+            let mut req = http.get(format!("http://{gf}{path}"));
+            if auth {
+                req = req.basic_auth("admin", Some(&password));
+            }
+            let r = req.send().await.unwrap();
+            (r.status().as_u16(), r.json().await.unwrap_or_default())
+        })
+    };
+    assert_eq!(grafana_get("/api/search", false).0, 401);
+    let (code, found) = grafana_get("/api/search", true);
+    assert_eq!(code, 200, "{found}");
+    let mut titles: Vec<&str> = found
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["title"].as_str().unwrap())
+        .collect();
+    titles.sort_unstable();
+    assert_eq!(titles.len(), 3, "{found}");
+    let (_, ds) = grafana_get("/api/datasources", true);
+    assert_eq!(ds[0]["url"], format!("http://{prom}"), "{ds}");
     let o = env.run(&["logs", "server", "-c", "lab", "-i", "1", "-n", "3"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
     assert!(
@@ -468,7 +536,7 @@ fn three_hosts_full_lifecycle() {
     assert_eq!(o.status.code(), Some(0), "{out}");
     assert!(!out.contains("uploading"), "{out}");
     let o = env.run(&["status", "lab"]);
-    assert_eq!(text(&o).matches("healthy").count(), 7, "{}", text(&o));
+    assert_eq!(text(&o).matches("healthy").count(), 8, "{}", text(&o));
 
     let o = env.run(&["delete", "lab", "--yes"]);
     assert_eq!(o.status.code(), Some(0), "{}", text(&o));
@@ -603,6 +671,13 @@ fn faults_name_the_host_and_leave_the_cluster_usable() {
         "{out}"
     );
     assert!(!out.contains("prometheus-0: started"), "{out}");
+    assert!(
+        out.contains(&format!(
+            "grafana-0: not started: Grafana (grafana-server) is not installed on {}",
+            h.hosts[0].1
+        )),
+        "{out}"
+    );
     // `status` names no Prometheus that does not run.
     let o = env.run(&["status", "m"]);
     assert!(!text(&o).contains("prometheus: on "), "{}", text(&o));

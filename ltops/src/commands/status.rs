@@ -85,6 +85,12 @@ async fn show(home: &Home, st: &ClusterState) {
             c.address
         );
     }
+    if let Some(c) = st.component(Role::Grafana, 0).filter(|c| c.started) {
+        println!(
+            "  grafana:  http://{} (user admin; the dashboards of dashboards/ provisioned)",
+            c.address
+        );
+    }
     match &st.dataset {
         Some(d) => println!(
             "  data set: prepared {} ({} team(s), {} users, key {})",

@@ -267,20 +267,23 @@ impl KubeProvider {
             Role::Proxy => Err(Error::Usage(
                 "a kubernetes cluster has no proxy: its Service balances the server pods".into(),
             )),
-            Role::Prometheus if !st.metrics => Err(Error::Usage(format!(
-                "cluster {:?} runs no Prometheus (it was created with --no-metrics)",
-                st.name
+            Role::Prometheus | Role::Grafana if !st.metrics => Err(Error::Usage(format!(
+                "cluster {:?} runs no {} (it was created with --no-metrics)",
+                st.name,
+                role.name()
             ))),
-            Role::Prometheus => {
+            Role::Prometheus | Role::Grafana => {
                 check_index(st, role, index, 1)?;
                 let pods = s.pods(&st.name, &st.cluster_id).await.map_err(kube_err)?;
                 pods.into_iter()
-                    .find(|p| p.component == "prometheus" && !p.terminating)
+                    .find(|p| p.component == role.name() && !p.terminating)
                     .map(|p| p.name)
                     .ok_or_else(|| {
                         Error::Runtime(format!(
-                            "the Prometheus of cluster {:?} has no pod; run `ltops deploy -c {}`",
-                            st.name, st.name
+                            "the {} of cluster {:?} has no pod; run `ltops deploy -c {}`",
+                            role.name(),
+                            st.name,
+                            st.name
                         ))
                     })
             }
@@ -292,6 +295,7 @@ impl KubeProvider {
             Role::Agent => "loadtest-agent",
             Role::Postgres => "postgres",
             Role::Prometheus => "prometheus",
+            Role::Grafana => "grafana",
             _ => "chat-server",
         }
     }
@@ -348,6 +352,17 @@ impl KubeProvider {
                     "{}.{ns}.svc:{}",
                     manifests::prometheus_name(&name),
                     manifests::PROMETHEUS_PORT
+                ),
+                metrics_address: None,
+                started: true,
+            });
+            all.push(Component {
+                role: Role::Grafana,
+                index: 0,
+                address: format!(
+                    "{}.{ns}.svc:{}",
+                    manifests::grafana_name(&name),
+                    manifests::GRAFANA_PORT
                 ),
                 metrics_address: None,
                 started: true,
@@ -672,9 +687,9 @@ impl Provider for KubeProvider {
                     .iter()
                     .find(|p| p.name == manifests::agent_pod(&st.name, c.index)),
                 Role::Postgres => pods.iter().find(|p| p.component == "postgres"),
-                Role::Prometheus => pods
+                Role::Prometheus | Role::Grafana => pods
                     .iter()
-                    .find(|p| p.component == "prometheus" && !p.terminating),
+                    .find(|p| p.component == c.role.name() && !p.terminating),
                 Role::Proxy => None,
             };
             let (health, location) = match pod {

@@ -489,6 +489,8 @@ fn probe(role: Role, addr: &str, token: &str) -> Result<u16> {
             process::http_get_status(addr, "/api/v4/system/ping", None, timeout)
         }
         Role::Prometheus => process::http_get_status(addr, "/-/ready", None, timeout),
+        // (Local clusters run no Grafana: `dashboards/README.md` says how to import them.)
+        Role::Grafana => process::http_get_status(addr, "/api/health", None, timeout),
         Role::Agent => process::http_get_status(
             addr,
             loadtest_contract::control::PATH_CLOCK,

@@ -542,6 +542,8 @@ impl AwsProvider {
             remote_dir: ".ltops".into(),
             nginx: "nginx".into(),
             prometheus: "prometheus".into(),
+            grafana: super::ssh::inventory::DEFAULT_GRAFANA.into(),
+            grafana_home: super::ssh::inventory::DEFAULT_GRAFANA_HOME.into(),
             postgres_bin_dir: None,
             database_url: None,
         })
@@ -971,6 +973,9 @@ mod tests {
         let metrics = user_data(HostRole::Metrics);
         assert!(metrics.contains("  - prometheus\n"));
         assert!(metrics.contains("[systemctl, disable, --now, prometheus]"));
+        assert!(metrics.contains("https://apt.grafana.com stable main"));
+        assert!(metrics.contains("install -y -q grafana"));
+        assert!(metrics.contains("systemctl disable --now grafana-server"));
     }
 
     #[test]

@@ -11,6 +11,8 @@
 //! remote_dir = ".ltops"              # per-cluster directories go below it (relative: to the home)
 //! nginx = "nginx"                    # the nginx program on proxy hosts
 //! prometheus = "prometheus"          # the metrics host's Prometheus (missing: this machine's is uploaded)
+//! grafana = "grafana-server"         # the metrics host's Grafana (missing: Prometheus runs without it)
+//! grafana_home = "/usr/share/grafana"   # its --homepath (Grafana's packages install it there)
 //! postgres_bin_dir = "/usr/lib/postgresql/15/bin"   # default: the newest /usr/lib/postgresql/*/bin
 //! [ports]                            # first port of each kind on a host; the k-th instance adds k
 //! server = 8065
@@ -20,6 +22,7 @@
 //! postgres = 15432
 //! proxy = 8080
 //! prometheus = 9090                  # the cluster's Prometheus, on the metrics host
+//! grafana = 3000                     # Grafana, beside it
 //! [[host]]
 //! address = "10.20.0.2"              # what ssh connects to (an IP, a name, a ~/.ssh/config alias)
 //! private_address = "10.20.0.2"      # what the other hosts use to reach it (default: address)
@@ -62,6 +65,7 @@ pub struct Ports {
     pub postgres: u16,
     pub proxy: u16,
     pub prometheus: u16,
+    pub grafana: u16,
 }
 
 impl Default for Ports {
@@ -74,6 +78,7 @@ impl Default for Ports {
             postgres: 15432,
             proxy: 8080,
             prometheus: 9090,
+            grafana: 3000,
         }
     }
 }
@@ -89,6 +94,8 @@ struct Defaults {
     remote_dir: Option<String>,
     nginx: Option<String>,
     prometheus: Option<String>,
+    grafana: Option<String>,
+    grafana_home: Option<String>,
     postgres_bin_dir: Option<String>,
 }
 
@@ -157,6 +164,10 @@ pub enum DatabaseUrl {
     Env(String),
 }
 
+/// Grafana's program and home as its Debian and RPM packages install them.
+pub const DEFAULT_GRAFANA: &str = "grafana-server";
+pub const DEFAULT_GRAFANA_HOME: &str = "/usr/share/grafana";
+
 /// A parsed, checked inventory.
 #[derive(Clone, Debug)]
 pub struct Inventory {
@@ -166,6 +177,9 @@ pub struct Inventory {
     pub remote_dir: String,
     pub nginx: String,
     pub prometheus: String,
+    /// Grafana's program and home directory on the metrics host.
+    pub grafana: String,
+    pub grafana_home: String,
     pub postgres_bin_dir: Option<String>,
     pub database_url: Option<DatabaseUrl>,
 }
@@ -315,6 +329,23 @@ impl Inventory {
                 format!("{prometheus:?} is not a plain program path"),
             ));
         }
+        let grafana = d.grafana.clone().unwrap_or_else(|| DEFAULT_GRAFANA.into());
+        let grafana_home = d
+            .grafana_home
+            .clone()
+            .unwrap_or_else(|| DEFAULT_GRAFANA_HOME.into());
+        for (key, v, what) in [
+            ("grafana", &grafana, "program"),
+            ("grafana_home", &grafana_home, "directory"),
+        ] {
+            if !plain_path(v) {
+                return Err(bad(
+                    line_of(key),
+                    &format!("defaults.{key}"),
+                    format!("{v:?} is not a plain {what} path"),
+                ));
+            }
+        }
         if let Some(p) = &d.postgres_bin_dir {
             if !plain_path(p) {
                 return Err(bad(
@@ -459,6 +490,7 @@ impl Inventory {
             ("postgres", ports.postgres),
             ("proxy", ports.proxy),
             ("prometheus", ports.prometheus),
+            ("grafana", ports.grafana),
         ] {
             if p < 1024 {
                 return Err(bad(
@@ -477,6 +509,8 @@ impl Inventory {
             remote_dir,
             nginx,
             prometheus,
+            grafana,
+            grafana_home,
             postgres_bin_dir: d.postgres_bin_dir.clone(),
             database_url,
         })

@@ -55,6 +55,14 @@ fn default_prometheus() -> String {
     "prometheus".into()
 }
 
+fn default_grafana() -> String {
+    inventory::DEFAULT_GRAFANA.into()
+}
+
+fn default_grafana_home() -> String {
+    inventory::DEFAULT_GRAFANA_HOME.into()
+}
+
 /// The supervisor uploaded to every host.
 const SUPERVISE: &str = include_str!("supervise.sh");
 /// How long a component may take to pass its health check after start.
@@ -72,6 +80,14 @@ pub struct SshState {
     /// The Prometheus program on the metrics host (default `prometheus`).
     #[serde(default = "default_prometheus")]
     pub prometheus: String,
+    /// Grafana's program and home directory on the metrics host.
+    #[serde(default = "default_grafana")]
+    pub grafana: String,
+    #[serde(default = "default_grafana_home")]
+    pub grafana_home: String,
+    /// Grafana's `admin` password (the file is 0600).
+    #[serde(default = "crate::state::random_token")]
+    pub grafana_password: String,
     #[serde(default)]
     pub postgres_bin_dir: Option<String>,
     pub ports: Ports,
@@ -170,6 +186,9 @@ impl SshProvider {
             remote_dir: inv.remote_dir.clone(),
             nginx: inv.nginx.clone(),
             prometheus: inv.prometheus.clone(),
+            grafana: inv.grafana.clone(),
+            grafana_home: inv.grafana_home.clone(),
+            grafana_password: crate::state::random_token(),
             postgres_bin_dir: inv.postgres_bin_dir.clone(),
             ports: inv.ports,
             hosts: inv.hosts.clone(),
@@ -444,9 +463,9 @@ impl Cluster {
                 );
                 self.script(h, "pg_isready", &body, None).await.map(drop)
             }
-            Role::Server | Role::Proxy | Role::Agent | Role::Prometheus => {
+            Role::Server | Role::Proxy | Role::Agent | Role::Prometheus | Role::Grafana => {
                 let at = match p.role {
-                    Role::Prometheus => h.private_address.as_str(),
+                    Role::Prometheus | Role::Grafana => h.private_address.as_str(),
                     _ => "127.0.0.1",
                 };
                 let fwd = self.ssh.forward(h, at, p.port).await?;
@@ -456,6 +475,7 @@ impl Cluster {
                         Some(self.st.control_token.as_str()),
                     ),
                     Role::Prometheus => ("/-/ready", None),
+                    Role::Grafana => ("/api/health", None),
                     _ => ("/api/v4/system/ping", None),
                 };
                 http_probe(&fwd, path, token).await
@@ -606,6 +626,7 @@ fn place(inv: &Inventory, shape: &Shape, private_db: bool) -> Result<Vec<Placeme
         let metrics = inv.with_role(HostRole::Metrics);
         let host = metrics.first().copied().unwrap_or(agents[0]);
         spread(Role::Prometheus, 1, &[host], inv.ports.prometheus, None);
+        spread(Role::Grafana, 1, &[host], inv.ports.grafana, None);
     }
     // The ranges of one host must not overlap.
     let mut used: HashMap<(usize, u16), String> = HashMap::new();
@@ -665,6 +686,8 @@ struct Deploy<'a> {
     nginx_path: Option<String>,
     /// Prometheus on the metrics host (`check_hosts`), `None` when the cluster has none.
     prometheus: Option<PromBinary>,
+    /// Grafana's program there, or why it does not run; `None` when the cluster has none.
+    grafana: Option<std::result::Result<String, String>>,
 }
 
 /// Which Prometheus the metrics host runs.
@@ -740,6 +763,17 @@ impl<'a> Deploy<'a> {
                 body.push_str(&format!(
                     "n=$(command -v {0} 2>/dev/null || true)\n[ -z \"$n\" ] && [ {0} = prometheus ] && [ -x /usr/bin/prometheus ] && n=/usr/bin/prometheus\n[ -n \"$n\" ] && echo \"prometheus=$n\" || true\n",
                     sh_quote(&ss.prometheus)
+                ));
+            }
+            let grafana_here = ss
+                .placements
+                .iter()
+                .any(|p| p.role == Role::Grafana && p.host == i);
+            if grafana_here {
+                body.push_str(&format!(
+                    "n=$(command -v {0} 2>/dev/null || true)\n[ -z \"$n\" ] && [ {0} = grafana-server ] && [ -x /usr/sbin/grafana-server ] && n=/usr/sbin/grafana-server\n[ -n \"$n\" ] && echo \"grafana=$n\" || true\n[ -f {1}/conf/defaults.ini ] && echo grafana_home=1 || true\n",
+                    sh_quote(&ss.grafana),
+                    sh_quote(&ss.grafana_home)
                 ));
             }
             if db_here {
@@ -820,6 +854,24 @@ impl<'a> Deploy<'a> {
             }
             if proxy_here {
                 self.nginx_path = kv.get("nginx").map(|s| s.to_string());
+            }
+            if grafana_here {
+                self.grafana = Some(match (kv.get("grafana"), kv.contains_key("grafana_home")) {
+                    (Some(g), true) => Ok(g.to_string()),
+                    (Some(_), false) => Err(format!(
+                        "Grafana's home {} on {} has no conf/defaults.ini; set defaults.grafana_home \
+                         in the inventory to the directory its package installed (e.g. /usr/share/grafana)",
+                        ss.grafana_home,
+                        h.label()
+                    )),
+                    (None, _) => Err(format!(
+                        "Grafana ({}) is not installed on {}; Prometheus runs without it. Install \
+                         Grafana's package there (https://apt.grafana.com, package grafana) and deploy \
+                         again, or import dashboards/ into a Grafana of your own",
+                        ss.grafana,
+                        h.label()
+                    )),
+                });
             }
             if prometheus_here {
                 let fix = "install it on either (`apt-get install prometheus`; from here it is \
@@ -1322,6 +1374,99 @@ impl<'a> Deploy<'a> {
     }
 }
 
+impl Deploy<'_> {
+    /// Phase 8: Grafana beside the cluster's Prometheus, with it as the datasource and the
+    /// dashboards of `dashboards/` provisioned; its configuration (0600, the `admin` password
+    /// in it) and provisioning files are rewritten every deploy.
+    async fn grafana(&mut self, st: &mut ClusterState, save: &Save<'_>) -> Result<()> {
+        let Some((idx, p)) = self.c.ss.only(Role::Grafana) else {
+            return Ok(());
+        };
+        let program = match self.grafana.clone() {
+            Some(Ok(program)) => program,
+            Some(Err(why)) => {
+                self.say(format!("grafana-0: not started: {why}"));
+                return Ok(());
+            }
+            None => {
+                return Err(Error::Runtime(
+                    "internal: the metrics host was not checked for Grafana".into(),
+                ))
+            }
+        };
+        let prometheus = match self.c.ss.only(Role::Prometheus) {
+            Some((_, q)) if st.component(Role::Prometheus, 0).is_some_and(|c| c.started) => q,
+            _ => {
+                self.say("grafana-0: not started: the cluster's Prometheus does not run".into());
+                return Ok(());
+            }
+        };
+        let h = self.c.host(&p).clone();
+        // The cluster's directory on the host, absolute: Grafana resolves relative paths
+        // against its home, not against where it runs.
+        let dir = self
+            .c
+            .script(
+                &h,
+                "finding the cluster's directory",
+                "cd \"$R\" && pwd\n",
+                None,
+            )
+            .await?
+            .trim()
+            .to_string();
+        let me = format!("{dir}/grafana-0");
+        let prom = &self.c.ss.hosts[prometheus.host];
+        let url = format!("http://{}:{}", prom.private_address, prometheus.port);
+        use ltops_kube::manifests as m;
+        let mut inputs: Vec<Vec<u8>> = Vec::new();
+        let mut files: Vec<(String, Vec<u8>)> = vec![
+            (
+                "grafana-0/provisioning/datasources/ltops.yaml".into(),
+                m::grafana_datasources(&url).into_bytes(),
+            ),
+            (
+                "grafana-0/provisioning/dashboards/ltops.yaml".into(),
+                m::grafana_dashboard_provider(&format!("{me}/dashboards")).into_bytes(),
+            ),
+        ];
+        for (file, text) in m::DASHBOARDS {
+            files.push((
+                format!("grafana-0/dashboards/{file}"),
+                m::dashboard_for_grafana(text).into_bytes(),
+            ));
+        }
+        let ini = format!(
+            "# Written by ltops for cluster {name}; rewritten at every deploy.\n[paths]\ndata = {me}/data\nlogs = {me}/logs\nplugins = {me}/plugins\nprovisioning = {me}/provisioning\n[server]\nhttp_addr = {addr}\nhttp_port = {port}\n[security]\nadmin_user = admin\nadmin_password = {pw}\n[users]\nallow_sign_up = false\n[analytics]\nreporting_enabled = false\ncheck_for_updates = false\n[dashboards]\ndefault_home_dashboard_path = {me}/dashboards/overview.json\n[log]\nmode = console\n",
+            name = self.c.st.name,
+            addr = h.private_address,
+            port = p.port,
+            pw = self.c.ss.grafana_password,
+        );
+        files.push(("grafana-0/grafana.ini".into(), ini.into_bytes()));
+        for (rel, bytes) in &files {
+            self.write_file(&p, rel, bytes).await?;
+            inputs.push(bytes.clone());
+        }
+        let args = vec![
+            "--homepath".to_string(),
+            sh_quote(&self.c.ss.grafana_home),
+            "--config".into(),
+            sh_quote(&format!("{me}/grafana.ini")),
+        ];
+        let inputs: Vec<&[u8]> = std::iter::once(program.as_bytes())
+            .chain(inputs.iter().map(Vec::as_slice))
+            .collect();
+        self.launch(
+            st,
+            idx,
+            Launch::new(sh_quote(&program), args, &inputs),
+            save,
+        )
+        .await
+    }
+}
+
 /// The ELF machine of a binary (`e_machine`, bytes 18–19, little-endian on the architectures
 /// we map), `None` when it cannot be read or is not ELF.
 fn elf_machine(path: &Path) -> Option<u16> {
@@ -1505,6 +1650,7 @@ impl Provider for SshProvider {
             pg_bin: None,
             nginx_path: None,
             prometheus: None,
+            grafana: None,
         };
         let result = async {
             d.check_hosts().await?;
@@ -1514,6 +1660,7 @@ impl Provider for SshProvider {
             d.proxy(st, save).await?;
             d.agents(st, save).await?;
             d.prometheus(st, save).await?;
+            d.grafana(st, save).await?;
             Ok::<(), Error>(())
         }
         .await;
@@ -1552,25 +1699,26 @@ impl Provider for SshProvider {
             .iter()
             // Where it runs, or will run once deployed; not one a deploy skipped (no binary).
             .filter(|p| {
-                p.role == Role::Prometheus
+                matches!(p.role, Role::Prometheus | Role::Grafana)
                     && (st.deployed_at_ms.is_none()
-                        || st
-                            .component(Role::Prometheus, p.index)
-                            .is_some_and(|c| c.started))
+                        || st.component(p.role, p.index).is_some_and(|c| c.started))
             })
             .map(|p| {
                 let h = &ss.hosts[p.host];
-                format!(
-                    "prometheus: on {} at http://{}:{} (private network); from here: `ssh -N -L {}:{}:{} {}`, then http://127.0.0.1:{}",
+                let (addr, port) = (&h.private_address, p.port);
+                let mut line = format!(
+                    "{}: on {} at http://{addr}:{port} (private network); from here: `ssh -N -L {port}:{addr}:{port} {}`, then http://127.0.0.1:{port}",
+                    p.role.name(),
                     h.label(),
-                    h.private_address,
-                    p.port,
-                    p.port,
-                    h.private_address,
-                    p.port,
                     h.label(),
-                    p.port
-                )
+                );
+                if p.role == Role::Grafana {
+                    line.push_str(&format!(
+                        " as admin, password: grafana_password in {}",
+                        self.home.cluster_dir(&st.name).join(CLUSTER_FILE).display()
+                    ));
+                }
+                line
             })
             .collect())
     }
