@@ -2,7 +2,11 @@
 //!
 //! Passwords are hashed with Argon2id at the cost in [`PasswordCost`] (default 4 MiB, t=1, p=1:
 //! a few milliseconds, so logins of thousands of simulated users stay cheap yet every guess still
-//! costs an attacker memory). Hashing runs on the blocking pool so it never stalls the event loop.
+//! costs an attacker memory). Hashing runs off the event loop, at most one hash per core at a
+//! time, on threads of its own ([`Hashing`]): each hash takes its cost's memory, and tokio's
+//! blocking pool would run hundreds at once during a load test's setup (thousands of sign-ups and
+//! logins arriving together), leaving the server at a gigabyte it never returns. More at once
+//! would not finish sooner: hashing is CPU-bound.
 //! Session tokens are random 26-character ids; only their SHA-256 is stored, so a database leak does
 //! not leak usable tokens. A small in-memory cache avoids a database read per authenticated request;
 //! logout removes the session from both.
@@ -27,6 +31,53 @@ pub struct Auth {
     cost: PasswordCost,
     ttl_ms: i64,
     cache: RwLock<HashMap<String, (Arc<str>, i64)>>,
+    /// Password hashing and verification, one per core at a time.
+    hashing: Hashing,
+}
+
+/// Runs CPU-bound jobs on `limit` threads of its own; the rest wait in a queue, without a thread.
+/// Own threads rather than tokio's blocking pool: the pool would run a job on whichever of up
+/// to 512 threads is idle, and each thread's malloc arena keeps the 4 MiB an Argon2 hash took
+/// (glibc raises its mmap threshold after the first such free), so memory grows with the
+/// threads that ever hashed; here it stays at `limit` of them.
+struct Hashing {
+    jobs: std::sync::mpsc::Sender<Box<dyn FnOnce() + Send>>,
+}
+
+impl Hashing {
+    fn new(limit: usize) -> Self {
+        let (jobs, queue) = std::sync::mpsc::channel::<Box<dyn FnOnce() + Send>>();
+        let queue = Arc::new(parking_lot::Mutex::new(queue));
+        for i in 0..limit.max(1) {
+            let queue = queue.clone();
+            // A thread that cannot be made leaves fewer workers; with none, `run` reports it.
+            let _ = std::thread::Builder::new()
+                .name(format!("hash-{i}"))
+                .spawn(move || loop {
+                    let job = queue.lock().recv();
+                    match job {
+                        Ok(job) => job(),
+                        // The server is gone.
+                        Err(_) => return,
+                    }
+                });
+        }
+        Hashing { jobs }
+    }
+
+    async fn run<T: Send + 'static>(
+        &self,
+        job: impl FnOnce() -> T + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        self.jobs
+            .send(Box::new(move || {
+                let _ = tx.send(job());
+            }))
+            .map_err(|_| ApiError::Internal("the hashing threads are gone".into()))?;
+        rx.await
+            .map_err(|_| ApiError::Internal("a hashing job did not finish".into()))
+    }
 }
 
 /// The SHA-256 of a token, hex encoded: the only form in which tokens are stored.
@@ -83,6 +134,7 @@ impl Auth {
             cost,
             ttl_ms: i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX),
             cache: RwLock::new(HashMap::new()),
+            hashing: Hashing::new(std::thread::available_parallelism().map_or(1, |n| n.get())),
         }
     }
 
@@ -95,30 +147,31 @@ impl Auth {
     /// A PHC-format Argon2id hash of `password`.
     pub async fn hash_password(&self, password: String) -> Result<String, ApiError> {
         let cost = self.cost.clone();
-        tokio::task::spawn_blocking(move || {
-            let salt = SaltString::generate(&mut rand::thread_rng());
-            Auth::argon2(&cost)?
-                .hash_password(password.as_bytes(), &salt)
-                .map(|h| h.to_string())
-                .map_err(|e| ApiError::Internal(format!("hashing: {e}")))
-        })
-        .await
-        .map_err(|e| ApiError::Internal(format!("hash task: {e}")))?
+        self.hashing
+            .run(move || {
+                let salt = SaltString::generate(&mut rand::thread_rng());
+                Auth::argon2(&cost)?
+                    .hash_password(password.as_bytes(), &salt)
+                    .map(|h| h.to_string())
+                    .map_err(|e| ApiError::Internal(format!("hashing: {e}")))
+            })
+            .await?
     }
 
     /// Whether `password` matches `hash` (the cost stored in the hash is used).
     pub async fn verify_password(&self, password: String, hash: String) -> bool {
-        tokio::task::spawn_blocking(move || {
-            PasswordHash::new(&hash)
-                .map(|h| {
-                    Argon2::default()
-                        .verify_password(password.as_bytes(), &h)
-                        .is_ok()
-                })
-                .unwrap_or(false)
-        })
-        .await
-        .unwrap_or(false)
+        self.hashing
+            .run(move || {
+                PasswordHash::new(&hash)
+                    .map(|h| {
+                        Argon2::default()
+                            .verify_password(password.as_bytes(), &h)
+                            .is_ok()
+                    })
+                    .unwrap_or(false)
+            })
+            .await
+            .unwrap_or(false)
     }
 
     /// Creates a session and returns its token (the only time the plain token exists).
@@ -167,6 +220,33 @@ impl Auth {
 
 #[cfg(test)]
 mod tests {
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn no_more_hashes_run_at_once_than_the_limit() {
+        use std::sync::atomic::{AtomicUsize, Ordering};
+        let h = Arc::new(Hashing::new(2));
+        let running = Arc::new(AtomicUsize::new(0));
+        let most = Arc::new(AtomicUsize::new(0));
+        let jobs: Vec<_> = (0..24)
+            .map(|_| {
+                let (h, running, most) = (h.clone(), running.clone(), most.clone());
+                tokio::spawn(async move {
+                    h.run(move || {
+                        let now = running.fetch_add(1, Ordering::SeqCst) + 1;
+                        most.fetch_max(now, Ordering::SeqCst);
+                        std::thread::sleep(std::time::Duration::from_millis(5));
+                        running.fetch_sub(1, Ordering::SeqCst);
+                    })
+                    .await
+                })
+            })
+            .collect();
+        for j in jobs {
+            j.await.unwrap().unwrap();
+        }
+        let most = most.load(Ordering::SeqCst);
+        assert!((1..=2).contains(&most), "{most} ran at once");
+    }
+
     use super::*;
     use axum::http::HeaderValue;
 
