@@ -241,7 +241,7 @@ mod tests {
             })
             .collect();
         for j in jobs {
-            j.await.unwrap().unwrap();
+            j.await.expect("the job task").expect("the job");
         }
         let most = most.load(Ordering::SeqCst);
         assert!((1..=2).contains(&most), "{most} ran at once");
