@@ -158,9 +158,9 @@ or an existing one with --use-existing-namespace), sized for --users and checked
 allocatable resources before anything is created.\n\n\
 For ssh clusters the defaults come from the inventory: one agent per `agent` host, one server \
 instance per `app` host, PostgreSQL when there is a `db` host or a database_url, nginx when there is a \
-`proxy` host, and Prometheus (unless --no-metrics) on the `metrics` host, else beside the first \
-agent. For aws clusters: 1 agent, 1 server instance, PostgreSQL on its own instance, nginx \
-when --app-count is above 1.",
+`proxy` host, and Prometheus with Grafana (unless --no-metrics) on the `metrics` host, else beside \
+the first agent. For aws clusters: 1 agent, 1 server instance, PostgreSQL on its own instance, nginx \
+when --app-count is above 1, and a metrics instance with Prometheus and Grafana (unless --no-metrics).",
         after_help = "Examples:\n  ltops create --name laptop --agents 2\n  ltops create --name pg --database postgres --app-count 2 --agents 4\n  ltops create --name lab --type ssh --inventory hosts.toml --app-count 2 --agents 2 --proxy nginx\n  ltops create --name cloud --type aws --region eu-west-1 --app-count 2 --agents 3\n  ltops create --name tf --type ssh --inventory-from-terraform terraform/aws\n  ltops create --name k8s --type kubernetes --context prod-eu --app-count 2 --agents 4 --users 20000\n\n\
 An inventory (TOML):\n  [defaults]\n  user = \"loadtest\"\n  identity_file = \"~/.ssh/id_ed25519\"\n  [[host]]\n  address = \"10.20.0.2\"\n  roles = [\"app\", \"db\"]\n  [[host]]\n  address = \"10.20.0.3\"\n  roles = [\"agent\", \"proxy\"]\n\
 See ltops/README.md for every key."
@@ -194,12 +194,14 @@ See ltops/README.md for every key."
         aws: AwsArgs,
         #[command(flatten)]
         kube: KubeArgs,
-        /// Run a Prometheus that scrapes every server and agent (Debian's `prometheus` package);
-        /// `ltops status` prints its URL. Opt-in for local clusters, on by default for ssh
-        /// clusters (on the host with the role `metrics`, else the first agent host).
+        /// Run a Prometheus that scrapes every server and agent, and (except locally) a Grafana
+        /// with the dashboards of dashboards/; `ltops status` prints their URLs. Opt-in for local
+        /// clusters (Debian's `prometheus` package), on by default for ssh clusters (on the host
+        /// with the role `metrics`, else the first agent host), aws (a metrics instance) and
+        /// kubernetes (pods of the official images).
         #[arg(long, conflicts_with = "no_metrics")]
         metrics: bool,
-        /// No Prometheus in an ssh cluster.
+        /// No Prometheus and no Grafana in an ssh, aws or kubernetes cluster.
         #[arg(long)]
         no_metrics: bool,
     },

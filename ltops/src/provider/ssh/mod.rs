@@ -747,32 +747,24 @@ impl<'a> Deploy<'a> {
         for &i in &hosts {
             let h = &ss.hosts[i];
             let mut body = String::from("echo \"arch=$(uname -m)\"\necho \"uid=$(id -u)\"\n");
-            let db_here = ss
-                .placements
-                .iter()
-                .any(|p| p.role == Role::Postgres && p.host == i);
-            let proxy_here = ss
-                .placements
-                .iter()
-                .any(|p| p.role == Role::Proxy && p.host == i);
-            let prometheus_here = ss
-                .placements
-                .iter()
-                .any(|p| p.role == Role::Prometheus && p.host == i);
+            let here = |role: Role| ss.placements.iter().any(|p| p.role == role && p.host == i);
+            let (db_here, proxy_here) = (here(Role::Postgres), here(Role::Proxy));
+            let (prometheus_here, grafana_here) = (here(Role::Prometheus), here(Role::Grafana));
             if prometheus_here {
-                body.push_str(&format!(
-                    "n=$(command -v {0} 2>/dev/null || true)\n[ -z \"$n\" ] && [ {0} = prometheus ] && [ -x /usr/bin/prometheus ] && n=/usr/bin/prometheus\n[ -n \"$n\" ] && echo \"prometheus=$n\" || true\n",
-                    sh_quote(&ss.prometheus)
+                body.push_str(&find_program(
+                    "prometheus",
+                    &ss.prometheus,
+                    "/usr/bin/prometheus",
                 ));
             }
-            let grafana_here = ss
-                .placements
-                .iter()
-                .any(|p| p.role == Role::Grafana && p.host == i);
             if grafana_here {
+                body.push_str(&find_program(
+                    "grafana",
+                    &ss.grafana,
+                    "/usr/sbin/grafana-server",
+                ));
                 body.push_str(&format!(
-                    "n=$(command -v {0} 2>/dev/null || true)\n[ -z \"$n\" ] && [ {0} = grafana-server ] && [ -x /usr/sbin/grafana-server ] && n=/usr/sbin/grafana-server\n[ -n \"$n\" ] && echo \"grafana=$n\" || true\n[ -f {1}/conf/defaults.ini ] && echo grafana_home=1 || true\n",
-                    sh_quote(&ss.grafana),
+                    "[ -f {}/conf/defaults.ini ] && echo grafana_home=1 || true\n",
                     sh_quote(&ss.grafana_home)
                 ));
             }
@@ -785,10 +777,7 @@ impl<'a> Deploy<'a> {
                 }
             }
             if proxy_here {
-                body.push_str(&format!(
-                    "n=$(command -v {0} 2>/dev/null || true)\n[ -z \"$n\" ] && [ {0} = nginx ] && [ -x /usr/sbin/nginx ] && n=/usr/sbin/nginx\n[ -n \"$n\" ] && echo \"nginx=$n\" || true\n",
-                    sh_quote(&ss.nginx)
-                ));
+                body.push_str(&find_program("nginx", &ss.nginx, "/usr/sbin/nginx"));
             }
             body.push_str("command -v sha256sum >/dev/null && echo sha=1 || true\ncommand -v setsid >/dev/null && echo setsid=1 || true\n");
             let out = self.c.script(h, "checking the host", &body, None).await?;
@@ -1465,6 +1454,17 @@ impl Deploy<'_> {
         )
         .await
     }
+}
+
+/// A check-script line printing `KEY=PATH` when `program` is found on the host: on its `PATH`,
+/// or, when `program` is the package's own name (its default), at `packaged` (a login shell's
+/// `PATH` often lacks `/usr/sbin`).
+fn find_program(key: &str, program: &str, packaged: &str) -> String {
+    let name = packaged.rsplit('/').next().unwrap_or(packaged);
+    format!(
+        "n=$(command -v {0} 2>/dev/null || true)\n[ -z \"$n\" ] && [ {0} = {name} ] && [ -x {packaged} ] && n={packaged}\n[ -n \"$n\" ] && echo \"{key}=$n\" || true\n",
+        sh_quote(program)
+    )
 }
 
 /// The ELF machine of a binary (`e_machine`, bytes 18–19, little-endian on the architectures
