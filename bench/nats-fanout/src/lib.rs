@@ -1,0 +1,387 @@
+//! A lean NATS client for the F1 benchmark's anchor (`bench/f1.py --nats`): the headline
+//! workload's shape on `nats-server` — subjects of N subscribers each, one connection per
+//! subscriber, one paced publisher — so chat-server's cost per delivery is measured beside the
+//! peer's in the same run rather than remembered.
+//!
+//! One process holds `subscribers` connections (a few thousand to ~19,000: the open-file limit is
+//! per process), spread round-robin over the given servers; global subscriber `g` subscribes to
+//! `ch.{g / members}`. A process with `rate > 0` also publishes, round-robin over the subjects,
+//! on an absolute schedule; each payload starts with its send time, so every subscriber records
+//! the delay from send to receipt. Everything is bounded: connecting by `connect_timeout`,
+//! listening by `listen`, publishing by `publish`.
+//!
+//! The client keeps per connection one task, one socket and one small read buffer: nothing a
+//! lean NATS client could leave out.
+
+pub mod proto;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::BytesMut;
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::sync::Semaphore;
+use tokio::time::Instant;
+
+use proto::Op;
+
+/// What one process does.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub servers: Vec<SocketAddr>,
+    /// Subscriber connections this process holds.
+    pub subscribers: usize,
+    /// Global index of this process's first subscriber (processes share the subjects).
+    pub first: usize,
+    /// Subscribers per subject.
+    pub members: usize,
+    /// Subjects the publisher goes round.
+    pub subjects: usize,
+    /// Messages per second this process publishes (0: none).
+    pub rate: f64,
+    /// Payload size in bytes (at least 20: the send time).
+    pub payload: usize,
+    /// How long to wait between the last subscription and the first message, so the servers of
+    /// a cluster have told each other about every subscriber.
+    pub settle: Duration,
+    /// How long to publish.
+    pub publish: Duration,
+    /// How long the subscribers listen once all are subscribed.
+    pub listen: Duration,
+    /// Connections opened at once while connecting.
+    pub connect_concurrency: usize,
+    pub connect_timeout: Duration,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Options(String),
+    #[error("connecting to {addr}: {source}")]
+    Connect {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("only {ready} of {wanted} subscribers were subscribed after {secs:.0} s")]
+    NotReady {
+        ready: usize,
+        wanted: usize,
+        secs: f64,
+    },
+    #[error("publishing to {addr}: {source}")]
+    Publish {
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("the server {0} refused: {1}")]
+    Server(SocketAddr, String),
+    #[error(transparent)]
+    Proto(#[from] proto::ProtoError),
+}
+
+impl Options {
+    pub fn validate(&self) -> Result<(), Error> {
+        let bad = |m: &str| Err(Error::Options(m.to_string()));
+        if self.servers.is_empty() {
+            return bad("--servers: give at least one HOST:PORT");
+        }
+        if self.members == 0 || self.subjects == 0 {
+            return bad("--members and --subjects must be at least 1");
+        }
+        if self.first + self.subscribers > self.members * self.subjects {
+            return bad("--first + --subscribers is more than --members × --subjects");
+        }
+        if !(0.0..=100_000.0).contains(&self.rate) || !self.rate.is_finite() {
+            return bad("--rate must be between 0 and 100000 messages per second");
+        }
+        if self.payload < 20 || self.payload > 1 << 20 {
+            return bad("--payload must be 20 bytes (the send time) to 1 MiB");
+        }
+        if self.publish > Duration::from_secs(3600)
+            || self.listen > Duration::from_secs(3600)
+            || self.settle > Duration::from_secs(600)
+        {
+            return bad("--publish and --listen are bounded to an hour, --settle to 10 minutes");
+        }
+        if self.connect_concurrency == 0 {
+            return bad("--connect-concurrency must be at least 1");
+        }
+        Ok(())
+    }
+}
+
+/// What one process saw, printed as one JSON line.
+#[derive(Debug, Serialize, Default)]
+pub struct Report {
+    pub subscribers: usize,
+    /// Subscribers whose connection ended before the listening time was over.
+    pub closed: u64,
+    pub received: u64,
+    pub latency_p50_us: u64,
+    pub latency_p99_us: u64,
+    pub latency_p999_us: u64,
+    pub latency_max_us: u64,
+    /// Messages published, per subject (empty when this process does not publish).
+    pub published: Vec<u64>,
+    /// Messages sent more than 10 ms after their scheduled time (the publisher was behind).
+    pub published_late: u64,
+    /// Seconds from the first to the last publish.
+    pub publish_secs: f64,
+}
+
+struct Stats {
+    received: AtomicU64,
+    closed: AtomicU64,
+    latency: Mutex<Histogram<u64>>,
+}
+
+fn now_ns() -> u128 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or(0)
+}
+
+/// Opens every subscriber, then `ready` is called with the count, then publishes (if asked) and
+/// listens; returns when the listening time is over.
+pub async fn run(opts: Options, ready: impl FnOnce(usize)) -> Result<Report, Error> {
+    opts.validate()?;
+    let hist = Histogram::new_with_bounds(1, 120_000_000, 3)
+        .map_err(|e| Error::Options(format!("histogram: {e}")))?;
+    let stats = Arc::new(Stats {
+        received: AtomicU64::new(0),
+        closed: AtomicU64::new(0),
+        latency: Mutex::new(hist),
+    });
+    let subscribed = subscribe_all(&opts, &stats).await?;
+    ready(subscribed);
+    let listen_until = Instant::now() + opts.listen;
+    let mut report = Report {
+        subscribers: subscribed,
+        ..Report::default()
+    };
+    if opts.rate > 0.0 {
+        tokio::time::sleep(opts.settle).await;
+        publish(&opts, &mut report).await?;
+    }
+    tokio::time::sleep_until(listen_until).await;
+    report.received = stats.received.load(Ordering::Relaxed);
+    report.closed = stats.closed.load(Ordering::Relaxed);
+    let h = stats
+        .latency
+        .lock()
+        .map_err(|_| Error::Options("poisoned".into()))?;
+    report.latency_p50_us = h.value_at_quantile(0.5);
+    report.latency_p99_us = h.value_at_quantile(0.99);
+    report.latency_p999_us = h.value_at_quantile(0.999);
+    report.latency_max_us = h.max();
+    Ok(report)
+}
+
+/// Connects and subscribes every subscriber, a bounded number at a time; each is subscribed
+/// once its server has answered the `PING` sent after its `SUB`.
+async fn subscribe_all(opts: &Options, stats: &Arc<Stats>) -> Result<usize, Error> {
+    let gate = Arc::new(Semaphore::new(opts.connect_concurrency));
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let deadline = Instant::now() + opts.connect_timeout;
+    for i in 0..opts.subscribers {
+        let g = opts.first + i;
+        let addr = opts.servers[g % opts.servers.len()];
+        let subject = format!("ch.{}", g / opts.members);
+        let (gate, tx, stats) = (gate.clone(), tx.clone(), stats.clone());
+        let stop = deadline + opts.listen + opts.settle + opts.publish + Duration::from_secs(30);
+        tokio::spawn(async move {
+            let permit = gate.acquire_owned().await;
+            let conn = subscriber_connect(addr, &subject).await;
+            drop(permit);
+            match conn {
+                Ok((stream, buf)) => {
+                    let _ = tx.send(Ok(()));
+                    let _ = tokio::time::timeout_at(stop, listen(stream, buf, &stats)).await;
+                }
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                }
+            }
+        });
+    }
+    drop(tx);
+    let mut ok = 0;
+    while ok < opts.subscribers {
+        match tokio::time::timeout_at(deadline, rx.recv()).await {
+            Ok(Some(Ok(()))) => ok += 1,
+            Ok(Some(Err(e))) => return Err(e),
+            Ok(None) | Err(_) => {
+                return Err(Error::NotReady {
+                    ready: ok,
+                    wanted: opts.subscribers,
+                    secs: opts.connect_timeout.as_secs_f64(),
+                })
+            }
+        }
+    }
+    Ok(ok)
+}
+
+const CONNECT: &[u8] = b"CONNECT {\"verbose\":false,\"pedantic\":false,\"echo\":false,\"lang\":\"rust\",\"version\":\"0.1\",\"protocol\":1}\r\n";
+
+async fn subscriber_connect(
+    addr: SocketAddr,
+    subject: &str,
+) -> Result<(TcpStream, BytesMut), Error> {
+    let conn_err = |source| Error::Connect { addr, source };
+    let mut s = TcpStream::connect(addr).await.map_err(conn_err)?;
+    s.set_nodelay(true).map_err(conn_err)?;
+    let mut hello = CONNECT.to_vec();
+    hello.extend_from_slice(format!("SUB {subject} 1\r\nPING\r\n").as_bytes());
+    s.write_all(&hello).await.map_err(conn_err)?;
+    let mut buf = BytesMut::with_capacity(READ_BUF);
+    loop {
+        while let Some(op) = proto::parse(&mut buf)? {
+            match op {
+                Op::Pong => return Ok((s, buf)),
+                Op::Err(e) => return Err(Error::Server(addr, e)),
+                _ => {}
+            }
+        }
+        reserve(&mut buf);
+        let n = s.read_buf(&mut buf).await.map_err(conn_err)?;
+        if n == 0 {
+            return Err(conn_err(std::io::ErrorKind::UnexpectedEof.into()));
+        }
+    }
+}
+
+/// A subscriber's read buffer: one message of the benchmark's size with its header fits.
+const READ_BUF: usize = 2048;
+
+fn reserve(buf: &mut BytesMut) {
+    if buf.capacity() - buf.len() < READ_BUF / 2 {
+        buf.reserve(READ_BUF);
+    }
+}
+
+async fn listen(mut s: TcpStream, mut buf: BytesMut, stats: &Stats) {
+    loop {
+        match proto::parse(&mut buf) {
+            Ok(Some(Op::Msg { payload })) => {
+                let now = now_ns();
+                stats.received.fetch_add(1, Ordering::Relaxed);
+                if let Some(sent) = proto::sent_ns(&payload) {
+                    let us = (now.saturating_sub(sent) / 1000).max(1) as u64;
+                    if let Ok(mut h) = stats.latency.lock() {
+                        h.saturating_record(us);
+                    }
+                }
+            }
+            Ok(Some(Op::Ping)) => {
+                if s.write_all(b"PONG\r\n").await.is_err() {
+                    break;
+                }
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                reserve(&mut buf);
+                match s.read_buf(&mut buf).await {
+                    Ok(n) if n > 0 => {}
+                    _ => break,
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    // Only an early end counts: the listening time running out cancels this future instead.
+    stats.closed.fetch_add(1, Ordering::Relaxed);
+}
+
+/// A message sent this long after its scheduled time counts as late (timers fire at millisecond
+/// granularity, so a smaller bound would count the timer, not the publisher).
+const LATE: Duration = Duration::from_millis(10);
+
+/// Publishes on an absolute schedule for `opts.publish`, then waits for the server to answer a
+/// `PING`, so every message has reached it before the count is reported.
+async fn publish(opts: &Options, report: &mut Report) -> Result<(), Error> {
+    let addr = opts.servers[0];
+    let pub_err = |source| Error::Publish { addr, source };
+    let mut s = TcpStream::connect(addr).await.map_err(pub_err)?;
+    s.set_nodelay(true).map_err(pub_err)?;
+    s.write_all(CONNECT).await.map_err(pub_err)?;
+    let subjects: Vec<String> = (0..opts.subjects).map(|k| format!("ch.{k}")).collect();
+    report.published = vec![0; opts.subjects];
+    let mut buf = BytesMut::with_capacity(READ_BUF);
+    let mut msg = Vec::with_capacity(opts.payload + 64);
+    let period = Duration::from_secs_f64(1.0 / opts.rate);
+    let start = Instant::now();
+    let end = start + opts.publish;
+    let mut n: u32 = 0;
+    loop {
+        let due = start + period * n;
+        if due >= end {
+            break;
+        }
+        tokio::select! {
+            _ = tokio::time::sleep_until(due) => {
+                if Instant::now() > due + LATE {
+                    report.published_late += 1;
+                }
+                let k = n as usize % opts.subjects;
+                msg.clear();
+                msg.extend_from_slice(format!("PUB {} {}\r\n", subjects[k], opts.payload).as_bytes());
+                msg.extend_from_slice(&proto::timed_payload(now_ns(), opts.payload));
+                msg.extend_from_slice(b"\r\n");
+                s.write_all(&msg).await.map_err(pub_err)?;
+                report.published[k] += 1;
+                n += 1;
+            }
+            r = s.read_buf(&mut buf) => {
+                if r.map_err(pub_err)? == 0 {
+                    return Err(pub_err(std::io::ErrorKind::UnexpectedEof.into()));
+                }
+                while let Some(op) = proto::parse(&mut buf)? {
+                    match op {
+                        Op::Ping => s.write_all(b"PONG\r\n").await.map_err(pub_err)?,
+                        Op::Err(e) => return Err(Error::Server(addr, e)),
+                        _ => {}
+                    }
+                }
+                reserve(&mut buf);
+            }
+        }
+    }
+    report.publish_secs = start.elapsed().as_secs_f64();
+    s.write_all(b"PING\r\n").await.map_err(pub_err)?;
+    let flushed = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            while let Some(op) = proto::parse(&mut buf)? {
+                match op {
+                    Op::Pong => return Ok(()),
+                    Op::Ping => s.write_all(b"PONG\r\n").await.map_err(pub_err)?,
+                    Op::Err(e) => return Err(Error::Server(addr, e)),
+                    _ => {}
+                }
+            }
+            reserve(&mut buf);
+            if s.read_buf(&mut buf).await.map_err(pub_err)? == 0 {
+                return Err(pub_err(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+        }
+    })
+    .await;
+    match flushed {
+        Ok(r) => r,
+        Err(_) => Err(pub_err(std::io::ErrorKind::TimedOut.into())),
+    }
+}
+
+/// Raises this process's open-file limit to its hard limit (each subscriber is a socket).
+pub fn raise_nofile() {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
