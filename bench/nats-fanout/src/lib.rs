@@ -62,7 +62,10 @@ pub struct Options {
 pub enum Error {
     #[error("{0}")]
     Options(String),
-    #[error("connecting to {addr}: {source}")]
+    #[error(
+        "connecting to {addr}: {source} (is nats-server listening there? \"Too many open files\": \
+         spread --subscribers over more processes, each is one socket under the open-file limit)"
+    )]
     Connect {
         addr: SocketAddr,
         source: std::io::Error,
