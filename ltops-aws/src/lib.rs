@@ -452,11 +452,18 @@ pub(crate) fn describe_new(old: &Resources, new: &Resources) -> Vec<String> {
         ("security group", &old.security_group, &new.security_group),
         ("key pair", &old.key_pair, &new.key_pair),
     ];
-    pairs
+    let mut out: Vec<String> = pairs
         .iter()
         .filter(|(_, o, n)| o.is_none() && n.is_some())
         .map(|(k, _, n)| format!("{k} {}", n.as_deref().unwrap_or_default()))
-        .collect()
+        .collect();
+    if !old.gateway_attached && new.gateway_attached {
+        out.push("the gateway's attachment to the VPC".into());
+    }
+    if let (None, Some(a)) = (&old.route_table_association, &new.route_table_association) {
+        out.push(format!("route table association {a}"));
+    }
+    out
 }
 
 pub(crate) fn filter(name: &str, value: &str) -> Filter {

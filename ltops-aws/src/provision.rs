@@ -98,14 +98,22 @@ impl Provision<'_, '_> {
                 .and_then(|v| v.subnet_id())
                 .map(str::to_string);
         }
-        if self.res.internet_gateway.is_none() {
+        // A create cancelled between the API's answer and the record can
+        // also leave a recorded gateway attached, or a recorded route table
+        // associated, without the record saying so.
+        if self.res.internet_gateway.is_none() || !self.res.gateway_attached {
             let out = c
                 .describe_internet_gateways()
                 .set_filters(Some(sel.filters()))
                 .send()
                 .await
                 .map_err(|e| Error::api(what, e))?;
-            if let Some(g) = out.internet_gateways().first() {
+            let recorded = self.res.internet_gateway.clone();
+            let found = out
+                .internet_gateways()
+                .iter()
+                .find(|g| recorded.is_none() || g.internet_gateway_id() == recorded.as_deref());
+            if let Some(g) = found {
                 self.res.internet_gateway = g.internet_gateway_id().map(str::to_string);
                 self.res.gateway_attached = g
                     .attachments()
@@ -113,14 +121,19 @@ impl Provision<'_, '_> {
                     .any(|a| a.vpc_id() == self.res.vpc.as_deref());
             }
         }
-        if self.res.route_table.is_none() {
+        if self.res.route_table.is_none() || self.res.route_table_association.is_none() {
             let out = c
                 .describe_route_tables()
                 .set_filters(Some(sel.filters()))
                 .send()
                 .await
                 .map_err(|e| Error::api(what, e))?;
-            if let Some(t) = out.route_tables().first() {
+            let recorded = self.res.route_table.clone();
+            let found = out
+                .route_tables()
+                .iter()
+                .find(|t| recorded.is_none() || t.route_table_id() == recorded.as_deref());
+            if let Some(t) = found {
                 self.res.route_table = t.route_table_id().map(str::to_string);
                 self.res.route_table_association = t
                     .associations()

@@ -296,13 +296,29 @@ fn an_interrupted_create_is_deleted_or_resumed() {
         text(&out)
     );
     // A create stopped between an API's answer and its record: the ids are gone from the
-    // state, the resources carry the tag. The resume adopts them instead of making new ones.
+    // state, the resources carry the tag. The resume adopts them instead of making new ones;
+    // likewise a gateway attached and a route table associated that the state does not know of
+    // (AWS refuses a second attachment with Resource.AlreadyAssociated).
     let file = env.home.path().join("clusters/again/cluster.toml");
     let toml = std::fs::read_to_string(&file).unwrap();
+    assert!(toml.contains("gateway_attached = true"), "{toml}");
+    assert!(
+        toml.contains("route_table_association = \"rtbassoc-"),
+        "{toml}"
+    );
     let forgotten: String = toml
         .lines()
-        .filter(|l| !l.starts_with("vpc = ") && !l.starts_with("security_group = "))
-        .map(|l| format!("{l}\n"))
+        .filter(|l| {
+            !l.starts_with("vpc = ")
+                && !l.starts_with("security_group = ")
+                && !l.starts_with("route_table_association = ")
+        })
+        .map(|l| {
+            format!(
+                "{}\n",
+                l.replace("gateway_attached = true", "gateway_attached = false")
+            )
+        })
         .collect();
     assert_ne!(forgotten, toml);
     std::fs::write(&file, forgotten).unwrap();
@@ -317,6 +333,7 @@ fn an_interrupted_create_is_deleted_or_resumed() {
     );
     assert!(!t.contains("created VPC"));
     assert!(t.contains("adopted what carries the cluster's tag but was not recorded: VPC vpc-"));
+    assert!(t.contains("the gateway's attachment to the VPC, route table association rtbassoc-"));
     let found = moto.inventory("ltops:cluster-id", &id);
     assert_eq!(
         found["instances"],
