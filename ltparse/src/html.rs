@@ -374,11 +374,13 @@ th{{background:#f0f0f0}}.warn{{background:#fff3cd;border:1px solid #e0c060;paddi
             esc(&r.label()),
             if r.cut_short { " (cut short)" } else { "" }
         );
-        if !r.latency_reliable {
-            let _ = writeln!(
-                o,
-                "<p class=\"fail\">Latency figures unreliable: the load generator fell behind, so the times below are overstated.</p>"
-            );
+        if let Some(limit) = crate::render::limit_line(r) {
+            let class = match r.schedule.cause {
+                crate::summary::Lateness::Generator => "fail",
+                crate::summary::Lateness::Server | crate::summary::Lateness::Unknown => "warn",
+                crate::summary::Lateness::None => "pass",
+            };
+            let _ = writeln!(o, "<p class=\"{class}\">Limit: {}.</p>", esc(&limit));
         }
         for w in &r.warnings {
             let _ = writeln!(o, "<p class=\"warn\">⚠ {}</p>", esc(w));

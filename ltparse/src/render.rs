@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use comfy_table::{presets, CellAlignment, ContentArrangement, Table};
 
 use crate::baseline::{Change, Comparison};
-use crate::summary::{ActionSummary, DeliverySummary, LatencySummary, RunSummary};
+use crate::summary::{ActionSummary, DeliverySummary, LatencySummary, Lateness, RunSummary};
 use crate::threshold::ThresholdResult;
 use crate::{Outcome, Report};
 
@@ -168,6 +168,41 @@ pub(crate) fn remote_delivery_line(d: &DeliverySummary) -> Option<String> {
     ))
 }
 
+/// What bounded the run, the first thing every display says about it: whether the load
+/// generator kept up (so the latencies are the server's) or fell behind (so they are not), with
+/// the figures that decided it. `None` for results that cannot tell and were on time.
+pub(crate) fn limit_line(r: &RunSummary) -> Option<String> {
+    let s = &r.schedule;
+    let measured = s.generator_lag.count > 0 || s.probe_lag.count > 0;
+    let cpu = s
+        .cpu_share
+        .map(|c| format!(", CPU {:.0}% of what the agents may use", c * 100.0))
+        .unwrap_or_default();
+    let generator = format!(
+        "start lag p99 {} ms, runtime unresponsive {:.1}% of the time{cpu}",
+        ms(s.generator_lag.p99_us),
+        s.probe_stalled * 100.0
+    );
+    match s.cause {
+        Lateness::Generator => Some(format!(
+            "the load generator, not the server: the agents fell behind their own schedule ({generator}). \
+             The load offered was below the configuration and the latency figures are overstated"
+        )),
+        Lateness::Server => Some(format!(
+            "the server: {} of {} actions started late waiting for its answers; the load generator kept up ({generator})",
+            s.late_waiting, s.actions
+        )),
+        Lateness::Unknown => Some(format!(
+            "unknown: {} of actions started late, and results older than schema 1.2 cannot tell the generator from the server",
+            pct(s.late_ratio)
+        )),
+        Lateness::None if measured => Some(format!(
+            "not the load generator: it kept up ({generator}), so the latencies are the server's"
+        )),
+        Lateness::None => None,
+    }
+}
+
 /// Settings lines shared by text and markdown: (label, value).
 fn settings_lines(r: &RunSummary) -> Vec<(&'static str, String)> {
     let mut v = Vec::new();
@@ -290,6 +325,9 @@ fn text_run(o: &mut String, r: &RunSummary, verbose: bool) {
         format!("Run {}", r.label())
     };
     let _ = writeln!(o, "{kind}{}", if r.cut_short { " [CUT SHORT]" } else { "" });
+    if let Some(limit) = limit_line(r) {
+        let _ = writeln!(o, "  {:<11} {limit}", "limit");
+    }
     for (k, v) in settings_lines(r) {
         let _ = writeln!(o, "  {k:<11} {v}");
     }
@@ -604,8 +642,12 @@ fn md_run(o: &mut String, r: &RunSummary, verbose: bool) {
         r.label(),
         if r.cut_short { " (cut short)" } else { "" }
     );
-    if !r.latency_reliable {
-        let _ = writeln!(o, "> **{UNRELIABLE}**\n");
+    if let Some(limit) = limit_line(r) {
+        if r.latency_reliable {
+            let _ = writeln!(o, "> **Limit:** {}.\n", md_escape(&limit));
+        } else {
+            let _ = writeln!(o, "> **Limit: {}.**\n", md_escape(&limit));
+        }
     }
     for w in &r.warnings {
         let _ = writeln!(o, "> **Warning:** {}\n", w);

@@ -40,6 +40,64 @@ fn text_report_verbose_cut_short_and_behind() {
     insta::assert_snapshot!("text_verbose_cut_short", report(&opts, &[spec]));
 }
 
+/// Every display leads with what limited the run: here the agents were starved of CPU, so the
+/// report must say the generator, not the server, was the limit and the latencies are overstated.
+#[test]
+fn every_display_leads_with_a_starved_generator() {
+    let mut spec = RunSpec::new("run-1");
+    spec.generator_starved = Some(true);
+    spec.late_per_mille = 50;
+    let text = report(&Options::default(), &[spec.clone()]);
+    insta::assert_snapshot!("text_generator_limit", text);
+    let second = text.lines().nth(1).unwrap_or_default();
+    assert!(
+        second.starts_with("  limit       the load generator, not the server"),
+        "{second}"
+    );
+    let md = report(
+        &Options {
+            display: Display::Markdown,
+            ..Options::default()
+        },
+        &[spec.clone()],
+    );
+    let lead = md
+        .lines()
+        .find(|l| !l.trim().is_empty() && !l.starts_with('#'));
+    assert!(
+        lead.is_some_and(|l| l.starts_with("> **Limit: the load generator, not the server")),
+        "{md}"
+    );
+    let html = report(
+        &Options {
+            display: Display::Html,
+            ..Options::default()
+        },
+        &[spec],
+    );
+    let h1 = html.find("</h1>").unwrap_or(0);
+    let limit = html.find("<p class=\"fail\">Limit: the load generator, not the server");
+    assert!(
+        limit.is_some_and(|at| at > h1 && html[h1..at].trim() == "</h1>"),
+        "{html}"
+    );
+}
+
+/// A generator that kept up says so, so the reader knows the latencies are the server's.
+#[test]
+fn a_generator_that_kept_up_says_the_latencies_are_the_servers() {
+    let mut spec = RunSpec::new("run-1");
+    spec.generator_starved = Some(false);
+    let text = report(&Options::default(), &[spec]);
+    let second = text.lines().nth(1).unwrap_or_default();
+    assert!(
+        second.starts_with("  limit       not the load generator: it kept up")
+            && second.ends_with("so the latencies are the server's"),
+        "{second}"
+    );
+    assert!(!text.contains("UNRELIABLE"), "{text}");
+}
+
 #[test]
 fn text_report_with_thresholds_and_baseline() {
     let dir = tempfile::tempdir().expect("tempdir");

@@ -186,6 +186,9 @@ pub struct RunSpec {
     /// Remote deliveries (posts of other agents) per interval and agent, at 5 ms + 1 ms × k
     /// (0: none, as in schema 1.0 files).
     pub remote_per_interval: u64,
+    /// The generator's own figures (schema 1.2): `None` leaves them out (an older agent),
+    /// `Some(false)` an agent that kept up, `Some(true)` one starved of CPU.
+    pub generator_starved: Option<bool>,
 }
 
 impl RunSpec {
@@ -203,6 +206,7 @@ impl RunSpec {
             cut_short_agent: None,
             late_per_mille: 0,
             remote_per_interval: 0,
+            generator_starved: None,
         }
     }
 }
@@ -283,6 +287,28 @@ pub fn generate(spec: &RunSpec) -> Vec<(String, Vec<Record>)> {
                 &lag,
                 users,
             );
+            if let Some(starved) = spec.generator_starved {
+                let sch = &mut rec.schedule;
+                // The probe wakes every 50 ms: 200 wake-ups per 10 s interval.
+                for k in 0..200 {
+                    let late_us = if starved && k % 20 == 0 {
+                        200_000
+                    } else {
+                        300 + k * 10
+                    };
+                    sch.probe_lag.record_us(late_us);
+                }
+                for &v in &lag {
+                    sch.generator_lag
+                        .record_us(if starved { v + 150_000 } else { v / 2 + 1 });
+                }
+                sch.cpu_capacity_ms = spec.interval_ms;
+                sch.cpu_ms = if starved {
+                    spec.interval_ms * 98 / 100
+                } else {
+                    spec.interval_ms * 30 / 100
+                };
+            }
             for k in 0..spec.remote_per_interval {
                 rec.delivery.remote_received += 1;
                 rec.delivery.remote_latency.record_us(5_000 + k * 1_000);
