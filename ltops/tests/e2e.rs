@@ -769,6 +769,7 @@ fn lateness_is_attributed_to_the_server_or_to_the_generator() {
 
     let (report, agent_log) = run_with_a_freeze(&env, "who", pid_of(&st, Role::Server, 0).unwrap());
     assert!(report.contains("WARNING: the server stalled: "), "{report}");
+    assert!(report.contains("\n  limit       the server: "), "{report}");
     assert!(report.contains("the load generator kept up"), "{report}");
     assert!(!report.contains("fell behind"), "{report}");
     assert!(!report.contains("UNRELIABLE"), "{report}");
@@ -790,6 +791,13 @@ fn lateness_is_attributed_to_the_server_or_to_the_generator() {
     assert!(report.contains("overstated"), "{report}");
     assert!(!report.contains("understated"), "{report}");
     assert!(report.contains("LATENCY FIGURES UNRELIABLE"), "{report}");
+    // The report leads with it: the limit line comes before the settings and the tables.
+    let limit = report.find("\n  limit       the load generator, not the server: ");
+    let tables = report.find("Response time, ms");
+    assert!(
+        limit.is_some() && tables.is_some() && limit < tables,
+        "{report}"
+    );
     assert!(agent_log.contains("AGENT FALLING BEHIND"), "{agent_log}");
 
     let o = env.run(&["delete", "who", "--yes"]);
