@@ -159,8 +159,12 @@ impl ResultsSink {
     }
 
     /// Writes the last interval and the summary; `missing` is settled for every post.
-    pub fn finish(&mut self, reason: StopReason) -> std::io::Result<SummaryRecord> {
-        self.flush_interval()?;
+    /// Writes the last interval and the summary; returns both.
+    pub fn finish(
+        &mut self,
+        reason: StopReason,
+    ) -> std::io::Result<(IntervalRecord, SummaryRecord)> {
+        let last = self.flush_interval()?;
         self.recorder.settle(Duration::ZERO, Duration::ZERO);
         self.totals.delivery.missing = self.recorder.missing_total();
         let summary = SummaryRecord {
@@ -173,7 +177,7 @@ impl ResultsSink {
             totals: self.totals.clone(),
         };
         self.writer.write(&Record::Summary(summary.clone()))?;
-        Ok(summary)
+        Ok((last, summary))
     }
 }
 

@@ -77,8 +77,11 @@ pub struct RunShared {
     state: Mutex<RunState>,
     message: Mutex<Option<String>>,
     rates: Mutex<VecDeque<(Instant, u64, u64)>>,
-    /// The interval records written so far (the last [`KEPT_INTERVALS`]).
-    intervals: Mutex<VecDeque<IntervalRecord>>,
+    /// The interval records written so far (the last [`KEPT_INTERVALS`]), as their JSON: an
+    /// `IntervalRecord` in memory holds ~20 histograms of the contract's full range, about 4 MiB
+    /// (a 10-minute run kept 350 MiB per agent that way); serialized, they are compressed, a few
+    /// KiB.
+    intervals: Mutex<VecDeque<(u64, Box<str>)>>,
 }
 
 /// Interval records kept in memory for `GET /v1/run/intervals` (about a day at 10 s).
@@ -107,20 +110,34 @@ impl RunShared {
     }
 
     fn keep_interval(&self, r: IntervalRecord) {
+        let json = match serde_json::to_string(&r) {
+            Ok(j) => j.into_boxed_str(),
+            Err(e) => {
+                // Our record types always serialize; the results file has the record regardless.
+                tracing::error!("interval {} not kept for the control API: {e}", r.index);
+                return;
+            }
+        };
+        let index = r.index;
+        drop(r);
         let mut v = self.intervals.lock();
         if v.len() >= KEPT_INTERVALS {
             v.pop_front();
         }
-        v.push_back(r);
+        v.push_back((index, json));
     }
 
     /// The interval records with `index ≥ after` still kept.
     pub fn intervals_after(&self, after: u64) -> Vec<IntervalRecord> {
-        self.intervals
+        let kept: Vec<Box<str>> = self
+            .intervals
             .lock()
             .iter()
-            .filter(|r| r.index >= after)
-            .cloned()
+            .filter(|(index, _)| *index >= after)
+            .map(|(_, json)| json.clone())
+            .collect();
+        kept.iter()
+            .filter_map(|j| serde_json::from_str(j).ok())
             .collect()
     }
 
@@ -304,7 +321,8 @@ async fn engine(
     let results_err = |source| RunError::Results { path, source };
     match result {
         Ok(reason) => {
-            let summary = sink.finish(reason).map_err(results_err)?;
+            let (last, summary) = sink.finish(reason).map_err(results_err)?;
+            shared.keep_interval(last);
             *shared.state.lock() = RunState::Finished;
             Ok(summary)
         }

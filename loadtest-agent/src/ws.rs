@@ -100,7 +100,7 @@ pub struct WsTarget {
 /// Small buffers: an idle user should cost kilobytes (see the module docs).
 pub fn small_config() -> WebSocketConfig {
     WebSocketConfig::default()
-        .read_buffer_size(4 * 1024)
+        .read_buffer_size(1024)
         // 0: write each frame straight through instead of accumulating 128 KiB.
         .write_buffer_size(0)
         .max_write_buffer_size(256 * 1024)

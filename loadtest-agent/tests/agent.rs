@@ -817,6 +817,14 @@ mod control {
         assert_eq!(r.summary.stop_reason, StopReason::Interrupted);
         assert!(r.summary.totals.actions.contains_key("switch_channel"));
         assert!(dir.path().join("results/ctl-run-agent-c.jsonl").exists());
+        // The intervals the control API kept (as their JSON, to stay small) are exactly the
+        // file's, histograms included.
+        let kept: IntervalsReply = json_of(get("/v1/run/intervals")).await;
+        assert_eq!(kept.intervals.len(), r.intervals.len());
+        assert!(
+            kept.intervals == r.intervals,
+            "kept intervals differ from the file's"
+        );
 
         // A synchronized start two seconds ahead: the wait is not part of the first interval
         // (nor of the run's duration), which starts when the run does.

@@ -333,7 +333,7 @@ impl Publisher {
         let payload = self.encode(&Message::Event {
             target,
             omit: omit.map(str::to_string),
-            kind: ev.kind,
+            kind: ev.kind(),
             body: ev.body().to_string(),
         });
         if payload.len() <= MAX_PAYLOAD {
@@ -341,7 +341,7 @@ impl Publisher {
         }
         match post_id {
             Some(id) => self.publish(&Message::PostRef {
-                kind: ev.kind,
+                kind: ev.kind(),
                 post_id: id.to_string(),
             }),
             None => self.drop_counted("too_large"),

@@ -72,7 +72,9 @@ pub struct Limits {
     pub replay_buffer: usize,
     /// How long a disconnected connection's replay buffer is kept for a resume.
     pub replay_keep: Duration,
-    /// Per-connection read buffer; small because most of 30,000 connections are idle.
+    /// Per-connection read buffer. Clients send small frames (the authentication challenge,
+    /// typing); a larger frame grows the buffer as it arrives. 4 KiB was 4 KiB of every one of
+    /// 30,000 connections (heap profile in BENCHMARKS.md).
     pub ws_read_buffer_bytes: usize,
     /// Per-connection write buffer before a flush.
     pub ws_write_buffer_bytes: usize,
@@ -91,7 +93,7 @@ impl Default for Limits {
             send_queue: 256,
             replay_buffer: 128,
             replay_keep: Duration::from_secs(60),
-            ws_read_buffer_bytes: 4096,
+            ws_read_buffer_bytes: 512,
             ws_write_buffer_bytes: 8192,
             max_websockets: None,
         }

@@ -96,12 +96,17 @@ struct Envelope<'a, D: Serialize> {
     broadcast: Broadcast<'a>,
 }
 
-/// A serialized event shared by all its recipients.
+/// A serialized event shared by all its recipients. One thin pointer: every connection's replay
+/// buffer and send queue hold a clone of it per event, so at 30,000 connections with a
+/// 128-event replay buffer each, 8 bytes instead of 24 per entry is megabytes.
 #[derive(Clone, Debug)]
-pub struct Event {
-    pub kind: EventKind,
+pub struct Event(Arc<Shared>);
+
+#[derive(Debug)]
+struct Shared {
+    kind: EventKind,
     /// The envelope without its closing `}`.
-    body: Arc<str>,
+    body: Box<str>,
 }
 
 impl Event {
@@ -117,29 +122,31 @@ impl Event {
             format!(r#"{{"event":"{}","data":{{}}}}"#, kind.name())
         });
         text.pop(); // the closing brace; `frame` puts it back after `seq`
-        Event {
-            kind,
-            body: Arc::from(text),
-        }
+        Event::from_body(kind, text)
+    }
+
+    pub fn kind(&self) -> EventKind {
+        self.0.kind
     }
 
     /// The shared envelope without its closing brace, as relayed to other instances by the bus.
     pub fn body(&self) -> &str {
-        &self.body
+        &self.0.body
     }
 
     /// An event from another instance's [`Event::body`], used as is (no re-encoding).
     pub fn from_body(kind: EventKind, body: String) -> Event {
-        Event {
+        Event(Arc::new(Shared {
             kind,
-            body: Arc::from(body),
-        }
+            body: body.into_boxed_str(),
+        }))
     }
 
     /// The frame for one connection: the shared envelope with this connection's `seq` spliced in.
     pub fn frame(&self, seq: u64) -> String {
-        let mut s = String::with_capacity(self.body.len() + 24);
-        s.push_str(&self.body);
+        let body = self.body();
+        let mut s = String::with_capacity(body.len() + 24);
+        s.push_str(body);
         // Writing into a String cannot fail.
         let _ = write!(s, ",\"seq\":{seq}}}");
         s
@@ -147,7 +154,7 @@ impl Event {
 
     /// Size of the shared part, for tests and capacity planning.
     pub fn shared_len(&self) -> usize {
-        self.body.len()
+        self.0.body.len()
     }
 }
 

@@ -277,7 +277,7 @@ impl Hub {
     pub fn broadcast_channel(&self, channel_id: &str, event: &Event, omit: Option<&str>) -> u64 {
         self.metrics
             .events_broadcast
-            .with_label_values(&[event.kind.name()])
+            .with_label_values(&[event.kind().name()])
             .inc();
         let Some(chan) = self.channel(channel_id) else {
             return 0;
@@ -298,7 +298,7 @@ impl Hub {
     pub fn send_user(&self, user_id: &str, event: &Event) -> u64 {
         self.metrics
             .events_broadcast
-            .with_label_values(&[event.kind.name()])
+            .with_label_values(&[event.kind().name()])
             .inc();
         let mut delivered = Delivered::new(&self.metrics);
         self.offer_user(user_id, event, &mut delivered);

@@ -4,7 +4,8 @@
 //! `replay_keep` so a client that reconnects with `connection_id` + `sequence_number` gets the
 //! events it missed. `seq` is assigned under the connection's own mutex at enqueue time, so it is
 //! contiguous per connection no matter which task broadcasts, and the replay buffer holds exactly
-//! the frames that were (or would have been) sent.
+//! the frames that were (or would have been) sent. Because the seqs are contiguous, the buffer
+//! stores only the events (one pointer each) and the seq of its first one.
 
 use std::collections::VecDeque;
 use std::sync::Arc;
@@ -19,8 +20,12 @@ use crate::event::Event;
 /// What the socket writer sends.
 #[derive(Debug)]
 pub enum Outbound {
-    Event { seq: u64, event: Event },
-    Reply(String),
+    Event {
+        seq: u64,
+        event: Event,
+    },
+    /// Boxed rather than a `String`: a queue slot is then 24 bytes, not 32.
+    Reply(Box<str>),
 }
 
 /// Result of offering an event to a connection.
@@ -61,7 +66,9 @@ pub struct Attachment {
 
 struct Inner {
     next_seq: u64,
-    ring: VecDeque<(u64, Event)>,
+    /// The last `ring_cap` events queued, oldest first; the first has seq `ring_first`.
+    ring: VecDeque<Event>,
+    ring_first: u64,
     tx: Option<mpsc::Sender<Outbound>>,
     kick: CancellationToken,
     generation: u64,
@@ -101,6 +108,7 @@ impl Conn {
             inner: Mutex::new(Inner {
                 next_seq: 0,
                 ring: VecDeque::new(),
+                ring_first: 0,
                 tx: None,
                 kick: CancellationToken::new(),
                 generation: 0,
@@ -115,7 +123,7 @@ impl Conn {
         let inner = &mut *g;
         let decision = match &inner.tx {
             None => Offer::Detached,
-            Some(tx) => queue_decision(event.kind.droppable(), tx.capacity(), self.queue_cap),
+            Some(tx) => queue_decision(event.kind().droppable(), tx.capacity(), self.queue_cap),
         };
         match decision {
             Offer::Dropped => return Offer::Dropped,
@@ -126,15 +134,19 @@ impl Conn {
                 inner.detached_at = Some(Instant::now());
                 return Offer::ClosedSlow;
             }
-            Offer::Detached if event.kind.droppable() => return Offer::Skipped,
+            Offer::Detached if event.kind().droppable() => return Offer::Skipped,
             _ => {}
         }
         let seq = inner.next_seq;
         inner.next_seq += 1;
         if inner.ring.len() == self.ring_cap {
             inner.ring.pop_front();
+            inner.ring_first += 1;
         }
-        inner.ring.push_back((seq, event.clone()));
+        if inner.ring.is_empty() {
+            inner.ring_first = seq;
+        }
+        inner.ring.push_back(event.clone());
         if let Some(tx) = &inner.tx {
             if tx
                 .try_send(Outbound::Event {
@@ -156,7 +168,7 @@ impl Conn {
     pub fn reply(&self, text: String) -> bool {
         let g = self.inner.lock();
         match &g.tx {
-            Some(tx) => tx.try_send(Outbound::Reply(text)).is_ok(),
+            Some(tx) => tx.try_send(Outbound::Reply(text.into_boxed_str())).is_ok(),
             None => false,
         }
     }
@@ -172,16 +184,14 @@ impl Conn {
             if from > inner.next_seq {
                 return None;
             }
-            if from < inner.next_seq {
-                match inner.ring.front() {
-                    Some((first, _)) if *first <= from => {}
-                    _ => return None,
-                }
+            if from < inner.next_seq && (inner.ring.is_empty() || inner.ring_first > from) {
+                return None;
             }
-            for (seq, ev) in inner.ring.iter().filter(|(s, _)| *s >= from) {
+            let skip = usize::try_from(from.saturating_sub(inner.ring_first)).unwrap_or(usize::MAX);
+            for (seq, ev) in (inner.ring_first..).zip(inner.ring.iter()).skip(skip) {
                 if tx
                     .try_send(Outbound::Event {
-                        seq: *seq,
+                        seq,
                         event: ev.clone(),
                     })
                     .is_err()

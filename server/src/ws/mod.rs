@@ -383,7 +383,7 @@ async fn write_batch(
     fn text(o: Outbound) -> String {
         match o {
             Outbound::Event { seq, event } => event.frame(seq),
-            Outbound::Reply(r) => r,
+            Outbound::Reply(r) => r.into_string(),
         }
     }
     if socket
