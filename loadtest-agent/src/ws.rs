@@ -13,7 +13,7 @@ use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
 use tokio_tungstenite::tungstenite::Message;
 use tokio_tungstenite::WebSocketStream;
 
@@ -170,10 +170,11 @@ async fn connect_inner(
     } else {
         Box::new(tcp)
     };
-    let (mut ws, _) =
-        tokio_tungstenite::client_async_with_config(request, stream, Some(small_config()))
-            .await
-            .map_err(|e| WsError::Handshake(e.to_string()))?;
+    let mut stream = stream;
+    let part = upgrade(&mut stream, &request).await?;
+    let mut ws =
+        WebSocketStream::from_partially_read(stream, part, Role::Client, Some(small_config()))
+            .await;
     let challenge = serde_json::json!({
         "seq": 1,
         "action": "authentication_challenge",
@@ -207,6 +208,96 @@ async fn connect_inner(
             early.push(frame);
         }
     }
+}
+
+/// Longest upgrade response read before giving up on the server.
+const MAX_RESPONSE_HEAD: usize = 16 * 1024;
+
+/// The client's HTTP upgrade (RFC 6455 §4.1), done here rather than by tungstenite: its
+/// handshake reads into a 4 KiB buffer that the WebSocket then keeps as its read buffer for as
+/// long as it is open, 4 KiB of every user (heap profile in BENCHMARKS.md). Returns what the
+/// server sent after its response head (frames may follow the `101` at once).
+async fn upgrade(
+    stream: &mut Box<dyn Io>,
+    request: &tokio_tungstenite::tungstenite::handshake::client::Request,
+) -> Result<Vec<u8>, WsError> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let key = request
+        .headers()
+        .get("sec-websocket-key")
+        .map(|k| k.as_bytes().to_vec())
+        .ok_or_else(|| WsError::Handshake("no Sec-WebSocket-Key in the request".into()))?;
+    let target = request.uri().path_and_query().map_or("/", |p| p.as_str());
+    let mut head = format!("GET {target} HTTP/1.1\r\n").into_bytes();
+    for (name, value) in request.headers() {
+        head.extend_from_slice(name.as_str().as_bytes());
+        head.extend_from_slice(b": ");
+        head.extend_from_slice(value.as_bytes());
+        head.extend_from_slice(b"\r\n");
+    }
+    head.extend_from_slice(b"\r\n");
+    stream.write_all(&head).await?;
+    stream.flush().await?;
+    let mut got = Vec::with_capacity(512);
+    let mut chunk = [0u8; 512];
+    loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(WsError::Handshake(
+                "the server closed the connection before answering the upgrade".into(),
+            ));
+        }
+        got.extend_from_slice(&chunk[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut response = httparse::Response::new(&mut headers);
+        match response.parse(&got) {
+            Ok(httparse::Status::Complete(len)) => {
+                check_upgrade(&response, &key)?;
+                return Ok(got[len..].to_vec());
+            }
+            Ok(httparse::Status::Partial) if got.len() < MAX_RESPONSE_HEAD => {}
+            Ok(httparse::Status::Partial) => {
+                return Err(WsError::Handshake(format!(
+                    "the upgrade response head is over {MAX_RESPONSE_HEAD} bytes"
+                )))
+            }
+            Err(e) => {
+                return Err(WsError::Handshake(format!(
+                    "the upgrade response is not HTTP: {e}"
+                )))
+            }
+        }
+    }
+}
+
+/// A `101 Switching Protocols` that accepts our key, or why not.
+fn check_upgrade(response: &httparse::Response<'_, '_>, key: &[u8]) -> Result<(), WsError> {
+    let header = |name: &str| {
+        response
+            .headers
+            .iter()
+            .find(|h| h.name.eq_ignore_ascii_case(name))
+            .map(|h| String::from_utf8_lossy(h.value).trim().to_string())
+    };
+    let code = response.code.unwrap_or(0);
+    if code != 101 {
+        return Err(WsError::Handshake(format!(
+            "HTTP error: {code} {} (the server refused the WebSocket upgrade)",
+            response.reason.unwrap_or("")
+        )));
+    }
+    if !header("upgrade").is_some_and(|v| v.eq_ignore_ascii_case("websocket")) {
+        return Err(WsError::Handshake(
+            "the 101 response has no `Upgrade: websocket`".into(),
+        ));
+    }
+    let expected = tokio_tungstenite::tungstenite::handshake::derive_accept_key(key);
+    if header("sec-websocket-accept").as_deref() != Some(expected.as_str()) {
+        return Err(WsError::Handshake(
+            "the server's Sec-WebSocket-Accept does not match our key".into(),
+        ));
+    }
+    Ok(())
 }
 
 /// A server frame: an event (with `seq`) or a reply to an action (with `seq_reply`).
@@ -349,6 +440,93 @@ mod tests {
 
     fn frame(text: &str) -> Frame {
         parse_frame(text).expect("frame")
+    }
+
+    /// Runs our upgrade against a scripted server on an in-memory pipe: it reads the request,
+    /// answers with `respond(key)` and returns the request it read.
+    async fn upgrade_against(
+        respond: impl FnOnce(&str) -> Vec<u8> + Send + 'static,
+    ) -> (Result<Vec<u8>, WsError>, String) {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let (client, mut server) = tokio::io::duplex(4096);
+        let served = tokio::spawn(async move {
+            let mut req = Vec::new();
+            let mut b = [0u8; 256];
+            while !req.ends_with(b"\r\n\r\n") {
+                let n = server.read(&mut b).await.expect("read request");
+                assert!(n > 0, "request cut short");
+                req.extend_from_slice(&b[..n]);
+            }
+            let req = String::from_utf8(req).expect("utf-8 request");
+            let key = req
+                .lines()
+                .find_map(|l| l.strip_prefix("sec-websocket-key: "))
+                .expect("a key")
+                .to_string();
+            server.write_all(&respond(&key)).await.expect("respond");
+            req
+        });
+        let request = "ws://127.0.0.1:1/api/v4/websocket?connection_id=c1&sequence_number=7"
+            .into_client_request()
+            .expect("request");
+        let mut stream: Box<dyn Io> = Box::new(client);
+        let got = upgrade(&mut stream, &request).await;
+        (got, served.await.expect("server"))
+    }
+
+    #[tokio::test]
+    async fn the_upgrade_keeps_what_follows_the_101_and_checks_the_key() {
+        let (got, req) = upgrade_against(|key| {
+            let accept =
+                tokio_tungstenite::tungstenite::handshake::derive_accept_key(key.as_bytes());
+            format!(
+                "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                 Sec-WebSocket-Accept: {accept}\r\n\r\n"
+            )
+            .into_bytes()
+            .into_iter()
+            .chain(*b"\x81\x02hi")
+            .collect()
+        })
+        .await;
+        assert_eq!(got.expect("upgraded"), b"\x81\x02hi");
+        assert!(
+            req.starts_with(
+                "GET /api/v4/websocket?connection_id=c1&sequence_number=7 HTTP/1.1\r\n"
+            ),
+            "{req}"
+        );
+        assert!(req.contains("sec-websocket-version: 13\r\n"), "{req}");
+        assert!(req.contains("host: 127.0.0.1:1\r\n"), "{req}");
+
+        let (got, _) = upgrade_against(|_| {
+            b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nSec-WebSocket-Accept: x\r\n\r\n"
+                .to_vec()
+        })
+        .await;
+        assert!(
+            matches!(got, Err(WsError::Handshake(ref m)) if m.contains("Sec-WebSocket-Accept")),
+            "{:?}",
+            got.err()
+        );
+    }
+
+    #[tokio::test]
+    async fn a_refused_upgrade_names_the_status() {
+        let (got, _) =
+            upgrade_against(|_| b"HTTP/1.1 401 Unauthorized\r\nContent-Length: 0\r\n\r\n".to_vec())
+                .await;
+        assert!(
+            matches!(got, Err(WsError::Handshake(ref m)) if m.starts_with("HTTP error: 401 Unauthorized")),
+            "{:?}",
+            got.err()
+        );
+        let (got, _) = upgrade_against(|_| b"SSH-2.0-OpenSSH_9.2\r\n\r\n".to_vec()).await;
+        assert!(
+            matches!(got, Err(WsError::Handshake(ref m)) if m.contains("not HTTP")),
+            "{:?}",
+            got.err()
+        );
     }
 
     #[test]
