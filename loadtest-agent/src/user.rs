@@ -666,6 +666,20 @@ pub async fn run_user(env: Arc<UserEnv>, local: u32, start_at: Instant, cancel: 
             }
         }
     }
+    // Boxed: the logout's request future would otherwise make every idle user's task as big.
+    Box::pin(leave(&env, &session, conn, local, inflight)).await;
+}
+
+/// The end of a user: its action in flight recorded, its socket closed, its membership gone,
+/// and (when the run goes on without it) its session logged out.
+async fn leave(
+    env: &UserEnv,
+    session: &Session,
+    mut conn: Conn,
+    local: u32,
+    inflight: Option<JoinHandle<Done>>,
+) {
+    let index = session.index;
     // Let an action in flight finish so that it is recorded.
     if let Some(h) = inflight {
         let _ = h.await;
