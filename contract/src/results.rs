@@ -422,10 +422,18 @@ impl<W: Write> ResultsWriter<W> {
     }
 
     pub fn write(&mut self, record: &Record) -> std::io::Result<()> {
-        let mut line = serde_json::to_vec(record).map_err(std::io::Error::other)?;
-        line.push(b'\n');
-        self.out.write_all(&line)?;
-        self.out.flush()
+        self.write_line(record).map(drop)
+    }
+
+    /// Writes `record` and returns its line (without the newline), for a caller that keeps what
+    /// it wrote without serializing it again.
+    pub fn write_line(&mut self, record: &Record) -> std::io::Result<String> {
+        let mut line = serde_json::to_string(record).map_err(std::io::Error::other)?;
+        line.push('\n');
+        self.out.write_all(line.as_bytes())?;
+        self.out.flush()?;
+        line.pop();
+        Ok(line)
     }
 
     pub fn into_inner(self) -> W {

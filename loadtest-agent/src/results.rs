@@ -112,8 +112,9 @@ impl ResultsSink {
         (used, wall_ms * available_cpus())
     }
 
-    /// Closes the current interval: writes its record and adds it to the totals.
-    pub fn flush_interval(&mut self) -> std::io::Result<IntervalRecord> {
+    /// Closes the current interval: writes its record and adds it to the totals. Returns the
+    /// line written, which the control API keeps.
+    pub fn flush_interval(&mut self) -> std::io::Result<WrittenInterval> {
         let r = &self.recorder;
         r.settle(DELIVERY_GRACE, UNACKED_LIMIT);
         let mut stats = r.take_interval();
@@ -121,7 +122,7 @@ impl ResultsSink {
         let r = &self.recorder;
         let c = &r.counters;
         let end_ms = now_ms();
-        let record = IntervalRecord {
+        let record = Record::Interval(IntervalRecord {
             run_id: self.run_id.clone(),
             agent_id: self.agent_id.clone(),
             index: self.index,
@@ -136,8 +137,11 @@ impl ResultsSink {
                 deliveries_received: c.posted_events.swap(0, Ordering::Relaxed),
                 reconnects: c.reconnects.swap(0, Ordering::Relaxed),
             },
+        });
+        let line = self.writer.write_line(&record)?;
+        let Record::Interval(record) = record else {
+            unreachable!("built as an interval record above")
         };
-        self.writer.write(&Record::Interval(record.clone()))?;
         self.index += 1;
         self.last_end_ms = end_ms;
         // Same bucket layout everywhere: merging cannot fail.
@@ -155,15 +159,18 @@ impl ResultsSink {
             .schedule_lag_p99_seconds
             .set(lag_p99_us as f64 / 1e6);
         warn_if_behind(&record);
-        Ok(record)
+        Ok(WrittenInterval {
+            index: record.index,
+            line: line.into_boxed_str(),
+        })
     }
 
-    /// Writes the last interval and the summary; `missing` is settled for every post.
-    /// Writes the last interval and the summary; returns both.
+    /// Writes the last interval and the summary (`missing` is settled for every post); returns
+    /// both.
     pub fn finish(
         &mut self,
         reason: StopReason,
-    ) -> std::io::Result<(IntervalRecord, SummaryRecord)> {
+    ) -> std::io::Result<(WrittenInterval, SummaryRecord)> {
         let last = self.flush_interval()?;
         self.recorder.settle(Duration::ZERO, Duration::ZERO);
         self.totals.delivery.missing = self.recorder.missing_total();
@@ -179,6 +186,14 @@ impl ResultsSink {
         self.writer.write(&Record::Summary(summary.clone()))?;
         Ok((last, summary))
     }
+}
+
+/// An interval record as written to the results file: its index and its JSON line. An
+/// `IntervalRecord` in memory holds ~20 histograms of the contract's full range, about 4 MiB; its
+/// line has them compressed, a few KiB.
+pub struct WrittenInterval {
+    pub index: u64,
+    pub line: Box<str>,
 }
 
 /// CPU time (user + system) this process has used, milliseconds (0 if it cannot be read).

@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use loadtest_contract::control::{RunState, RunStatus};
-use loadtest_contract::results::{IntervalRecord, StopReason, SummaryRecord};
+use loadtest_contract::results::{IntervalRecord, Record, StopReason, SummaryRecord};
 use loadtest_contract::workload::{Mode, WorkloadConfig};
 use parking_lot::Mutex;
 use tokio::task::JoinSet;
@@ -26,7 +26,7 @@ use crate::client::{Api, ApiError};
 use crate::dataset::Layout;
 use crate::measure::Recorder;
 use crate::net::{self, FdLimitError, SourceAddrs};
-use crate::results::{self, ResultsSink, DELIVERY_GRACE};
+use crate::results::{self, ResultsSink, WrittenInterval, DELIVERY_GRACE};
 use crate::schedule::{agent_rate, ramp_offset, Arrivals};
 use crate::user::{self, Directory, UserEnv};
 use crate::ws::WsTarget;
@@ -77,11 +77,9 @@ pub struct RunShared {
     state: Mutex<RunState>,
     message: Mutex<Option<String>>,
     rates: Mutex<VecDeque<(Instant, u64, u64)>>,
-    /// The interval records written so far (the last [`KEPT_INTERVALS`]), as their JSON: an
-    /// `IntervalRecord` in memory holds ~20 histograms of the contract's full range, about 4 MiB
-    /// (a 10-minute run kept 350 MiB per agent that way); serialized, they are compressed, a few
-    /// KiB.
-    intervals: Mutex<VecDeque<(u64, Box<str>)>>,
+    /// The interval records written so far (the last [`KEPT_INTERVALS`]), as the lines written
+    /// to the results file: kept as records, a 10-minute run held 350 MiB per agent.
+    intervals: Mutex<VecDeque<WrittenInterval>>,
 }
 
 /// Interval records kept in memory for `GET /v1/run/intervals` (about a day at 10 s).
@@ -109,22 +107,12 @@ impl RunShared {
             .unwrap_or_default()
     }
 
-    fn keep_interval(&self, r: IntervalRecord) {
-        let json = match serde_json::to_string(&r) {
-            Ok(j) => j.into_boxed_str(),
-            Err(e) => {
-                // Our record types always serialize; the results file has the record regardless.
-                tracing::error!("interval {} not kept for the control API: {e}", r.index);
-                return;
-            }
-        };
-        let index = r.index;
-        drop(r);
+    fn keep_interval(&self, written: WrittenInterval) {
         let mut v = self.intervals.lock();
         if v.len() >= KEPT_INTERVALS {
             v.pop_front();
         }
-        v.push_back((index, json));
+        v.push_back(written);
     }
 
     /// The interval records with `index ≥ after` still kept.
@@ -133,11 +121,15 @@ impl RunShared {
             .intervals
             .lock()
             .iter()
-            .filter(|(index, _)| *index >= after)
-            .map(|(_, json)| json.clone())
+            .filter(|w| w.index >= after)
+            .map(|w| w.line.clone())
             .collect();
+        // Lines this process wrote from records: they parse back.
         kept.iter()
-            .filter_map(|j| serde_json::from_str(j).ok())
+            .filter_map(|line| match serde_json::from_str(line) {
+                Ok(Record::Interval(r)) => Some(r),
+                _ => None,
+            })
             .collect()
     }
 

@@ -173,11 +173,7 @@ pub(crate) fn remote_delivery_line(d: &DeliverySummary) -> Option<String> {
 /// the figures that decided it. `None` for results that cannot tell and were on time.
 pub(crate) fn limit_line(r: &RunSummary) -> Option<String> {
     let s = &r.schedule;
-    let measured = s.generator_lag.count > 0 || s.probe_lag.count > 0;
-    let cpu = s
-        .cpu_share
-        .map(|c| format!(", CPU {:.0}% of what the agents may use", c * 100.0))
-        .unwrap_or_default();
+    let cpu = s.cpu_phrase();
     let generator = format!(
         "start lag p99 {} ms, runtime unresponsive {:.1}% of the time{cpu}",
         ms(s.generator_lag.p99_us),
@@ -196,7 +192,7 @@ pub(crate) fn limit_line(r: &RunSummary) -> Option<String> {
             "unknown: {} of actions started late, and results older than schema 1.2 cannot tell the generator from the server",
             pct(s.late_ratio)
         )),
-        Lateness::None if measured => Some(format!(
+        Lateness::None if s.attributed() => Some(format!(
             "not the load generator: it kept up ({generator}), so the latencies are the server's"
         )),
         Lateness::None => None,
@@ -425,7 +421,7 @@ fn text_run(o: &mut String, r: &RunSummary, verbose: bool) {
 
 /// `; N waiting for the server, generator's own lag p99 X ms` when the agents measured it.
 fn attribution(s: &crate::summary::ScheduleSummary) -> String {
-    if s.generator_lag.count == 0 && s.probe_lag.count == 0 {
+    if !s.attributed() {
         return String::new();
     }
     format!(

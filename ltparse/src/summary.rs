@@ -129,6 +129,20 @@ pub struct ScheduleSummary {
     pub cause: Lateness,
 }
 
+impl ScheduleSummary {
+    /// Whether the agents measured their own lateness (schema 1.2), so it can be attributed.
+    pub fn attributed(&self) -> bool {
+        self.generator_lag.count > 0 || self.probe_lag.count > 0
+    }
+
+    /// `, CPU N% of what the agents may use` when the agents reported it.
+    pub fn cpu_phrase(&self) -> String {
+        self.cpu_share
+            .map(|c| format!(", CPU {:.0}% of what the agents may use", c * 100.0))
+            .unwrap_or_default()
+    }
+}
+
 /// Who made actions start late.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
@@ -326,10 +340,7 @@ fn schedule_summary(
 /// What the report says about lateness, with the figures that decided it.
 fn lateness_warning(s: &ScheduleSummary) -> Option<String> {
     let ms = |us: u64| us as f64 / 1000.0;
-    let cpu = s
-        .cpu_share
-        .map(|c| format!(", CPU {:.0}% of what the agents may use", c * 100.0))
-        .unwrap_or_default();
+    let cpu = s.cpu_phrase();
     match s.cause {
         Lateness::None => None,
         Lateness::Generator => Some(format!(
