@@ -11,6 +11,7 @@ bytes per connection or user.
 import argparse
 import collections
 import re
+import sys
 
 OURS = re.compile(r"chat_server|loadtest_agent|tungstenite|hyper::|axum::|tokio::sync|tokio::runtime::task::raw|"
                   r"tokio::net|sqlx|hdrhistogram|serde_json|reqwest|rustls|bytes::")
@@ -51,8 +52,14 @@ def main():
     ap.add_argument("--top", type=int, default=12)
     ap.add_argument("files", nargs="+")
     a = ap.parse_args()
+    if a.per < 0 or a.top < 1:
+        ap.error("--per must be 0 or more and --top at least 1")
     for p in a.files:
-        top(p, a.per, a.top)
+        try:
+            top(p, a.per, a.top)
+        except OSError as e:
+            sys.exit(f"heap_top: cannot read {p}: {e.strerror} (make it with heaptrack_print -F FILE "
+                     "--flamegraph-cost-type peak, as bench/heap.sh does)")
 
 
 if __name__ == "__main__":
