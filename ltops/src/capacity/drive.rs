@@ -5,7 +5,8 @@
 use std::time::Duration;
 
 use loadtest_contract::capacity::{
-    Bracket, CapacityOutcome, CapacityReport, ProbeRecord, CAPACITY_FORMAT, CAPACITY_VERSION,
+    Bracket, CapacityOutcome, CapacityReport, ProbeRecord, ProbeVerdict, CAPACITY_FORMAT,
+    CAPACITY_VERSION,
 };
 use loadtest_contract::now_ms;
 use ltparse::Threshold;
@@ -49,10 +50,18 @@ pub async fn search(
                 confirmation,
             } => (users, confirmation),
         };
+        let again = records
+            .last()
+            .is_some_and(|r| r.users == users && r.verdict == ProbeVerdict::Invalid);
         fleet.say(format!(
-            "probe {}: {users} users{}, warm-up {} then window {}",
+            "probe {}: {users} users{}{}, warm-up {} then window {}",
             records.len() + 1,
             if confirmation { " (confirming)" } else { "" },
+            if again {
+                " (again: the generator could not offer the last one)"
+            } else {
+                ""
+            },
             humantime::format_duration(probe.warmup),
             humantime::format_duration(probe.window),
         ));

@@ -3,8 +3,9 @@
 //! This module is the search alone, independent of how a probe is run. A *probe* holds one
 //! user level for a warm-up and a window and is judged on the window only: *good* when every SLO
 //! held, *bad* when one did not, *invalid* when the generator could not offer the load (it fell
-//! behind, ran out of CPU or file descriptors) — then the agents, not the server, are the limit
-//! and the search ends saying so.
+//! behind, ran out of CPU or file descriptors) — then the agents, not the server, are the limit.
+//! An invalid probe is held once more: a generator that stalled for a moment (another process
+//! took the CPU) should not end a long search; a level invalid twice in a row ends it, saying so.
 //!
 //! The search grows geometrically from the start level to the first bad level, bisects between
 //! the last good and the first bad level until `(bad − good) / good ≤ tolerance`, then holds the
@@ -278,6 +279,11 @@ impl Search {
                     self.good = self.highest_never_failed_below(users);
                 }
             }
+            Verdict::Invalid { .. }
+                if !self.invalid_before(users) && (self.probes.len() as u32) < MAX_PROBES =>
+            {
+                self.pending = Some((users, confirmation));
+            }
             Verdict::Invalid { reason } => {
                 self.done = Some(Outcome::AgentLimited {
                     users,
@@ -286,6 +292,17 @@ impl Search {
                 })
             }
         }
+    }
+
+    /// Whether `users` was found invalid before its last probe.
+    fn invalid_before(&self, users: u64) -> bool {
+        let mut at_level = self
+            .probes
+            .iter()
+            .rev()
+            .filter(|p| p.users == users)
+            .skip(1);
+        at_level.any(|p| matches!(p.verdict, Verdict::Invalid { .. }))
     }
 
     fn highest_never_failed_below(&self, limit: u64) -> Option<u64> {
@@ -473,8 +490,58 @@ mod tests {
         }
     }
 
+    /// A generator that stalls once, on the confirmation (another process took the CPU for a
+    /// moment): the level is held again and the search answers.
+    #[test]
+    fn a_level_invalid_once_is_held_again() {
+        let mut s = Search::new(opts(8, 80, 0.10));
+        let stalled = || Verdict::Invalid {
+            reason: "the load generator fell behind".into(),
+        };
+        let mut seen = Vec::new();
+        let mut stalls = 0;
+        let outcome = loop {
+            match s.next_step() {
+                Step::Done(o) => break o,
+                Step::Probe {
+                    users,
+                    confirmation,
+                } => {
+                    seen.push((users, confirmation));
+                    let v = if users > 30 {
+                        Verdict::Bad {
+                            failed: vec!["ws_connect.error_rate<1%".into()],
+                        }
+                    } else if confirmation && stalls == 0 {
+                        stalls += 1;
+                        stalled()
+                    } else {
+                        Verdict::Good
+                    };
+                    s.record(v);
+                }
+            }
+        };
+        assert_eq!(
+            outcome,
+            Outcome::Supported {
+                users: 30,
+                bad: Some(32)
+            }
+        );
+        assert_eq!(
+            &seen[seen.len() - 2..],
+            [(30, true), (30, true)],
+            "{seen:?}"
+        );
+        assert!(matches!(
+            s.probes()[s.probes().len() - 2].verdict,
+            Verdict::Invalid { .. }
+        ));
+    }
+
     #[tokio::test(start_paused = true)]
-    async fn an_invalid_probe_ends_the_search_blaming_the_agents() {
+    async fn a_level_invalid_twice_ends_the_search_blaming_the_agents() {
         let mut m = Model::new(50_000, 0.0, 1);
         m.generator_limit = 6_000;
         let (o, probes, _) = search(&mut m, opts(1_000, 100_000, 0.05)).await;
@@ -488,7 +555,7 @@ mod tests {
         );
         assert_eq!(
             probes.iter().map(|p| p.users).collect::<Vec<_>>(),
-            [1_000, 2_000, 4_000, 8_000]
+            [1_000, 2_000, 4_000, 8_000, 8_000]
         );
         let line = o.describe(0.05, 2);
         assert!(
