@@ -5,8 +5,7 @@
 use std::time::Duration;
 
 use loadtest_contract::capacity::{
-    Bracket, CapacityOutcome, CapacityReport, ProbeRecord, ProbeVerdict, CAPACITY_FORMAT,
-    CAPACITY_VERSION,
+    Bracket, CapacityOutcome, CapacityReport, ProbeRecord, CAPACITY_FORMAT, CAPACITY_VERSION,
 };
 use loadtest_contract::now_ms;
 use ltparse::Threshold;
@@ -50,9 +49,7 @@ pub async fn search(
                 confirmation,
             } => (users, confirmation),
         };
-        let again = records
-            .last()
-            .is_some_and(|r| r.users == users && r.verdict == ProbeVerdict::Invalid);
+        let again = s.retrying();
         fleet.say(format!(
             "probe {}: {users} users{}{}, warm-up {} then window {}",
             records.len() + 1,

@@ -254,6 +254,7 @@ impl Search {
 
     /// Records the verdict of the probe [`Search::next_step`] asked for.
     pub fn record(&mut self, verdict: Verdict) {
+        let was_retry = self.retrying();
         let Some((users, confirmation)) = self.pending.take() else {
             return;
         };
@@ -279,9 +280,7 @@ impl Search {
                     self.good = self.highest_never_failed_below(users);
                 }
             }
-            Verdict::Invalid { .. }
-                if !self.invalid_before(users) && (self.probes.len() as u32) < MAX_PROBES =>
-            {
+            Verdict::Invalid { .. } if !was_retry && (self.probes.len() as u32) < MAX_PROBES => {
                 self.pending = Some((users, confirmation));
             }
             Verdict::Invalid { reason } => {
@@ -294,15 +293,15 @@ impl Search {
         }
     }
 
-    /// Whether `users` was found invalid before its last probe.
-    fn invalid_before(&self, users: u64) -> bool {
-        let mut at_level = self
-            .probes
-            .iter()
-            .rev()
-            .filter(|p| p.users == users)
-            .skip(1);
-        at_level.any(|p| matches!(p.verdict, Verdict::Invalid { .. }))
+    /// Whether the probe [`Search::next_step`] asked for holds again the level the generator
+    /// could not offer last time.
+    pub fn retrying(&self) -> bool {
+        match (self.pending, self.probes.last()) {
+            (Some((users, _)), Some(last)) => {
+                last.users == users && matches!(last.verdict, Verdict::Invalid { .. })
+            }
+            _ => false,
+        }
     }
 
     fn highest_never_failed_below(&self, limit: u64) -> Option<u64> {
@@ -507,7 +506,7 @@ mod tests {
                     users,
                     confirmation,
                 } => {
-                    seen.push((users, confirmation));
+                    seen.push((users, confirmation, s.retrying()));
                     let v = if users > 30 {
                         Verdict::Bad {
                             failed: vec!["ws_connect.error_rate<1%".into()],
@@ -531,13 +530,14 @@ mod tests {
         );
         assert_eq!(
             &seen[seen.len() - 2..],
-            [(30, true), (30, true)],
+            [(30, true, false), (30, true, true)],
             "{seen:?}"
         );
         assert!(matches!(
             s.probes()[s.probes().len() - 2].verdict,
             Verdict::Invalid { .. }
         ));
+        assert!(!s.retrying());
     }
 
     #[tokio::test(start_paused = true)]
