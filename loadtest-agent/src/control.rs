@@ -10,6 +10,12 @@
 //! number of active users, `stop` ends it early, `status` reports, `results` returns the results
 //! file, which lives at `{results_dir}/{run_id}-{agent_id}.jsonl`. `POST /v1/setup` creates the
 //! data set in the background; `GET /v1/setup` reports its progress.
+//!
+//! The control API runs on a thread and a runtime of its own; the run and the setup run on the
+//! caller's runtime (the "load runtime"). A box so full that the simulated users' tasks wait for
+//! a core must still answer the coordinator's status polls, or the coordinator takes the agent
+//! for lost and ends the test: a request here never waits behind thousands of user tasks, and an
+//! idle thread that wakes is scheduled ahead of the busy load workers.
 
 use std::future::Future;
 use std::path::PathBuf;
@@ -55,6 +61,8 @@ enum Slot {
 
 struct ControlState {
     cfg: ServeConfig,
+    /// Where runs and setups are spawned: the caller's runtime, not the control API's own.
+    load: tokio::runtime::Handle,
     slot: tokio::sync::Mutex<Slot>,
     /// The current (or last) run's recorder, for `/metrics`.
     recorder: parking_lot::Mutex<Option<Arc<Recorder>>>,
@@ -201,8 +209,11 @@ async fn start(
         results_path: path.clone(),
         initial_users: c.initial_users,
     };
-    let handle = start_run(plan, start_at, recorder.clone())
+    let handle = st
+        .load
+        .spawn(start_run(plan, start_at, recorder.clone()))
         .await
+        .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?
         .map_err(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))?;
     *st.recorder.lock() = Some(recorder);
     *slot = Slot::Active { handle, path };
@@ -309,7 +320,7 @@ async fn setup_start(
         };
     }
     let status = st.setup.clone();
-    tokio::spawn(async move {
+    st.load.spawn(async move {
         let concurrency = req.concurrency.unwrap_or(32) as usize;
         let r = crate::setup::run_setup(&req.config, concurrency).await;
         *status.lock() = match r {
@@ -345,9 +356,10 @@ async fn metrics(State(st): State<Arc<ControlState>>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
 }
 
-fn control_state(cfg: ServeConfig) -> Arc<ControlState> {
+fn control_state(cfg: ServeConfig, load: tokio::runtime::Handle) -> Arc<ControlState> {
     Arc::new(ControlState {
         cfg,
+        load,
         slot: tokio::sync::Mutex::new(Slot::Idle),
         recorder: parking_lot::Mutex::new(None),
         setup: Arc::new(parking_lot::Mutex::new(SetupStatus {
@@ -383,25 +395,58 @@ fn control_routes(state: Arc<ControlState>) -> Router {
         .merge(open_routes(state))
 }
 
-/// The control API's routes.
+/// The control API's routes, with runs and setups spawned on the current runtime (call it
+/// inside one).
 pub fn router(cfg: ServeConfig) -> Router {
-    control_routes(control_state(cfg))
+    control_routes(control_state(cfg, tokio::runtime::Handle::current()))
 }
 
 /// Serves the control API on `listener` until `shutdown` resolves; with `metrics`, also the
 /// open routes alone (`/metrics`, `/healthz`) on that listener, for a scraper elsewhere.
+///
+/// The listeners are served from a thread named `control-api` with a runtime of its own; runs
+/// and setups go to the runtime this is called on. Returns once that thread has closed them.
 pub async fn serve(
     listener: TcpListener,
     metrics: Option<TcpListener>,
     cfg: ServeConfig,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    let state = control_state(cfg);
+    let state = control_state(cfg, tokio::runtime::Handle::current());
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(true);
     });
+    // A tokio listener belongs to the reactor it was registered with; hand the sockets over.
+    let listener = listener.into_std()?;
+    let metrics = metrics.map(TcpListener::into_std).transpose()?;
+    let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("control-api".into())
+        .spawn(move || {
+            let served = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .and_then(|rt| rt.block_on(serve_here(listener, metrics, state, stop_rx)));
+            let _ = done_tx.send(served);
+        })?;
+    done_rx.await.unwrap_or_else(|_| {
+        Err(std::io::Error::other(
+            "the control API's thread ended without closing its listeners",
+        ))
+    })
+}
+
+/// The control API's thread: serves both listeners on its own runtime until `stop_rx` says so.
+async fn serve_here(
+    listener: std::net::TcpListener,
+    metrics: Option<std::net::TcpListener>,
+    state: Arc<ControlState>,
+    stop_rx: tokio::sync::watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let listener = TcpListener::from_std(listener)?;
+    let metrics = metrics.map(TcpListener::from_std).transpose()?;
     let stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };

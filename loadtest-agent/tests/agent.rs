@@ -486,6 +486,79 @@ mod control {
         assert!(reqwest::get(format!("http://{m}/metrics")).await.is_err());
     }
 
+    /// One plain HTTP/1.1 GET with the token over a blocking socket (no task on any runtime),
+    /// the status line and body of the answer; `None` when nothing comes within 10 s.
+    fn blocking_get(addr: std::net::SocketAddr, path: &str) -> Option<String> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(addr).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {TOKEN}\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        Some(out)
+    }
+
+    /// A full box must not make the agent look lost: with every worker of the runtime that runs
+    /// the users blocked, the control API (on a thread of its own) still answers the status
+    /// poll. Before it had its own thread this request waited until the worker was free.
+    #[test]
+    fn the_control_api_answers_while_the_load_runtime_is_blocked() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let load = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let listener = load
+            .block_on(TcpListener::bind("127.0.0.1:0"))
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let cfg = ServeConfig {
+            token: TOKEN.into(),
+            agent_id: "agent-b".into(),
+            results_dir: dir.path().to_path_buf(),
+        };
+        let (stop_tx, stop_rx) = oneshot::channel::<()>();
+        let served = load.spawn(serve(listener, None, cfg, async {
+            let _ = stop_rx.await;
+        }));
+        let up = (0..100).any(|_| {
+            let ok = blocking_get(addr, "/healthz").is_some_and(|r| r.ends_with("ok\n"));
+            if !ok {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            ok
+        });
+        assert!(up, "the control API never came up");
+        // Take the load runtime's only worker and keep it until the poll has been answered.
+        let (started_tx, started_rx) = std::sync::mpsc::channel::<()>();
+        let (release_tx, release_rx) = std::sync::mpsc::channel::<()>();
+        load.spawn(async move {
+            let _ = started_tx.send(());
+            let _ = release_rx.recv();
+        });
+        started_rx
+            .recv_timeout(Duration::from_secs(10))
+            .expect("the blocking task started");
+        let answer = blocking_get(addr, "/v1/run/status");
+        release_tx.send(()).expect("release");
+        let answer = answer.expect("an answer while the load runtime was blocked");
+        assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+        assert!(answer.contains("\"state\":\"idle\""), "{answer}");
+        let _ = stop_tx.send(());
+        load.block_on(async {
+            tokio::time::timeout(Duration::from_secs(10), served)
+                .await
+                .expect("serve returned")
+                .expect("task")
+                .expect("serve ok")
+        });
+    }
+
     /// Sends a request and decodes its JSON answer.
     async fn json_of<T: serde::de::DeserializeOwned>(r: reqwest::RequestBuilder) -> T {
         r.send().await.expect("request").json().await.expect("json")
