@@ -79,17 +79,20 @@ def run(cmd, **kw):
     return subprocess.run(cmd, check=True, **kw)
 
 
-def stat(pid):
+def stat(pid, pss=None):
     """(user ticks, system ticks, memory bytes) of one process, or None when it is gone. Memory
     is the proportional set size (PSS): pages shared between processes (PostgreSQL's shared
-    buffers, in every backend) count once in all, not once per process."""
+    buffers, in every backend) count once in all, not once per process. Reading it walks the
+    process's mappings (5-12 ms for a server holding 15,000 sockets), so a caller that has a
+    recent figure passes it as `pss` and only the CPU ticks are read."""
     try:
         text = Path(f"/proc/{pid}/stat").read_text()
-        rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+        rollup = None if pss is not None else Path(f"/proc/{pid}/smaps_rollup").read_text()
     except OSError:
         return None
     f = text[text.rindex(")") + 2:].split()
-    pss = next((int(l.split()[1]) * 1024 for l in rollup.splitlines() if l.startswith("Pss:")), int(f[21]) * PAGE)
+    if rollup is not None:
+        pss = next((int(l.split()[1]) * 1024 for l in rollup.splitlines() if l.startswith("Pss:")), int(f[21]) * PAGE)
     return int(f[11]), int(f[12]), pss
 
 
@@ -148,7 +151,12 @@ def pin(name, pids, pinned):
 
 
 class Sampler(threading.Thread):
-    """Every second: each component's processes' CPU ticks and PSS."""
+    """Every second: each component's processes' CPU ticks; every `PSS_EVERY` seconds their PSS
+    (between, a process's last figure), and the process list (PostgreSQL's backends). The
+    sampler's own CPU is then ~2 % of a core at full scale instead of ~20 %, on a box whose two
+    cores it shares with what it measures."""
+
+    PSS_EVERY = 5
 
     def __init__(self, source, pin=False):
         super().__init__(daemon=True)
@@ -158,13 +166,23 @@ class Sampler(threading.Thread):
         self.stop = threading.Event()
 
     def run(self):
+        tick, comps, last = 0, {}, {}
         while not self.stop.wait(1.0):
             now = time.time()
+            fresh = tick % self.PSS_EVERY == 0
+            if fresh:
+                comps = self.source()
+            tick += 1
             row = {}
-            for name, pids in self.source().items():
-                if self.pin:
+            for name, pids in comps.items():
+                if self.pin and fresh:
                     pin(name, pids, self.pinned)
-                got = {p: s for p, s in ((p, stat(p)) for p in pids) if s}
+                got = {}
+                for p in pids:
+                    s = stat(p, None if fresh else last.get(p))
+                    if s:
+                        got[p] = s
+                        last[p] = s[2]
                 if got:
                     row[name] = got
             self.samples.append((now, row))

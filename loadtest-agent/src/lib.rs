@@ -33,6 +33,7 @@ pub mod schedule;
 pub mod setup;
 pub mod user;
 pub mod ws;
+pub mod wsconn;
 
 pub use run::{start_run, RunError, RunHandle, RunPlan};
 pub use setup::{run_setup, SetupError, SetupReport};

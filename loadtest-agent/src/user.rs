@@ -14,7 +14,6 @@ use std::time::Duration;
 
 use tokio::time::Instant;
 
-use futures_util::{SinkExt, StreamExt};
 use loadtest_contract::results::ErrorClass;
 use loadtest_contract::workload::WorkloadConfig;
 use loadtest_contract::{now_ms, Action};
@@ -23,7 +22,6 @@ use rand::Rng;
 use serde_json::json;
 use tokio::task::JoinHandle;
 use tokio::time::sleep_until;
-use tokio_tungstenite::tungstenite::Message;
 use tokio_util::sync::CancellationToken;
 
 use crate::client::{Api, ApiError, NewPost, PostList};
@@ -481,11 +479,12 @@ struct Conn {
     typing: Option<(u64, Instant, Instant)>,
 }
 
-async fn next_msg(
+/// The next text frame of the connection, parsed; `Ok(None)` once it closed. Cancel-safe.
+async fn next_frame(
     ws: &mut Option<Ws>,
-) -> Option<Result<Message, tokio_tungstenite::tungstenite::Error>> {
+) -> std::io::Result<Option<Result<ws::Frame, serde_json::Error>>> {
     match ws {
-        Some(w) => w.next().await,
+        Some(w) => w.recv(ws::parse_frame).await,
         None => std::future::pending().await,
     }
 }
@@ -591,13 +590,14 @@ pub async fn run_user(env: Arc<UserEnv>, local: u32, start_at: Instant, cancel: 
                     session.stale.store(true, Ordering::Relaxed);
                 }
             }
-            msg = next_msg(&mut conn.ws) => match msg {
-                Some(Ok(m)) => handle_message(&env, &session, &mut conn, m),
-                Some(Err(e)) => {
+            msg = next_frame(&mut conn.ws) => match msg {
+                Ok(Some(Ok(f))) => handle_frame(&env, &session, &mut conn, f),
+                Ok(Some(Err(e))) => tracing::debug!(user = index, "unparsable frame: {e}"),
+                Err(e) => {
                     tracing::debug!(user = index, "websocket dropped: {e}");
                     lost(&env, &session, &mut conn);
                 }
-                None => lost(&env, &session, &mut conn),
+                Ok(None) => lost(&env, &session, &mut conn),
             },
             _ = sleep_opt(conn.retry_at) => {
                 let at = conn.retry_at.take().unwrap_or_else(Instant::now);
@@ -687,7 +687,7 @@ async fn leave(
     // No post is owed to this user from now on.
     env.set_live(local, false);
     if let Some(mut w) = conn.ws.take() {
-        let _ = tokio::time::timeout(Duration::from_secs(1), w.close(None)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), w.close()).await;
     }
     if let Some(slot) = env.sessions.lock().get_mut(local as usize) {
         *slot = None;
@@ -797,7 +797,7 @@ async fn connect(env: &UserEnv, s: &Session, conn: &mut Conn, action: Action, in
 /// The ws_reconnect action: drop the connection and resume it.
 async fn planned_reconnect(env: &UserEnv, s: &Session, conn: &mut Conn, intended: Instant) {
     if let Some(mut w) = conn.ws.take() {
-        let _ = tokio::time::timeout(Duration::from_secs(1), w.close(None)).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), w.close()).await;
     }
     fail_typing(env, s, conn);
     env.set_live(s.local, false);
@@ -836,7 +836,7 @@ async fn send_typing(env: &UserEnv, s: &Session, conn: &mut Conn, intended: Inst
     let seq = conn.client_seq;
     conn.client_seq += 1;
     let started = Instant::now();
-    match w.send(ws::typing_frame(seq, &ch, "")).await {
+    match w.send_text(&ws::typing_frame(seq, &ch, "")).await {
         Ok(()) => conn.typing = Some((seq, intended, started)),
         Err(_) => {
             env.recorder.record(
@@ -848,18 +848,6 @@ async fn send_typing(env: &UserEnv, s: &Session, conn: &mut Conn, intended: Inst
             );
             lost(env, s, conn);
         }
-    }
-}
-
-fn handle_message(env: &UserEnv, s: &Session, conn: &mut Conn, m: Message) {
-    match m {
-        Message::Text(t) => match ws::parse_frame(t.as_str()) {
-            Ok(f) => handle_frame(env, s, conn, f),
-            Err(e) => tracing::debug!(user = s.index, "unparsable frame: {e}"),
-        },
-        Message::Close(_) => lost(env, s, conn),
-        // Pings are answered by the WebSocket library as part of reading.
-        _ => {}
     }
 }
 

@@ -2,31 +2,26 @@
 //! authenticate with Mattermost's `authentication_challenge`, resume with `connection_id` +
 //! `sequence_number`, and parse the frames a user cares about.
 //!
-//! Buffers are configured small on purpose: the library default (128 KiB read and write buffers)
-//! would make 20,000 idle users cost gigabytes; a chat event is well under the 4 KiB read buffer,
-//! and larger frames still arrive (the buffer grows for them, then the frame is dropped).
+//! The HTTP upgrade is done here and the framing after it by [`crate::wsconn`], so that an idle
+//! user's socket holds no read buffer: library connections keep kilobytes per socket for as long
+//! as it is open, which 30,000 users multiply.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use futures_util::{SinkExt, StreamExt};
 use serde::Deserialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
-use tokio_tungstenite::tungstenite::protocol::{Role, WebSocketConfig};
-use tokio_tungstenite::tungstenite::Message;
-use tokio_tungstenite::WebSocketStream;
 
 use crate::net::connect_tcp;
+use crate::wsconn::{Transport, WsConn};
 
 /// The byte stream under a WebSocket: a plain TCP stream for `ws://`, rustls for `wss://`.
 pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
-/// One authenticated WebSocket. The stream is boxed rather than an enum of plain and TLS
-/// streams: a rustls connection is kilobytes, and an enum would make every plain idle user
-/// carry that space.
-pub type Ws = WebSocketStream<Box<dyn Io>>;
+/// One authenticated WebSocket.
+pub type Ws = WsConn;
 
 /// rustls client configuration with the web PKI roots, built once per process. The crypto
 /// provider is named (ring) rather than taken from rustls's process default, which panics when a
@@ -97,17 +92,6 @@ pub struct WsTarget {
     pub timeout: Duration,
 }
 
-/// Small buffers: an idle user should cost kilobytes (see the module docs).
-pub fn small_config() -> WebSocketConfig {
-    WebSocketConfig::default()
-        .read_buffer_size(1024)
-        // 0: write each frame straight through instead of accumulating 128 KiB.
-        .write_buffer_size(0)
-        .max_write_buffer_size(256 * 1024)
-        .max_message_size(Some(4 << 20))
-        .max_frame_size(Some(4 << 20))
-}
-
 /// Resume point of a dropped connection.
 #[derive(Clone, Debug)]
 pub struct Resume {
@@ -158,7 +142,7 @@ async fn connect_inner(
         .into_client_request()
         .map_err(|e| WsError::Handshake(e.to_string()))?;
     let tcp = connect_tcp(target.addr, local).await?;
-    let stream: Box<dyn Io> = if target.url.starts_with("wss://") {
+    let mut stream = if target.url.starts_with("wss://") {
         let host = url_host(&target.url).ok_or_else(|| WsError::Unsupported(target.url.clone()))?;
         let name = tokio_rustls::rustls::pki_types::ServerName::try_from(host.to_string())
             .map_err(|e| WsError::Handshake(format!("bad TLS server name {host:?}: {e}")))?;
@@ -166,33 +150,33 @@ async fn connect_inner(
             .connect(name, tcp)
             .await
             .map_err(|e| WsError::Handshake(format!("TLS: {e}")))?;
-        Box::new(tls)
+        Transport::Tls(Box::new(tls))
     } else {
-        Box::new(tcp)
+        Transport::Plain(tcp)
     };
-    let mut stream = stream;
-    let part = upgrade(&mut stream, &request).await?;
-    let mut ws =
-        WebSocketStream::from_partially_read(stream, part, Role::Client, Some(small_config()))
-            .await;
+    let part = upgrade(stream.io(), &request).await?;
+    let mut ws = WsConn::new(stream, part);
     let challenge = serde_json::json!({
         "seq": 1,
         "action": "authentication_challenge",
         "data": {"token": token},
     });
-    ws.send(Message::text(challenge.to_string()))
+    ws.send_text(&challenge.to_string())
         .await
         .map_err(|e| WsError::Handshake(e.to_string()))?;
     let mut early = Vec::new();
     loop {
-        let msg = ws
-            .next()
+        let (frame, text) = ws
+            .recv(|b| {
+                (
+                    parse_frame(b),
+                    String::from_utf8_lossy(&b[..b.len().min(200)]).into_owned(),
+                )
+            })
             .await
-            .ok_or_else(|| WsError::Auth("connection closed before the reply".into()))?
-            .map_err(|e| WsError::Handshake(e.to_string()))?;
-        let Message::Text(text) = msg else { continue };
-        let frame = parse_frame(text.as_str())
-            .map_err(|e| WsError::Handshake(format!("unexpected frame: {e}")))?;
+            .map_err(|e| WsError::Handshake(e.to_string()))?
+            .ok_or_else(|| WsError::Auth("connection closed before the reply".into()))?;
+        let frame = frame.map_err(|e| WsError::Handshake(format!("unexpected frame: {e}")))?;
         if frame.seq_reply == Some(1) {
             if frame.status.as_deref() == Some("OK") {
                 return Ok(Connected {
@@ -201,7 +185,7 @@ async fn connect_inner(
                     next_client_seq: 2,
                 });
             }
-            return Err(WsError::Auth(text.as_str().chars().take(200).collect()));
+            return Err(WsError::Auth(text));
         }
         // Servers that authenticate before answering may already send hello; keep it.
         if early.len() < 64 {
@@ -218,7 +202,7 @@ const MAX_RESPONSE_HEAD: usize = 16 * 1024;
 /// long as it is open, 4 KiB of every user (heap profile in BENCHMARKS.md). Returns what the
 /// server sent after its response head (frames may follow the `101` at once).
 async fn upgrade(
-    stream: &mut Box<dyn Io>,
+    stream: &mut dyn Io,
     request: &tokio_tungstenite::tungstenite::handshake::client::Request,
 ) -> Result<Vec<u8>, WsError> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -352,8 +336,8 @@ pub struct PostProps {
     pub lt_run: Option<String>,
 }
 
-pub fn parse_frame(text: &str) -> Result<Frame, serde_json::Error> {
-    serde_json::from_str(text)
+pub fn parse_frame(text: &[u8]) -> Result<Frame, serde_json::Error> {
+    serde_json::from_slice(text)
 }
 
 /// Decodes `data.post` of a `posted` event.
@@ -363,13 +347,13 @@ pub fn parse_posted(frame: &Frame) -> Option<PostedPost> {
 }
 
 /// The `user_typing` action frame.
-pub fn typing_frame(seq: u64, channel_id: &str, parent_id: &str) -> Message {
+pub fn typing_frame(seq: u64, channel_id: &str, parent_id: &str) -> String {
     let v = serde_json::json!({
         "action": "user_typing",
         "seq": seq,
         "data": {"channel_id": channel_id, "parent_id": parent_id},
     });
-    Message::text(v.to_string())
+    v.to_string()
 }
 
 /// Per-connection event sequence tracking: Mattermost numbers events contiguously per
@@ -439,7 +423,7 @@ mod tests {
     use super::*;
 
     fn frame(text: &str) -> Frame {
-        parse_frame(text).expect("frame")
+        parse_frame(text.as_bytes()).expect("frame")
     }
 
     /// Runs our upgrade against a scripted server on an in-memory pipe: it reads the request,
@@ -469,7 +453,7 @@ mod tests {
         let request = "ws://127.0.0.1:1/api/v4/websocket?connection_id=c1&sequence_number=7"
             .into_client_request()
             .expect("request");
-        let mut stream: Box<dyn Io> = Box::new(client);
+        let mut stream = client;
         let got = upgrade(&mut stream, &request).await;
         (got, served.await.expect("server"))
     }
