@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """The load generator's own cost, side by side with wrk and Locust (issue 13).
 
-    python3 bench/peers.py [--seconds 20] [--append BENCHMARKS.md] [--locust PATH]
+    python3 bench/peers.py [--seconds 20] [--append BENCHMARKS.md] [--locust PATH] [--perf DIR]
 
 Builds the release `chat-server` and `loadtest-agent`, starts one chat-server on 127.0.0.1 with
 a fresh SQLite data directory, creates a data set (1,000 users, 50 channels of 20 members, 30
@@ -79,9 +79,12 @@ def rss_kib(pid):
     return 0
 
 
-def run_rusage(cmd, **kw):
-    """Runs `cmd` to its end: (stdout, stderr, CPU seconds user + kernel)."""
+def run_rusage(cmd, on_start=None, **kw):
+    """Runs `cmd` to its end: (stdout, stderr, CPU seconds user + kernel). `on_start(pid)` runs
+    beside it (the profiler)."""
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+    if on_start:
+        threading.Thread(target=on_start, args=(p.pid,), daemon=True).start()
     # communicate() would reap the child itself; wait4 keeps its rusage.
     bufs = {}
 
@@ -178,9 +181,12 @@ class Bench:
         _, teams = api(self.base, "GET", "/users/me/teams", token)
         _, chans = api(self.base, "GET", f"/users/me/teams/{teams[0]['id']}/channels", token)
         self.token, self.user, self.team = token, me["id"], teams[0]["id"]
-        self.channels = [c["id"] for c in chans]
+        # The data set's channels (not the team's default ones), as the agent's users switch between.
+        self.channels = [c["id"] for c in chans if c["name"].startswith("lt-team-")]
+        if not self.channels:
+            sys.exit("lt-user-0 is in none of the data set's channels: the setup did not finish")
         _, page = api(self.base, "GET", f"/channels/{self.channels[0]}/posts?page=0&per_page=30", token)
-        self.page_bytes = len(json.dumps(page))
+        self.page_bytes = len(json.dumps(page, separators=(",", ":")))
 
     def agent(self, name, users, mix, interval, jitter, seconds, ramp=1):
         """Runs the agent; (requests, CPU seconds over the whole run, results)."""
@@ -188,8 +194,28 @@ class Bench:
         cfg.write_text(workload(self.port, users, mix, interval, jitter, seconds, ramp))
         results = self.tmp / f"{name}.jsonl"
         _, _, cpu = run_rusage([self.rel / "loadtest-agent", "run", "--config", cfg, "--skip-setup",
-                                "--results", results])
+                                "--results", results], on_start=self.profiler(name, seconds))
         return agent_hits(results), cpu
+
+    def profiler(self, name, seconds):
+        """With --perf: `perf record -e cpu-clock` on the agent for the middle of its run, then its
+        symbols by share in DIR/agent-NAME.txt (the run's CPU figure then includes perf's cost)."""
+        if not self.a.perf:
+            return None
+        out = Path(self.a.perf)
+        out.mkdir(parents=True, exist_ok=True)
+
+        def record(pid):
+            time.sleep(3)
+            data = out / f"agent-{name}.data"
+            subprocess.run(["perf", "record", "-q", "-e", "cpu-clock", "-F", "999", "-g", "-p", str(pid),
+                            "-o", data, "--", "sleep", str(max(seconds - 6, 1))],
+                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            with open(out / f"agent-{name}.txt", "w") as f:
+                subprocess.run(["perf", "report", "-i", data, "--stdio", "--no-children", "-g", "none",
+                                "--sort", "dso,symbol", "--percent-limit", "0.3"],
+                               stdout=f, stderr=subprocess.DEVNULL)
+        return record
 
     def wrk(self, name, script, path, seconds):
         lua = secret_file(self.tmp / f"{name}.lua", script)
@@ -312,6 +338,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=int, default=20, help="length of each request-rate run (default 20)")
     ap.add_argument("--append", metavar="FILE", help="append the result table to FILE (e.g. BENCHMARKS.md)")
+    ap.add_argument("--perf", metavar="DIR", help="profile the agent's request-rate runs into DIR (skews their CPU)")
     ap.add_argument("--locust", metavar="PATH", default=shutil.which("locust"),
                     help="the locust command (default: the one on PATH)")
     a = ap.parse_args()
@@ -329,7 +356,7 @@ def main():
     try:
         b.start_server()
         b.setup()
-        for part in (b.check_unreads, b.read_mix, b.users):
+        for part in (b.check_unreads, b.read_mix) + (() if a.perf else (b.users,)):
             print(f"== {part.__name__}", flush=True)
             part()
         text = render(b.rows, a.seconds)

@@ -3,7 +3,6 @@
 //! in throughput), typed calls for the Mattermost API v4 endpoints the agent uses, and the
 //! classification of every failure into the contract's [`ErrorClass`].
 
-use std::collections::HashMap;
 use std::net::IpAddr;
 use std::time::Duration;
 
@@ -99,12 +98,81 @@ pub struct Post {
     pub root_id: String,
 }
 
+/// A page of posts, decoded only as far as a user's next actions need: the ids in `order` and,
+/// for the replies among them, their thread's root. A page is ~14 KB of JSON; every other field
+/// of every post is skipped without allocating.
 #[derive(Clone, Debug, Default, Deserialize)]
 pub struct PostList {
     #[serde(default)]
     pub order: Vec<String>,
-    #[serde(default)]
-    pub posts: HashMap<String, Post>,
+    /// (post id, root id) of the page's replies (posts with a non-empty `root_id`).
+    #[serde(default, rename = "posts")]
+    pub replies: Replies,
+}
+
+impl PostList {
+    /// The thread root of post `id` ("" when it is not a reply).
+    pub fn root_of(&self, id: &str) -> &str {
+        self.replies
+            .0
+            .iter()
+            .find(|(p, _)| p == id)
+            .map_or("", |(_, r)| r.as_str())
+    }
+}
+
+/// The replies of a post map (see [`PostList`]).
+#[derive(Clone, Debug, Default)]
+pub struct Replies(pub Vec<(String, String)>);
+
+impl<'de> Deserialize<'de> for Replies {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        /// A string borrowed from the input where it has no escapes.
+        struct Str<'a>(std::borrow::Cow<'a, str>);
+        impl<'de: 'a, 'a> Deserialize<'de> for Str<'a> {
+            fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+                struct V<'a>(std::marker::PhantomData<&'a ()>);
+                impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
+                    type Value = Str<'a>;
+                    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                        f.write_str("a string")
+                    }
+                    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Str<'a>, E> {
+                        Ok(Str(v.into()))
+                    }
+                    fn visit_str<E>(self, v: &str) -> Result<Str<'a>, E> {
+                        Ok(Str(v.to_owned().into()))
+                    }
+                }
+                d.deserialize_str(V(std::marker::PhantomData))
+            }
+        }
+        #[derive(Deserialize)]
+        struct Root<'a> {
+            #[serde(default, borrow)]
+            root_id: Option<Str<'a>>,
+        }
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = Replies;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a map of post id to post")
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<Replies, A::Error> {
+                let mut out = Vec::new();
+                while let Some((id, post)) = m.next_entry::<Str<'de>, Root<'de>>()? {
+                    if let Some(root) = post.root_id.filter(|r| !r.0.is_empty()) {
+                        out.push((id.0.into_owned(), root.0.into_owned()));
+                    }
+                }
+                Ok(Replies(out))
+            }
+        }
+        d.deserialize_map(V)
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -122,7 +190,9 @@ pub struct Login {
 /// The API of one server, through pooled clients (one per configured source address).
 #[derive(Debug)]
 pub struct Api {
-    base: String,
+    /// `{url}/api/v4`, parsed once: a request's URL is this with its path and query replaced,
+    /// so the host is not parsed (IDNA included) again for every request.
+    base: reqwest::Url,
     clients: Vec<reqwest::Client>,
 }
 
@@ -153,13 +223,24 @@ impl Api {
                 .map(|a| build(Some(*a)))
                 .collect::<Result<_, _>>()?
         };
-        Ok(Self {
-            base: format!("{}/api/v4", url.trim_end_matches('/')),
-            clients,
-        })
+        let base = format!("{}/api/v4", url.trim_end_matches('/'));
+        let base = reqwest::Url::parse(&base)
+            .map_err(|e| ApiError::protocol("-", "-", format!("target.url {url:?}: {e}")))?;
+        Ok(Self { base, clients })
     }
 
     /// Sends one request and returns the response headers and body of a 2xx answer.
+    /// The URL of `path` (and its `?query`) under the API base.
+    fn url(&self, path: &str) -> reqwest::Url {
+        let mut url = self.base.clone();
+        let (p, query) = path
+            .split_once('?')
+            .map_or((path, None), |(p, q)| (p, Some(q)));
+        url.set_path(&format!("{}{p}", self.base.path()));
+        url.set_query(query);
+        url
+    }
+
     pub async fn send(
         &self,
         slot: usize,
@@ -176,7 +257,7 @@ impl Api {
             message,
         };
         let client = &self.clients[slot % self.clients.len()];
-        let mut req = client.request(method.clone(), format!("{}{}", self.base, path));
+        let mut req = client.request(method.clone(), self.url(path));
         if let Some(t) = token {
             req = req.bearer_auth(t);
         }
@@ -495,6 +576,46 @@ pub struct NewPost<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A page as the server sends it: only ids and the replies' roots are kept, whatever else a
+    /// post carries (nested objects, escapes in strings and ids, fields in any order).
+    #[test]
+    fn a_posts_page_keeps_the_order_and_the_replies_roots() {
+        let page = r#"{"order":["p3","p2","p1"],"next_post_id":"","posts":{
+            "p1":{"id":"p1","message":"hello \"there\"","props":{"lt_id":"a-1","n":[1,2]},"root_id":""},
+            "p2":{"root_id":"p1","id":"p2","metadata":{"embeds":[]},"message":"re"},
+            "p\u0033":{"id":"p3","root_id":"p\u0031","message":"escaped ids"}
+        },"has_next":false}"#;
+        let list: PostList = serde_json::from_str(page).expect("decodes");
+        assert_eq!(list.order, ["p3", "p2", "p1"]);
+        assert_eq!(list.root_of("p2"), "p1");
+        assert_eq!(list.root_of("p3"), "p1");
+        assert_eq!(list.root_of("p1"), "");
+        assert_eq!(list.replies.0.len(), 2, "only replies are kept");
+        let empty: PostList = serde_json::from_str(r#"{"order":[],"posts":{}}"#).expect("empty");
+        assert!(empty.order.is_empty() && empty.replies.0.is_empty());
+        let err =
+            serde_json::from_str::<PostList>(r#"{"order":[],"posts":[]}"#).expect_err("not a map");
+        assert!(
+            err.to_string().contains("a map of post id to post"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn request_urls_keep_the_base_path_and_take_the_query() {
+        let api =
+            Api::new("http://127.0.0.1:8065/prefix/", Duration::from_secs(1), &[]).expect("api");
+        assert_eq!(
+            api.url("/channels/c1/posts?page=0&per_page=30").as_str(),
+            "http://127.0.0.1:8065/prefix/api/v4/channels/c1/posts?page=0&per_page=30"
+        );
+        assert_eq!(
+            api.url("/users/me").as_str(),
+            "http://127.0.0.1:8065/prefix/api/v4/users/me"
+        );
+        assert!(Api::new("not a url", Duration::from_secs(1), &[]).is_err());
+    }
 
     #[test]
     fn statuses_classify() {

@@ -145,11 +145,7 @@ impl UserState {
         }
         // `order` is newest first: remember the newest few, oldest-first.
         for id in list.order.iter().take(RECENT_POSTS).rev() {
-            let root = list
-                .posts
-                .get(id)
-                .map(|p| p.root_id.clone())
-                .unwrap_or_default();
+            let root = list.root_of(id).to_owned();
             if replace {
                 self.remember(id.clone(), root);
             }
