@@ -152,9 +152,9 @@ def pin(name, pids, pinned):
 
 class Sampler(threading.Thread):
     """Every second: each component's processes' CPU ticks; every `PSS_EVERY` seconds their PSS
-    (between, a process's last figure), and the process list (PostgreSQL's backends). The
-    sampler's own CPU is then ~2 % of a core at full scale instead of ~20 %, on a box whose two
-    cores it shares with what it measures."""
+    (between, a process's last figure), and the process list (PostgreSQL's backends). Reading
+    every PSS every second had the sampler at ~20 % of a core in `top` during a full-scale
+    ramp-up, on a box whose two cores it shares with what it measures."""
 
     PSS_EVERY = 5
 
