@@ -4,6 +4,7 @@
 #   loadtest-agent/bench/run.sh [USERS ...]        # default: 1000 10000
 #   STEADY=30 loadtest-agent/bench/run.sh 20000    # steady window in seconds (default 30)
 #   RAMP_RATE=125 ...                               # users started per second (default 125)
+#   SERVER_BIN=/tmp/a/chat-server AGENT_BIN=... ... # other builds side by side (default target/release)
 #
 # For each user count it builds release binaries (once), starts chat-server on 127.0.0.1 with a
 # fresh SQLite data dir, creates the data set with `loadtest-agent setup`, runs the agent with
@@ -22,6 +23,8 @@ USERS_LIST=(${USERS_LIST[*]})
 STEADY="${STEADY:-30}"
 PORT="${PORT:-18065}"
 TCK="$(getconf CLK_TCK)"
+SERVER_BIN="${SERVER_BIN:-target/release/chat-server}"
+AGENT_BIN="${AGENT_BIN:-target/release/loadtest-agent}"
 
 echo "== building release binaries (takes a few minutes the first time)"
 cargo build --release -p chat-server -p loadtest-agent >/dev/null
@@ -97,7 +100,7 @@ interval = "5s"
 TOML
 
   echo "== $N users: server on 127.0.0.1:$PORT, data in $TMP"
-  target/release/chat-server --listen "127.0.0.1:$PORT" --metrics-listen off \
+  "$SERVER_BIN" --listen "127.0.0.1:$PORT" --metrics-listen off \
     --data-dir "$TMP/data" --log warn >"$TMP/server.log" 2>&1 &
   SERVER=$!
   for _ in $(seq 100); do
@@ -106,11 +109,11 @@ TOML
   done
   echo "   setup ..."
   t0=$(date +%s)
-  target/release/loadtest-agent setup --config "$TMP/bench.toml" --concurrency 64 >"$TMP/setup.json" 2>"$TMP/setup.log"
+  "$AGENT_BIN" setup --config "$TMP/bench.toml" --concurrency 64 >"$TMP/setup.json" 2>"$TMP/setup.log"
   echo "   setup took $(( $(date +%s) - t0 ))s"
   # Restart the server so its baseline memory is not setup's (password hashing, caches).
   kill "$SERVER"; wait "$SERVER" 2>/dev/null || true
-  target/release/chat-server --listen "127.0.0.1:$PORT" --metrics-listen off \
+  "$SERVER_BIN" --listen "127.0.0.1:$PORT" --metrics-listen off \
     --data-dir "$TMP/data" --log warn >>"$TMP/server.log" 2>&1 &
   SERVER=$!
   for _ in $(seq 100); do
@@ -119,7 +122,7 @@ TOML
   done
   SERVER_BASE=$(rss_kib "$SERVER")
 
-  target/release/loadtest-agent run --skip-setup --config "$TMP/bench.toml" \
+  "$AGENT_BIN" run --skip-setup --config "$TMP/bench.toml" \
     --results "$TMP/results.jsonl" --run-id "bench-$N" >"$TMP/agent.out" 2>"$TMP/agent.log" &
   AGENT=$!
   sleep $(( RAMP + 15 ))
