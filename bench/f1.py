@@ -2,7 +2,7 @@
 """The headline workload (issue 13, "F1") on a local cluster, measured per component.
 
     python3 bench/f1.py [--scale third|full] [--append BENCHMARKS.md] [--pin] [--perf DIR]
-                        [--no-nats | --nats-only] [--keep]
+                        [--no-nats | --nats-only] [--keep] [--bin-dir DIR]
 
 Builds the release `chat-server`, `loadtest-agent` and `ltparse` (`ltops` is the debug one the
 test build makes, built if missing), creates a local
@@ -24,6 +24,8 @@ lean client), one publisher at the same rate, sampled the same way, so chat-serv
 delivery is set against the anchor's in the same run. `--pin` puts the servers, PostgreSQL and
 the NATS servers on CPU 0 and the load generators on CPU 1, so each side's cost shows on its own.
 `--perf DIR` profiles server-0 and agent-0 for 30 s of the steady window (DIR/NAME.txt).
+`--bin-dir DIR` runs another checkout's release `chat-server` and `loadtest-agent` (an older
+commit, say) under this checkout's `ltops` and `ltparse`, so two builds compare on one VM.
 """
 import argparse
 import json
@@ -222,6 +224,9 @@ def main():
     ap.add_argument("--nats-only", action="store_true", help="run only the NATS shape")
     ap.add_argument("--pin", action="store_true",
                     help="servers, PostgreSQL and nats-server on CPU 0; agents and NATS clients on CPU 1")
+    ap.add_argument("--bin-dir", metavar="DIR", type=Path,
+                    help="run chat-server and loadtest-agent from DIR (another commit's release build, "
+                         "side by side with this one); ltops, ltparse and nats-fanout stay this checkout's")
     ap.add_argument("--perf", metavar="DIR",
                     help="profile server-0 and agent-0 (perf record -e cpu-clock) for 30 s of the steady window")
     a = ap.parse_args()
@@ -230,7 +235,11 @@ def main():
     run(["cargo", "build", "--release", "--locked", "-p", "chat-server", "-p", "loadtest-agent", "-p", "ltparse",
          "-p", "nats-fanout"], cwd=ROOT)
     rel = ROOT / "target/release"
-    fig = None if a.nats_only else f1_run(a, rel)
+    bins = a.bin_dir or rel
+    for b in ("chat-server", "loadtest-agent"):
+        if not (bins / b).is_file():
+            sys.exit(f"f1.py: --bin-dir {bins}: no {b} there (build it with cargo build --release in that checkout)")
+    fig = None if a.nats_only else f1_run(a, rel, bins)
     if fig:
         print(json.dumps(fig, indent=2))
     nats = nats_run(users, channels, pps, NATS_SECS[a.scale], a.pin, rel) if a.nats or a.nats_only else None
@@ -246,12 +255,13 @@ def main():
 
 
 def heading(a):
-    flags = "".join([" --pin" if a.pin else "", "" if a.nats else " --no-nats", " --nats-only" if a.nats_only else ""])
+    flags = "".join([" --pin" if a.pin else "", "" if a.nats else " --no-nats", " --nats-only" if a.nats_only else "",
+                     f" --bin-dir {a.bin_dir}" if a.bin_dir else ""])
     return (f"\n### F1 ({a.scale}: {SCALES[a.scale][0]:,} users){', pinned' if a.pin else ''}, "
             f"{time.strftime('%Y-%m-%d')}, `python3 bench/f1.py --scale {a.scale}{flags}`\n")
 
 
-def f1_run(a, rel):
+def f1_run(a, rel, bins):
     users, channels, pps, ramp, duration = SCALES[a.scale]
     ltops = ROOT / "target/debug/ltops"
     if not ltops.exists():
@@ -264,13 +274,13 @@ def f1_run(a, rel):
     name = "f1"
     try:
         run([ltops, "create", "--name", name, "--agents", "2", "--database", "postgres", "--app-count", "2"], env=env)
-        run([ltops, "deploy", "-c", name, "--server", rel / "chat-server", "--agent", rel / "loadtest-agent"], env=env)
+        run([ltops, "deploy", "-c", name, "--server", bins / "chat-server", "--agent", bins / "loadtest-agent"], env=env)
         source = cluster_source(home / "clusters" / name / "cluster.toml")
         sampler = Sampler(source, pin=a.pin)
         sampler.start()
         started = time.time()
         lt = subprocess.Popen([ltops, "loadtest", "-c", name, "--config", cfg, "--progress", "plain",
-                               "--server", rel / "chat-server", "--agent", rel / "loadtest-agent"],
+                               "--server", bins / "chat-server", "--agent", bins / "loadtest-agent"],
                               env=env, stderr=subprocess.PIPE, text=True)
         profiler = None
         for line in lt.stderr:

@@ -73,11 +73,25 @@ pub async fn create_post(
     if np.message.trim().is_empty() && np.file_ids.is_empty() {
         return Err(ApiError::invalid_param("message"));
     }
-    let ch = load_channel(&st, &np.channel_id).await?;
+    // The channel, a reply's root and the sender's name are independent reads: one round trip's
+    // wait, not up to three, before the insert (the broadcast, and so every delivery, waits for them).
+    // Their errors are reported in the order the checks below make.
+    let root = async {
+        if np.root_id.is_empty() {
+            return Ok(None);
+        }
+        check_id("root_id", &np.root_id)?;
+        Ok::<_, ApiError>(st.store.post_by_id(&np.root_id).await?)
+    };
+    let (ch, root, sender) = tokio::join!(
+        load_channel(&st, &np.channel_id),
+        root,
+        st.store.user_by_id(&s.user_id)
+    );
+    let ch = ch?;
     require_member(&st, &ch.id, &s.user_id)?;
     if !np.root_id.is_empty() {
-        check_id("root_id", &np.root_id)?;
-        match st.store.post_by_id(&np.root_id).await? {
+        match root? {
             Some(root) if root.channel_id == ch.id && root.delete_at == 0 => {}
             _ => return Err(ApiError::invalid_param("root_id")),
         }
@@ -103,7 +117,7 @@ pub async fn create_post(
     };
     st.store.create_post(&row).await?;
     st.metrics.posts_created.inc();
-    let sender = match st.store.user_by_id(&s.user_id).await {
+    let sender = match sender {
         Ok(Some(u)) => format!("@{}", u.username),
         _ => String::new(),
     };
