@@ -275,6 +275,12 @@ async fn posts_windows_threads_and_counts(s: Store) {
     }
     let reply = post(&c.id, &b.id, 20, &ids[0]);
     s.create_post(&reply).await.unwrap();
+    // A repeated id is a conflict and moves no counter: a post and its counters are one unit
+    // (one statement on PostgreSQL, one transaction on SQLite); the counts below are unchanged.
+    assert!(matches!(
+        s.create_post(&reply).await,
+        Err(StoreError::Conflict(_))
+    ));
 
     let ch = s.channel_by_id(&c.id).await.unwrap().unwrap();
     assert_eq!(ch.total_msg_count, 6);
