@@ -232,13 +232,15 @@ def main():
     a = ap.parse_args()
     users, channels, pps, ramp, duration = SCALES[a.scale]
 
+    if a.bin_dir:
+        for b in ("chat-server", "loadtest-agent"):
+            if not (a.bin_dir / b).is_file():
+                sys.exit(f"f1.py: --bin-dir {a.bin_dir}: no {b} there "
+                         "(build it with cargo build --release in that checkout)")
     run(["cargo", "build", "--release", "--locked", "-p", "chat-server", "-p", "loadtest-agent", "-p", "ltparse",
          "-p", "nats-fanout"], cwd=ROOT)
     rel = ROOT / "target/release"
     bins = a.bin_dir or rel
-    for b in ("chat-server", "loadtest-agent"):
-        if not (bins / b).is_file():
-            sys.exit(f"f1.py: --bin-dir {bins}: no {b} there (build it with cargo build --release in that checkout)")
     fig = None if a.nats_only else f1_run(a, rel, bins)
     if fig:
         print(json.dumps(fig, indent=2))

@@ -25,6 +25,9 @@ PORT="${PORT:-18065}"
 TCK="$(getconf CLK_TCK)"
 SERVER_BIN="${SERVER_BIN:-target/release/chat-server}"
 AGENT_BIN="${AGENT_BIN:-target/release/loadtest-agent}"
+for bin in "$SERVER_BIN" "$AGENT_BIN"; do
+  case "$bin" in target/release/*) ;; *) [ -x "$bin" ] || { echo "run.sh: $bin is not an executable (SERVER_BIN / AGENT_BIN)" >&2; exit 2; } ;; esac
+done
 
 echo "== building release binaries (takes a few minutes the first time)"
 cargo build --release -p chat-server -p loadtest-agent >/dev/null
