@@ -92,6 +92,32 @@ macro_rules! write {
     };
 }
 
+/// The INSERT of one post, `$1..$12` in [`bind_post!`]'s order; both backends' `create_post` use it.
+macro_rules! insert_post_sql {
+    () => {
+        "INSERT INTO posts (id, channel_id, user_id, root_id, message, kind, props, is_pinned, \
+         create_at, update_at, edit_at, delete_at) VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12)"
+    };
+}
+
+/// Binds a post's columns as `$1..$12` of [`insert_post_sql!`].
+macro_rules! bind_post {
+    ($q:expr, $post:expr) => {
+        $q.bind(&$post.id)
+            .bind(&$post.channel_id)
+            .bind(&$post.user_id)
+            .bind(&$post.root_id)
+            .bind(&$post.message)
+            .bind(&$post.kind)
+            .bind(&$post.props)
+            .bind($post.is_pinned)
+            .bind($post.create_at)
+            .bind($post.update_at)
+            .bind($post.edit_at)
+            .bind($post.delete_at)
+    };
+}
+
 /// Observes a query's duration into `chat_db_query_duration_seconds` when dropped.
 struct Timer<'a> {
     hist: Option<&'a HistogramVec>,
@@ -779,28 +805,26 @@ impl Store {
             Backend::Postgres(p) => {
                 // Sub-statements share one snapshot: the member's msg_count takes the channel's
                 // new total from the UPDATE's RETURNING, not from a read of `channels`.
-                sqlx::query(
-                    "WITH ins AS (INSERT INTO posts (id, channel_id, user_id, root_id, message, kind, props, is_pinned, create_at, update_at, edit_at, delete_at) \
-                     VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12)), \
-                     ch AS (UPDATE channels SET last_post_at = $9, total_msg_count = total_msg_count + 1 WHERE id = $2 RETURNING total_msg_count) \
+                let q = sqlx::query(concat!(
+                    "WITH ins AS (",
+                    insert_post_sql!(),
+                    "), ch AS (UPDATE channels SET last_post_at = $9, total_msg_count = total_msg_count + 1 WHERE id = $2 RETURNING total_msg_count) \
                      UPDATE channel_members SET last_viewed_at = $9, last_update_at = $9, msg_count = (SELECT total_msg_count FROM ch) \
-                     WHERE channel_id = $2 AND user_id = $3",
-                )
-                .bind(&post.id).bind(&post.channel_id).bind(&post.user_id).bind(&post.root_id)
-                .bind(&post.message).bind(&post.kind).bind(&post.props).bind(post.is_pinned)
-                .bind(post.create_at).bind(post.update_at).bind(post.edit_at).bind(post.delete_at)
-                .execute(p).await.map_err(conflict("A post with that id"))?;
+                     WHERE channel_id = $2 AND user_id = $3"
+                ));
+                bind_post!(q, post)
+                    .execute(p)
+                    .await
+                    .map_err(conflict("A post with that id"))?;
                 Ok(())
             }
             // SQLite allows no INSERT or UPDATE inside WITH; its round trips stay in-process.
             Backend::Sqlite { write: p, .. } => {
                 let mut tx = p.begin().await?;
-                sqlx::query("INSERT INTO posts (id, channel_id, user_id, root_id, message, kind, props, is_pinned, create_at, update_at, edit_at, delete_at) \
-                     VALUES ($1,$2,$3,$4,$5,$6,$7,$8,$9,$10,$11,$12)")
-                    .bind(&post.id).bind(&post.channel_id).bind(&post.user_id).bind(&post.root_id)
-                    .bind(&post.message).bind(&post.kind).bind(&post.props).bind(post.is_pinned)
-                    .bind(post.create_at).bind(post.update_at).bind(post.edit_at).bind(post.delete_at)
-                    .execute(&mut *tx).await.map_err(conflict("A post with that id"))?;
+                bind_post!(sqlx::query(insert_post_sql!()), post)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(conflict("A post with that id"))?;
                 sqlx::query("UPDATE channels SET last_post_at = $2, total_msg_count = total_msg_count + 1 WHERE id = $1")
                     .bind(&post.channel_id).bind(post.create_at).execute(&mut *tx).await?;
                 sqlx::query("UPDATE channel_members SET last_viewed_at = $3, last_update_at = $3, \
