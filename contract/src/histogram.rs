@@ -88,7 +88,8 @@ impl LatencyHistogram {
             .iter_recorded()
             .filter(|v| v.value_iterated_to() > floor_us)
             .map(|v| (v.value_iterated_to() - floor_us) as f64 * v.count_at_value() as f64)
-            .sum()
+            // Not `sum()`: an empty float sum is -0.0, which a report prints as "-0.0%".
+            .fold(0.0, |acc, x| acc + x)
     }
 
     pub fn count(&self) -> u64 {
@@ -187,6 +188,16 @@ impl<'de> Deserialize<'de> for LatencyHistogram {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn nothing_above_the_floor_sums_to_positive_zero() {
+        let mut h = LatencyHistogram::new();
+        h.record_us(10);
+        for empty in [LatencyHistogram::new(), h] {
+            let sum = empty.sum_above_us(1_000);
+            assert!(sum == 0.0 && sum.is_sign_positive(), "{sum}");
+        }
+    }
 
     #[test]
     fn roundtrip_keeps_every_sample() {
