@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The load generator's own cost, side by side with wrk and Locust (issue 13).
 
-    python3 bench/peers.py [--seconds 20] [--append BENCHMARKS.md] [--locust PATH] [--perf DIR]
+    python3 bench/peers.py [--seconds 20] [--rounds 3] [--append BENCHMARKS.md] [--locust PATH]
+                           [--perf DIR] [--bin-dir DIR] [--also LABEL=AGENT_BINARY ...]
 
 Builds the release `chat-server` and `loadtest-agent`, starts one chat-server on 127.0.0.1 with
 a fresh SQLite data directory, creates a data set (1,000 users, 50 channels of 20 members, 30
@@ -22,11 +23,20 @@ the steady window for 3) per request or per user-minute, and memory per user (Vm
 of the window). The ratio is agent / peer. Secrets (the token, the password) go into 0600 files
 in the temporary directory, never on a command line. Everything is on loopback and every run is
 bounded by --seconds.
+
+This machine's CPU figures drift by tens of percent from minute to minute, as much for wrk as
+for the agent, so each figure is measured `--rounds` times (default 3), the generators taking
+turns within a round in an order that rotates from round to round. The table gives each
+generator's median and the ratio of the medians, with the range of the rounds' own ratios.
+`--also LABEL=PATH` measures another agent binary in the same rounds (a before/after on one
+machine, one server); `--bin-dir DIR` runs another build's `chat-server` and `loadtest-agent`
+instead of building this checkout's.
 """
 import argparse
 import json
 import os
 import re
+import statistics
 import shutil
 import socket
 import subprocess
@@ -157,7 +167,23 @@ class Bench:
         self.port = free_port()
         self.base = f"http://127.0.0.1:{self.port}"
         self.server = None
-        self.rows = []
+        # Figure name -> (unit, peer name, {generator: [value per round]}, [note per round]).
+        self.figures = {}
+        # The agents measured: (label, binary); the first is "agent".
+        self.agents = [("agent", rel / "loadtest-agent")] + list(a.also)
+        self.round = 0
+
+    def sample(self, figure, unit, peer, who, value, note=None):
+        f = self.figures.setdefault(figure, (unit, peer, {}, []))
+        f[2].setdefault(who, []).append(value)
+        if note:
+            f[3].append(note)
+
+    def turns(self, runs):
+        """Runs `runs` (callables) in an order rotated by the round number."""
+        k = self.round % len(runs)
+        for run in runs[k:] + runs[:k]:
+            run()
 
     def start_server(self):
         log = open(self.tmp / "server.log", "a")
@@ -188,16 +214,17 @@ class Bench:
         _, page = api(self.base, "GET", f"/channels/{self.channels[0]}/posts?page=0&per_page=30", token)
         self.page_bytes = len(json.dumps(page, separators=(",", ":")))
 
-    def agent(self, name, users, mix, interval, jitter, seconds, ramp=1):
-        """Runs the agent; (requests, CPU seconds over the whole run, results)."""
+    def agent(self, binary, name, users, mix, interval, jitter, seconds, ramp=1):
+        """Runs an agent binary; (requests by action, CPU seconds over the whole run)."""
         cfg = self.tmp / f"{name}.toml"
         cfg.write_text(workload(self.port, users, mix, interval, jitter, seconds, ramp))
         results = self.tmp / f"{name}.jsonl"
-        _, _, cpu = run_rusage([self.rel / "loadtest-agent", "run", "--config", cfg, "--skip-setup",
-                                "--results", results], on_start=self.profiler(name, seconds))
+        profile = self.profiler(name, seconds) if binary == self.agents[0][1] and self.round == 0 else None
+        _, _, cpu = run_rusage([binary, "run", "--config", cfg, "--skip-setup",
+                                "--results", results], on_start=profile)
         return agent_hits(results), cpu
 
-    def profiler(self, name, seconds):
+    def profiler(self, name, seconds, delay=3):
         """With --perf: `perf record -e cpu-clock` on the agent for the middle of its run, then its
         symbols by share in DIR/agent-NAME.txt (the run's CPU figure then includes perf's cost)."""
         if not self.a.perf:
@@ -206,7 +233,7 @@ class Bench:
         out.mkdir(parents=True, exist_ok=True)
 
         def record(pid):
-            time.sleep(3)
+            time.sleep(delay)
             data = out / f"agent-{name}.data"
             subprocess.run(["perf", "record", "-q", "-e", "cpu-clock", "-F", "999", "-g", "-p", str(pid),
                             "-o", data, "--", "sleep", str(max(seconds - 6, 1))],
@@ -229,13 +256,21 @@ class Bench:
     def check_unreads(self):
         s = self.a.seconds
         path = f"/api/v4/users/{self.user}/teams/{self.team}/channels/members"
-        n, bad, wrk_cpu = self.wrk("unreads", f'wrk.headers["Authorization"] = "Bearer {self.token}"\n', path, s)
-        hits, agent_cpu = self.agent("unreads", 50, "check_unreads", "1ms", "0ms", s)
-        ok, errors = hits.get("check_unreads", (0, 0))
-        self.rows.append(("generator CPU per request, check-unreads GET, 50 connections",
-                          agent_cpu / max(ok, 1) * 1e6, wrk_cpu / max(n, 1) * 1e6, "µs", "wrk",
-                          f"agent {ok:,} requests ({errors} errors) in {agent_cpu:.2f} CPU-s; "
-                          f"wrk {n:,} ({bad} non-2xx) in {wrk_cpu:.2f} CPU-s"))
+        figure = "generator CPU per request, check-unreads GET, 50 connections"
+
+        def peer():
+            n, bad, cpu = self.wrk("unreads", f'wrk.headers["Authorization"] = "Bearer {self.token}"\n', path, s)
+            if bad:
+                sys.exit(f"wrk got {bad} non-2xx answers to the check-unreads GET")
+            self.sample(figure, "µs", "wrk", "wrk", cpu / max(n, 1) * 1e6,
+                        f"wrk {n:,} requests in {cpu:.2f} CPU-s")
+
+        def agent(label, binary):
+            hits, cpu = self.agent(binary, "unreads", 50, "check_unreads", "1ms", "0ms", s)
+            ok, errors = hits.get("check_unreads", (0, 0))
+            self.sample(figure, "µs", "wrk", label, cpu / max(ok, 1) * 1e6,
+                        f"{label} {ok:,} requests ({errors} errors) in {cpu:.2f} CPU-s")
+        self.turns([peer] + [lambda a=a: agent(*a) for a in self.agents])
 
     def read_mix(self):
         s = self.a.seconds
@@ -255,15 +290,22 @@ request = function()
     '{{"channel_id":"' .. ch .. '","prev_channel_id":""}}')
 end
 """
-        n, bad, wrk_cpu = self.wrk("readmix", script, "/", s)
-        hits, agent_cpu = self.agent("readmix", 50, "switch_channel", "1ms", "0ms", s)
-        ok, errors = hits.get("switch_channel", (0, 0))
-        # Each switch_channel is two requests: the posts page and the view.
-        self.rows.append(("generator CPU per request, the agent's read mix (posts page + view)",
-                          agent_cpu / max(2 * ok, 1) * 1e6, wrk_cpu / max(n, 1) * 1e6, "µs", "wrk",
-                          f"agent {2 * ok:,} requests ({errors} failed actions) in {agent_cpu:.2f} CPU-s; "
-                          f"wrk {n:,} ({bad} non-2xx) in {wrk_cpu:.2f} CPU-s; a posts page is "
-                          f"{self.page_bytes:,} bytes of JSON"))
+        figure = "generator CPU per request, the agent's read mix (posts page + view)"
+
+        def peer():
+            n, bad, cpu = self.wrk("readmix", script, "/", s)
+            if bad:
+                sys.exit(f"wrk got {bad} non-2xx answers to the read mix")
+            self.sample(figure, "µs", "wrk", "wrk", cpu / max(n, 1) * 1e6,
+                        f"wrk {n:,} requests in {cpu:.2f} CPU-s")
+
+        def agent(label, binary):
+            hits, cpu = self.agent(binary, "readmix", 50, "switch_channel", "1ms", "0ms", s)
+            ok, errors = hits.get("switch_channel", (0, 0))
+            # Each switch_channel is two requests: the posts page and the view.
+            self.sample(figure, "µs", "wrk", label, cpu / max(2 * ok, 1) * 1e6,
+                        f"{label} {2 * ok:,} requests ({errors} failed actions) in {cpu:.2f} CPU-s")
+        self.turns([peer] + [lambda a=a: agent(*a) for a in self.agents])
 
     def window(self, proc, ramp, seconds):
         """CPU seconds of `proc` over [ramp + 5 s, ramp + seconds - 5 s] and its VmRSS at the end."""
@@ -298,39 +340,65 @@ class ChatUser(FastHttpUser):
         self.client.get(self.path, headers={{"Authorization": "Bearer " + self.token}},
                         name="check_unreads")
 ''')
-        locust = self.a.locust
-        log = open(self.tmp / "locust.log", "w")
-        p = subprocess.Popen([locust, "-f", locustfile, "--headless", "-u", str(USERS), "-r", str(USERS // ramp),
-                              "-t", f"{s + ramp}s", "--host", self.base, "--only-summary", "--stop-timeout", "5"],
-                             stdout=log, stderr=log)
-        l_cpu, l_secs, l_rss = self.window(p, ramp, s)
-        p.wait()
-        cfg = self.tmp / "users.toml"
-        cfg.write_text(workload(self.port, USERS, "check_unreads", "5s", "0s", s, ramp))
-        q = subprocess.Popen([self.rel / "loadtest-agent", "run", "--config", cfg, "--skip-setup",
-                              "--results", self.tmp / "users.jsonl"],
-                             stdout=subprocess.DEVNULL, stderr=open(self.tmp / "agent-users.log", "w"))
-        a_cpu, a_secs, a_rss = self.window(q, ramp, s)
-        q.wait()
         per_min = lambda cpu, secs: cpu / (USERS * secs / 60)
-        self.rows.append((f"CPU per simulated user-minute, {USERS:,} users, one action per 5 s",
-                          per_min(a_cpu, a_secs), per_min(l_cpu, l_secs), "CPU-s", "Locust",
-                          f"agent {a_cpu:.2f} CPU-s over {a_secs:.0f} s (plus a WebSocket per user); "
-                          f"Locust {l_cpu:.2f} CPU-s over {l_secs:.0f} s"))
-        self.rows.append(("RSS per simulated user", a_rss / USERS, l_rss / USERS, "KiB", "Locust",
-                          f"agent {a_rss / 1024:.1f} MiB, Locust {l_rss / 1024:.1f} MiB for {USERS:,} users "
-                          "(whole process, fixed part included)"))
+        cpu_figure = f"CPU per simulated user-minute, {USERS:,} users, one action per 5 s"
+        rss_figure = "RSS per simulated user (whole process, fixed part included)"
+
+        def peer():
+            log = open(self.tmp / "locust.log", "w")
+            p = subprocess.Popen([self.a.locust, "-f", locustfile, "--headless", "-u", str(USERS),
+                                  "-r", str(USERS // ramp), "-t", f"{s + ramp}s", "--host", self.base,
+                                  "--only-summary", "--stop-timeout", "5"], stdout=log, stderr=log)
+            cpu, secs, rss = self.window(p, ramp, s)
+            p.wait()
+            self.sample(cpu_figure, "CPU-s", "Locust", "Locust", per_min(cpu, secs),
+                        f"Locust {cpu:.2f} CPU-s over {secs:.0f} s")
+            self.sample(rss_figure, "KiB", "Locust", "Locust", rss / USERS)
+
+        def agent(label, binary):
+            cfg = self.tmp / "users.toml"
+            cfg.write_text(workload(self.port, USERS, "check_unreads", "5s", "0s", s, ramp))
+            q = subprocess.Popen([binary, "run", "--config", cfg, "--skip-setup",
+                                  "--results", self.tmp / "users.jsonl"],
+                                 stdout=subprocess.DEVNULL, stderr=open(self.tmp / "agent-users.log", "w"))
+            first = binary == self.agents[0][1] and self.round == 0
+            prof = first and self.profiler("users", s - 4, delay=ramp + 5)
+            prof_thread = prof and threading.Thread(target=prof, args=(q.pid,), daemon=True)
+            if prof_thread:
+                prof_thread.start()
+            cpu, secs, rss = self.window(q, ramp, s)
+            q.wait()
+            if prof_thread:
+                prof_thread.join()
+            self.sample(cpu_figure, "CPU-s", "Locust", label, per_min(cpu, secs),
+                        f"{label} {cpu:.2f} CPU-s over {secs:.0f} s (plus a WebSocket per user)")
+            self.sample(rss_figure, "KiB", "Locust", label, rss / USERS)
+        self.turns([peer] + [lambda a=a: agent(*a) for a in self.agents])
 
 
-def render(rows, seconds):
+def render(b, seconds, rounds):
+    labels = [label for label, _ in b.agents]
+    head = ["figure"] + [f"{l} (median)" for l in labels] + ["peer (median)"] + \
+           [f"ratio {l} / peer (rounds' range)" for l in labels]
+    also = "".join(f" --also {l}=…" for l in labels[1:])
     out = [f"\n### Generator cost against wrk and Locust, {time.strftime('%Y-%m-%d')} "
-           f"(`python3 bench/peers.py --seconds {seconds}`)\n",
-           "| figure | agent | peer | ratio (agent / peer) |", "|---|--:|--:|--:|"]
+           f"(`python3 bench/peers.py --seconds {seconds} --rounds {rounds}{also}`)\n",
+           "| " + " | ".join(head) + " |", "|---" + "|--:" * (len(head) - 1) + "|"]
     notes = []
-    for name, agent, peer, unit, who, note in rows:
+    for name, (unit, peer, values, round_notes) in b.figures.items():
         fmt = (lambda v: f"{v:.1f} {unit}") if unit in ("µs", "KiB") else (lambda v: f"{v:.4f} {unit}")
-        out.append(f"| {name} | {fmt(agent)} | {who}: {fmt(peer)} | {agent / peer:.2f}× |")
-        notes.append(f"- {name}: {note}.")
+        peer_v = values.get(peer, [])
+        if not peer_v:
+            continue
+        pm = statistics.median(peer_v)
+        cells = [fmt(statistics.median(values.get(l, [0]))) for l in labels] + [f"{peer}: {fmt(pm)}"]
+        for l in labels:
+            rs = [x / y for x, y in zip(values.get(l, []), peer_v) if y]
+            med = statistics.median(values.get(l, [0])) / pm if pm else 0
+            cells.append(f"{med:.2f}× ({min(rs):.2f}–{max(rs):.2f})" if rs else "–")
+        out.append(f"| {name} | " + " | ".join(cells) + " |")
+        if round_notes:
+            notes.append(f"- {name}: " + "; ".join(round_notes) + ".")
     return "\n".join(out + [""] + notes) + "\n"
 
 
@@ -338,28 +406,51 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=int, default=20, help="length of each request-rate run (default 20)")
     ap.add_argument("--append", metavar="FILE", help="append the result table to FILE (e.g. BENCHMARKS.md)")
-    ap.add_argument("--perf", metavar="DIR", help="profile the agent's request-rate runs into DIR (skews their CPU)")
+    ap.add_argument("--perf", metavar="DIR", help="profile the agent's first round of each part into DIR (skews its CPU)")
     ap.add_argument("--locust", metavar="PATH", default=shutil.which("locust"),
                     help="the locust command (default: the one on PATH)")
+    ap.add_argument("--bin-dir", metavar="DIR", type=Path,
+                    help="run DIR/chat-server and DIR/loadtest-agent instead of building this checkout's")
+    ap.add_argument("--rounds", type=int, default=3, help="measurements of each figure (default 3)")
+    ap.add_argument("--also", metavar="LABEL=PATH", action="append", default=[],
+                    help="another loadtest-agent binary measured in the same rounds (repeatable)")
     a = ap.parse_args()
+    also = []
+    for spec in a.also:
+        label, _, path = spec.partition("=")
+        if not label or not path or not Path(path).is_file():
+            sys.exit(f"--also {spec!r}: write LABEL=PATH with PATH an agent binary")
+        also.append((label, Path(path).resolve()))
+    a.also = also
+    if a.rounds < 1:
+        sys.exit("--rounds: at least 1")
+    if a.bin_dir:
+        for b in ("chat-server", "loadtest-agent"):
+            if not (a.bin_dir / b).is_file():
+                sys.exit(f"--bin-dir {a.bin_dir}: no {b} there (copy both release binaries of the build to compare)")
     if a.seconds < 15:
         sys.exit("--seconds: at least 15 (the user-minute window leaves 5 s at each end)")
     if not shutil.which("wrk"):
         sys.exit("wrk is not installed: apt-get install wrk")
     if not a.locust or not Path(a.locust).exists():
         sys.exit("Locust is not installed: python3 -m venv V && V/bin/pip install locust, then --locust V/bin/locust")
-    subprocess.run(["cargo", "build", "--release", "--locked", "-p", "chat-server", "-p", "loadtest-agent"],
-                   cwd=ROOT, check=True)
-    rel = ROOT / "target" / "release"
+    if a.bin_dir:
+        rel = a.bin_dir.resolve()
+    else:
+        subprocess.run(["cargo", "build", "--release", "--locked", "-p", "chat-server", "-p", "loadtest-agent"],
+                       cwd=ROOT, check=True)
+        rel = ROOT / "target" / "release"
     tmp = Path(tempfile.mkdtemp(prefix="lt-peers-"))
     b = Bench(a, tmp, rel)
     try:
         b.start_server()
         b.setup()
-        for part in (b.check_unreads, b.read_mix) + (() if a.perf else (b.users,)):
-            print(f"== {part.__name__}", flush=True)
-            part()
-        text = render(b.rows, a.seconds)
+        for r in range(a.rounds):
+            b.round = r
+            for part in (b.check_unreads, b.read_mix, b.users):
+                print(f"== round {r + 1} of {a.rounds}: {part.__name__}", flush=True)
+                part()
+        text = render(b, a.seconds, a.rounds)
         print(text)
         if a.append:
             with open(a.append, "a") as f:

@@ -1,16 +1,18 @@
-//! The HTTP side of a simulated user: one pooled `reqwest` client per source address, shared by
-//! every user (connection reuse matters — creating clients per request costs an order of magnitude
-//! in throughput), typed calls for the Mattermost API v4 endpoints the agent uses, and the
-//! classification of every failure into the contract's [`ErrorClass`].
+//! The HTTP side of a simulated user: typed calls for the Mattermost API v4 endpoints the agent
+//! uses, over the agent's own pooled HTTP/1.1 client ([`crate::http`], one pool per source
+//! address shared by every user), and the classification of every failure into the contract's
+//! [`ErrorClass`].
 
 use std::net::IpAddr;
 use std::time::Duration;
 
 use loadtest_contract::results::ErrorClass;
-use reqwest::Method;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+
+pub use crate::http::Method;
+use crate::http::{self, HttpError, Request};
 
 /// A failed API call: its class (what the results count), the HTTP status when there was one,
 /// and a message for logs (never a token).
@@ -45,20 +47,13 @@ impl ApiError {
     }
 }
 
-/// Maps a transport error to its class: timeouts, connection failures, and everything else that
-/// broke mid-exchange (resets, bad bodies) as protocol errors.
-pub fn classify(e: &reqwest::Error) -> ErrorClass {
-    if e.is_timeout() {
-        ErrorClass::Timeout
-    } else if e.is_connect() {
-        ErrorClass::Connect
-    } else if e.is_decode() || e.is_body() {
-        ErrorClass::Protocol
-    } else if e.is_request() {
-        // Resets and closed connections while sending surface as request errors.
-        ErrorClass::Connect
-    } else {
-        ErrorClass::Protocol
+/// Maps a transport error to its class: timeouts, connection failures (refused, reset, closed
+/// without an answer), and answers that do not fit HTTP as protocol errors.
+pub fn classify(e: &HttpError) -> ErrorClass {
+    match e {
+        HttpError::Timeout(_) => ErrorClass::Timeout,
+        HttpError::Connect { .. } | HttpError::Io(_) => ErrorClass::Connect,
+        HttpError::Protocol(_) => ErrorClass::Protocol,
     }
 }
 
@@ -187,96 +182,58 @@ pub struct Login {
     pub token: String,
 }
 
-/// The API of one server, through pooled clients (one per configured source address).
+/// The API of one server, through the agent's pooled HTTP client.
 #[derive(Debug)]
 pub struct Api {
-    /// `{url}/api/v4`, parsed once: a request's URL is this with its path and query replaced,
-    /// so the host is not parsed (IDNA included) again for every request.
-    base: reqwest::Url,
-    clients: Vec<reqwest::Client>,
+    http: http::Client,
+}
+
+/// A JSON request body. Serializing the agent's own structs and maps cannot fail.
+fn json_body<T: Serialize + ?Sized>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).unwrap_or_default()
 }
 
 impl Api {
-    /// `url` is the server's base URL without `/api/v4`.
-    pub fn new(url: &str, timeout: Duration, local_addrs: &[IpAddr]) -> Result<Self, ApiError> {
-        let build = |local: Option<IpAddr>| {
-            reqwest::Client::builder()
-                .timeout(timeout)
-                .connect_timeout(timeout)
-                .tcp_nodelay(true)
-                // Keep connections for reuse (the pool is shared by all users of this process),
-                // but only as many idle ones as steady traffic needs: each idle connection costs
-                // a file descriptor on both ends and buffers in the agent, and after a burst
-                // (the ramp-up's logins) thousands would otherwise linger.
-                .pool_max_idle_per_host(256)
-                .pool_idle_timeout(Duration::from_secs(60))
-                .local_address(local)
-                .user_agent(concat!("loadtest-agent/", env!("CARGO_PKG_VERSION")))
-                .build()
-                .map_err(|e| ApiError::protocol("-", "-", format!("cannot build HTTP client: {e}")))
-        };
-        let clients = if local_addrs.is_empty() {
-            vec![build(None)?]
-        } else {
-            local_addrs
-                .iter()
-                .map(|a| build(Some(*a)))
-                .collect::<Result<_, _>>()?
-        };
+    /// `url` is the server's base URL without `/api/v4`; `shards` the number of load runtimes
+    /// (each keeps connections of its own).
+    pub fn new(
+        url: &str,
+        timeout: Duration,
+        local_addrs: &[IpAddr],
+        shards: usize,
+    ) -> Result<Self, ApiError> {
         let base = format!("{}/api/v4", url.trim_end_matches('/'));
-        let base = reqwest::Url::parse(&base)
-            .map_err(|e| ApiError::protocol("-", "-", format!("target.url {url:?}: {e}")))?;
-        Ok(Self { base, clients })
+        let http = http::Client::new(&base, timeout, local_addrs, shards)
+            .map_err(|e| ApiError::protocol("-", "-", format!("target.url: {e}")))?;
+        Ok(Self { http })
     }
 
-    /// Sends one request and returns the response headers and body of a 2xx answer.
-    /// The URL of `path` (and its `?query`) under the API base.
-    fn url(&self, path: &str) -> reqwest::Url {
-        let mut url = self.base.clone();
-        let (p, query) = path
-            .split_once('?')
-            .map_or((path, None), |(p, q)| (p, Some(q)));
-        url.set_path(&format!("{}{p}", self.base.path()));
-        url.set_query(query);
-        url
-    }
-
-    pub async fn send(
+    /// Sends one request and hands a 2xx answer (its `Token` header when `want_token`, its body)
+    /// to `read`, in place in the connection's buffer.
+    async fn exchange<T>(
         &self,
         slot: usize,
-        method: Method,
-        path: &str,
-        token: Option<&str>,
-        body: Option<&Value>,
-    ) -> Result<(reqwest::header::HeaderMap, bytes::Bytes), ApiError> {
+        req: Request<'_>,
+        want_token: bool,
+        read: impl FnOnce(Option<String>, &[u8]) -> Result<T, String>,
+    ) -> Result<T, ApiError> {
         let err = |class, status, message: String| ApiError {
             class,
             status,
-            method: method.to_string(),
-            path: path.to_string(),
+            method: req.method.to_string(),
+            path: req.path.to_string(),
             message,
         };
-        let client = &self.clients[slot % self.clients.len()];
-        let mut req = client.request(method.clone(), self.url(path));
-        if let Some(t) = token {
-            req = req.bearer_auth(t);
-        }
-        if let Some(b) = body {
-            req = req.json(b);
-        }
-        let resp = req
-            .send()
+        let mut resp = self
+            .http
+            .send(slot, req, want_token)
             .await
             .map_err(|e| err(classify(&e), None, e.to_string()))?;
-        let status = resp.status().as_u16();
-        let headers = resp.headers().clone();
-        let bytes = resp
-            .bytes()
-            .await
-            .map_err(|e| err(classify(&e), Some(status), e.to_string()))?;
+        let status = resp.status;
+        let bytes = resp.body();
         if !(200..300).contains(&status) {
             // Mattermost error bodies carry an id and a message; keep them for the log.
-            let detail = serde_json::from_slice::<Value>(&bytes)
+            let detail = serde_json::from_slice::<Value>(bytes)
                 .ok()
                 .and_then(|v| {
                     Some(format!(
@@ -292,7 +249,8 @@ impl Api {
                 format!("HTTP {status}: {detail}"),
             ));
         }
-        Ok((headers, bytes))
+        let token = resp.token.take();
+        read(token, resp.body()).map_err(|m| err(ErrorClass::Protocol, Some(status), m))
     }
 
     /// Sends a request and decodes a JSON answer.
@@ -302,12 +260,18 @@ impl Api {
         method: Method,
         path: &str,
         token: Option<&str>,
-        body: Option<&Value>,
+        body: Option<&[u8]>,
     ) -> Result<T, ApiError> {
-        let (_, bytes) = self.send(slot, method.clone(), path, token, body).await?;
-        serde_json::from_slice(&bytes).map_err(|e| {
-            ApiError::protocol(method.as_str(), path, format!("unexpected answer: {e}"))
+        let req = Request {
+            method,
+            path,
+            token,
+            body,
+        };
+        self.exchange(slot, req, false, |_, b| {
+            serde_json::from_slice(b).map_err(|e| format!("unexpected answer: {e}"))
         })
+        .await
     }
 
     /// Sends a request whose answer body does not matter (but must be a 2xx).
@@ -317,9 +281,15 @@ impl Api {
         method: Method,
         path: &str,
         token: Option<&str>,
-        body: Option<&Value>,
+        body: Option<&[u8]>,
     ) -> Result<(), ApiError> {
-        self.send(slot, method, path, token, body).await.map(|_| ())
+        let req = Request {
+            method,
+            path,
+            token,
+            body,
+        };
+        self.exchange(slot, req, false, |_, _| Ok(())).await
     }
 
     /// `POST /users/login`; the session token comes back in the `Token` header.
@@ -329,19 +299,20 @@ impl Api {
         login_id: &str,
         password: &str,
     ) -> Result<Login, ApiError> {
-        let body = json!({"login_id": login_id, "password": password});
-        let (headers, bytes) = self
-            .send(slot, Method::POST, "/users/login", None, Some(&body))
-            .await?;
-        let protocol = |m: String| ApiError::protocol("POST", "/users/login", m);
-        let token = headers
-            .get("Token")
-            .and_then(|v| v.to_str().ok())
-            .ok_or_else(|| protocol("login answer has no Token header".into()))?
-            .to_string();
-        let user: User = serde_json::from_slice(&bytes)
-            .map_err(|e| protocol(format!("unexpected login answer: {e}")))?;
-        Ok(Login { user, token })
+        let body = json_body(&json!({"login_id": login_id, "password": password}));
+        let req = Request {
+            method: Method::Post,
+            path: "/users/login",
+            token: None,
+            body: Some(&body),
+        };
+        self.exchange(slot, req, true, |token, b| {
+            let token = token.ok_or("login answer has no Token header")?;
+            let user: User =
+                serde_json::from_slice(b).map_err(|e| format!("unexpected login answer: {e}"))?;
+            Ok(Login { user, token })
+        })
+        .await
     }
 
     pub async fn create_user(
@@ -351,12 +322,12 @@ impl Api {
         username: &str,
         password: &str,
     ) -> Result<User, ApiError> {
-        let body = json!({
+        let body = json_body(&json!({
             "username": username,
             "password": password,
             "email": format!("{username}@loadtest.example.com"),
-        });
-        self.call(slot, Method::POST, "/users", token, Some(&body))
+        }));
+        self.call(slot, Method::Post, "/users", token, Some(&body))
             .await
     }
 
@@ -368,7 +339,7 @@ impl Api {
     ) -> Result<User, ApiError> {
         self.call(
             slot,
-            Method::GET,
+            Method::Get,
             &format!("/users/username/{username}"),
             Some(token),
             None,
@@ -384,7 +355,7 @@ impl Api {
     ) -> Result<Team, ApiError> {
         self.call(
             slot,
-            Method::GET,
+            Method::Get,
             &format!("/teams/name/{name}"),
             Some(token),
             None,
@@ -398,8 +369,8 @@ impl Api {
         token: &str,
         name: &str,
     ) -> Result<Team, ApiError> {
-        let body = json!({"name": name, "display_name": name, "type": "O"});
-        self.call(slot, Method::POST, "/teams", Some(token), Some(&body))
+        let body = json_body(&json!({"name": name, "display_name": name, "type": "O"}));
+        self.call(slot, Method::Post, "/teams", Some(token), Some(&body))
             .await
     }
 
@@ -411,7 +382,7 @@ impl Api {
         name: &str,
     ) -> Result<Channel, ApiError> {
         let path = format!("/teams/{team_id}/channels/name/{name}");
-        self.call(slot, Method::GET, &path, Some(token), None).await
+        self.call(slot, Method::Get, &path, Some(token), None).await
     }
 
     pub async fn create_channel(
@@ -422,13 +393,13 @@ impl Api {
         name: &str,
         private: bool,
     ) -> Result<Channel, ApiError> {
-        let body = json!({
+        let body = json_body(&json!({
             "team_id": team_id,
             "name": name,
             "display_name": name,
             "type": if private { "P" } else { "O" },
-        });
-        self.call(slot, Method::POST, "/channels", Some(token), Some(&body))
+        }));
+        self.call(slot, Method::Post, "/channels", Some(token), Some(&body))
             .await
     }
 
@@ -443,7 +414,7 @@ impl Api {
         per_page: u32,
     ) -> Result<Vec<Member>, ApiError> {
         let path = format!("/{kind}/{id}/members?page={page}&per_page={per_page}");
-        self.call(slot, Method::GET, &path, Some(token), None).await
+        self.call(slot, Method::Get, &path, Some(token), None).await
     }
 
     pub async fn add_team_member(
@@ -453,9 +424,9 @@ impl Api {
         team_id: &str,
         user_id: &str,
     ) -> Result<(), ApiError> {
-        let body = json!({"team_id": team_id, "user_id": user_id});
+        let body = json_body(&json!({"team_id": team_id, "user_id": user_id}));
         let path = format!("/teams/{team_id}/members");
-        self.call_ignore(slot, Method::POST, &path, Some(token), Some(&body))
+        self.call_ignore(slot, Method::Post, &path, Some(token), Some(&body))
             .await
     }
 
@@ -466,9 +437,9 @@ impl Api {
         channel_id: &str,
         user_id: &str,
     ) -> Result<(), ApiError> {
-        let body = json!({"user_id": user_id});
+        let body = json_body(&json!({"user_id": user_id}));
         let path = format!("/channels/{channel_id}/members");
-        self.call_ignore(slot, Method::POST, &path, Some(token), Some(&body))
+        self.call_ignore(slot, Method::Post, &path, Some(token), Some(&body))
             .await
     }
 
@@ -486,7 +457,7 @@ impl Api {
             path.push_str("&before=");
             path.push_str(b);
         }
-        self.call(slot, Method::GET, &path, Some(token), None).await
+        self.call(slot, Method::Get, &path, Some(token), None).await
     }
 
     pub async fn create_post(
@@ -495,9 +466,8 @@ impl Api {
         token: &str,
         post: &NewPost<'_>,
     ) -> Result<Post, ApiError> {
-        let body = serde_json::to_value(post)
-            .map_err(|e| ApiError::protocol("POST", "/posts", e.to_string()))?;
-        self.call(slot, Method::POST, "/posts", Some(token), Some(&body))
+        let body = json_body(post);
+        self.call(slot, Method::Post, "/posts", Some(token), Some(&body))
             .await
     }
 
@@ -510,15 +480,18 @@ impl Api {
         channel_id: &str,
         prev: &str,
     ) -> Result<(), ApiError> {
-        let body = json!({"channel_id": channel_id, "prev_channel_id": prev});
+        let body = json_body(&View {
+            channel_id,
+            prev_channel_id: prev,
+        });
         let path = format!("/channels/members/{user_id}/view");
-        self.call_ignore(slot, Method::POST, &path, Some(token), Some(&body))
+        self.call_ignore(slot, Method::Post, &path, Some(token), Some(&body))
             .await
     }
 
     /// Ends the session: the server revokes the token and closes the session's WebSockets.
     pub async fn logout(&self, slot: usize, token: &str) -> Result<(), ApiError> {
-        self.call_ignore(slot, Method::POST, "/users/logout", Some(token), None)
+        self.call_ignore(slot, Method::Post, "/users/logout", Some(token), None)
             .await
     }
 
@@ -531,7 +504,7 @@ impl Api {
         team_id: &str,
     ) -> Result<(), ApiError> {
         let path = format!("/users/{user_id}/teams/{team_id}/channels/members");
-        self.call_ignore(slot, Method::GET, &path, Some(token), None)
+        self.call_ignore(slot, Method::Get, &path, Some(token), None)
             .await
     }
 
@@ -543,9 +516,13 @@ impl Api {
         post_id: &str,
         emoji: &str,
     ) -> Result<(), ApiError> {
-        let body =
-            json!({"user_id": user_id, "post_id": post_id, "emoji_name": emoji, "create_at": 0});
-        self.call_ignore(slot, Method::POST, "/reactions", Some(token), Some(&body))
+        let body = json_body(&Reaction {
+            user_id,
+            post_id,
+            emoji_name: emoji,
+            create_at: 0,
+        });
+        self.call_ignore(slot, Method::Post, "/reactions", Some(token), Some(&body))
             .await
     }
 
@@ -556,11 +533,34 @@ impl Api {
         user_id: &str,
         status: &str,
     ) -> Result<(), ApiError> {
-        let body = json!({"user_id": user_id, "status": status});
+        let body = json_body(&Status { user_id, status });
         let path = format!("/users/{user_id}/status");
-        self.call_ignore(slot, Method::PUT, &path, Some(token), Some(&body))
+        self.call_ignore(slot, Method::Put, &path, Some(token), Some(&body))
             .await
     }
+}
+
+/// Body of `POST /channels/members/{user}/view`.
+#[derive(Serialize)]
+struct View<'a> {
+    channel_id: &'a str,
+    prev_channel_id: &'a str,
+}
+
+/// Body of `POST /reactions`.
+#[derive(Serialize)]
+struct Reaction<'a> {
+    user_id: &'a str,
+    post_id: &'a str,
+    emoji_name: &'a str,
+    create_at: i64,
+}
+
+/// Body of `PUT /users/{id}/status`.
+#[derive(Serialize)]
+struct Status<'a> {
+    user_id: &'a str,
+    status: &'a str,
 }
 
 /// Body of `POST /posts`. `props` carries the delivery-measurement stamp.
@@ -603,18 +603,18 @@ mod tests {
     }
 
     #[test]
-    fn request_urls_keep_the_base_path_and_take_the_query() {
-        let api =
-            Api::new("http://127.0.0.1:8065/prefix/", Duration::from_secs(1), &[]).expect("api");
-        assert_eq!(
-            api.url("/channels/c1/posts?page=0&per_page=30").as_str(),
-            "http://127.0.0.1:8065/prefix/api/v4/channels/c1/posts?page=0&per_page=30"
-        );
-        assert_eq!(
-            api.url("/users/me").as_str(),
-            "http://127.0.0.1:8065/prefix/api/v4/users/me"
-        );
-        assert!(Api::new("not a url", Duration::from_secs(1), &[]).is_err());
+    fn a_base_url_that_is_not_http_is_refused_naming_the_field() {
+        for bad in ["not a url", "ftp://127.0.0.1/", "http://user:pw@127.0.0.1/"] {
+            let e = Api::new(bad, Duration::from_secs(1), &[], 1).expect_err(bad);
+            assert!(e.message.starts_with("target.url: "), "{bad}: {e}");
+        }
+        assert!(Api::new(
+            "https://chat.example.com/prefix/",
+            Duration::from_secs(1),
+            &[],
+            1
+        )
+        .is_ok());
     }
 
     #[test]
@@ -635,6 +635,7 @@ mod tests {
             &format!("http://127.0.0.1:{port}"),
             Duration::from_secs(2),
             &[],
+            1,
         )
         .expect("client");
         let e = api.login(0, "u", "p").await.expect_err("nobody listens");

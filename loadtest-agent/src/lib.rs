@@ -4,7 +4,9 @@
 //!
 //! Codemap, roughly in the order a run touches it:
 //! - [`net`]: file-descriptor limit and source-address spreading for tens of thousands of sockets.
-//! - [`client`]: the one pooled HTTP client (per source address) and error classification.
+//! - [`shards`]: the load runtimes, single-threaded, one per core; each user lives on one.
+//! - [`http`]: the agent's HTTP/1.1 client, connections pooled per load runtime and source address.
+//! - [`client`]: the Mattermost API calls over it and error classification.
 //! - [`ws`]: WebSocket connect with the authentication challenge, resume parameters, frame parsing.
 //! - [`dataset`]: the deterministic data-set layout (names, teams, channel membership).
 //! - [`setup`]: idempotent creation of that data set through the API.
@@ -17,13 +19,15 @@
 //! - [`progress`]: the terminal progress bar or plain log lines.
 //! - [`control`]: the HTTP control API of `serve` mode.
 //!
-//! Invariants: no thread per user (one runtime, one task per user plus short-lived action tasks);
+//! Invariants: no thread per user (a few single-threaded load runtimes, one task per user, its
+//! HTTP action polled inside it; posts of the open model a task each);
 //! every error is counted and retried, never fatal to the run; every recorded latency has an
 //! intended start from the schedule, so an agent that falls behind shows it as schedule lag.
 
 pub mod client;
 pub mod control;
 pub mod dataset;
+pub mod http;
 pub mod measure;
 pub mod net;
 pub mod progress;
@@ -31,6 +35,7 @@ pub mod results;
 pub mod run;
 pub mod schedule;
 pub mod setup;
+pub mod shards;
 pub mod user;
 pub mod ws;
 pub mod wsconn;

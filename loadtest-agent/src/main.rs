@@ -22,6 +22,10 @@ const EXIT_HELP: &str =
 #[derive(Parser)]
 #[command(version, after_help = EXIT_HELP)]
 struct Cli {
+    /// Load threads: simulated users are dealt over this many single-threaded runtimes (1 to 256;
+    /// default one per core).
+    #[arg(long, global = true, env = "LOADTEST_AGENT_THREADS")]
+    threads: Option<usize>,
     #[command(subcommand)]
     cmd: Cmd,
 }
@@ -120,7 +124,15 @@ fn main() -> ExitCode {
         )
         .with_writer(std::io::stderr)
         .init();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
+    if let Some(n) = cli.threads {
+        if let Err(e) = loadtest_agent::shards::configure(n) {
+            eprintln!("error: --threads: {e}");
+            return ExitCode::from(2);
+        }
+    }
+    // The users run on the load runtimes (`shards`); this one runs the engine, the results and
+    // the setup, none of which needs more than a thread.
+    let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
     {

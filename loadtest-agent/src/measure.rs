@@ -110,6 +110,38 @@ pub struct Metrics {
     /// Tasks alive on the runtime (one per simulated user plus a few).
     pub runtime_tasks: IntGauge,
     pub runtime_workers: IntGauge,
+    /// Series of the hot paths, looked up once each: a lookup by label values hashes them under
+    /// a lock, on every request and every delivery.
+    series: Series,
+}
+
+/// Handles of labelled series, filled on first use (so `/metrics` lists only series in use).
+#[derive(Default)]
+struct Series {
+    /// By action and outcome (`STATUSES` order).
+    requests: [[OnceLock<IntCounter>; 6]; Action::ALL.len()],
+    response: [OnceLock<prometheus::Histogram>; Action::ALL.len()],
+    /// By kind (`DELIVERY_KINDS` order).
+    deliveries: [OnceLock<IntCounter>; 5],
+}
+
+/// The `kind` labels of `loadtest_agent_deliveries_total`.
+const DELIVERY_KINDS: [&str; 5] = [
+    "expected",
+    "received",
+    "duplicate",
+    "missing",
+    "remote_received",
+];
+
+/// A delivery kind of `loadtest_agent_deliveries_total`.
+#[derive(Clone, Copy)]
+enum Kind {
+    Expected,
+    Received,
+    Duplicate,
+    Missing,
+    RemoteReceived,
 }
 
 /// Histogram buckets of the agent's latency metrics, seconds (dashboards take p99 from them;
@@ -200,35 +232,53 @@ impl Metrics {
             ),
             runtime_tasks: gauge(
                 "loadtest_agent_runtime_alive_tasks",
-                "Tasks alive on the tokio runtime",
+                "Tasks alive on the load runtimes (one per simulated user plus a few)",
             ),
             runtime_workers: gauge(
                 "loadtest_agent_runtime_workers",
-                "Worker threads of the tokio runtime",
+                "Load runtimes (one thread each) the simulated users run on",
             ),
+            series: Series::default(),
             registry: {
                 let _ = registry.register(Box::new(process_metrics::ProcessCollector::for_self()));
                 registry
             },
         };
         // Every delivery kind reads 0 rather than missing (dashboards, alerts).
-        for kind in [
-            "expected",
-            "received",
-            "duplicate",
-            "missing",
-            "remote_received",
-        ] {
+        for kind in DELIVERY_KINDS {
             m.deliveries.with_label_values(&[kind]);
         }
         m
     }
 
+    /// `loadtest_agent_requests_total` of `action` with outcome `class`.
+    fn requests(&self, action: Action, class: Option<ErrorClass>) -> &IntCounter {
+        let status = status_index(class);
+        self.series.requests[action as usize][status].get_or_init(|| {
+            self.requests
+                .with_label_values(&[action.name(), STATUSES[status]])
+        })
+    }
+
+    /// `loadtest_agent_response_seconds` of `action`.
+    fn response_of(&self, action: Action) -> &prometheus::Histogram {
+        self.series.response[action as usize]
+            .get_or_init(|| self.response.with_label_values(&[action.name()]))
+    }
+
+    /// `loadtest_agent_deliveries_total` of `kind`.
+    fn deliveries_of(&self, kind: Kind) -> &IntCounter {
+        self.series.deliveries[kind as usize].get_or_init(|| {
+            self.deliveries
+                .with_label_values(&[DELIVERY_KINDS[kind as usize]])
+        })
+    }
+
     pub fn render(&self) -> String {
-        if let Ok(h) = tokio::runtime::Handle::try_current() {
-            let m = h.metrics();
-            self.runtime_tasks.set(m.num_alive_tasks() as i64);
-            self.runtime_workers.set(m.num_workers() as i64);
+        // The load runtimes', not the caller's (the control API answers from a runtime of its own).
+        if let Ok(shards) = crate::shards::get() {
+            self.runtime_tasks.set(shards.alive_tasks() as i64);
+            self.runtime_workers.set(shards.len() as i64);
         }
         let mut buf = Vec::new();
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
@@ -242,14 +292,17 @@ impl Default for Metrics {
     }
 }
 
-fn status_label(class: Option<ErrorClass>) -> &'static str {
+/// The `status` labels of `loadtest_agent_requests_total`.
+const STATUSES: [&str; 6] = ["ok", "timeout", "connect", "4xx", "5xx", "protocol"];
+
+fn status_index(class: Option<ErrorClass>) -> usize {
     match class {
-        None => "ok",
-        Some(ErrorClass::Timeout) => "timeout",
-        Some(ErrorClass::Connect) => "connect",
-        Some(ErrorClass::Http4xx) => "4xx",
-        Some(ErrorClass::Http5xx) => "5xx",
-        Some(ErrorClass::Protocol) => "protocol",
+        None => 0,
+        Some(ErrorClass::Timeout) => 1,
+        Some(ErrorClass::Connect) => 2,
+        Some(ErrorClass::Http4xx) => 3,
+        Some(ErrorClass::Http5xx) => 4,
+        Some(ErrorClass::Protocol) => 5,
     }
 }
 
@@ -385,10 +438,7 @@ impl Recorder {
             }
         };
         if first {
-            self.metrics
-                .deliveries
-                .with_label_values(&["remote_received"])
-                .inc();
+            self.metrics.deliveries_of(Kind::RemoteReceived).inc();
             Receipt::RemoteFirst
         } else {
             Receipt::RemoteDuplicate
@@ -438,10 +488,7 @@ impl Recorder {
     }
 
     fn observe_response(&self, action: Action, d: Duration) {
-        self.metrics
-            .response
-            .with_label_values(&[action.name()])
-            .observe(d.as_secs_f64());
+        self.metrics.response_of(action).observe(d.as_secs_f64());
     }
 
     fn count(&self, action: Action, class: Option<ErrorClass>, late: bool) {
@@ -453,10 +500,7 @@ impl Recorder {
             self.counters.late_total.fetch_add(1, Ordering::Relaxed);
             self.metrics.late_actions.inc();
         }
-        self.metrics
-            .requests
-            .with_label_values(&[action.name(), status_label(class)])
-            .inc();
+        self.metrics.requests(action, class).inc();
     }
 
     /// Records one attempted action. `intended` is the schedule's start, `started` when it was
@@ -534,10 +578,7 @@ impl Recorder {
             };
             d.interval.expected += expected;
         }
-        self.metrics
-            .deliveries
-            .with_label_values(&["expected"])
-            .inc_by(expected);
+        self.metrics.deliveries_of(Kind::Expected).inc_by(expected);
         self.observe_response(Action::CreatePost, end.saturating_duration_since(intended));
         self.count(Action::CreatePost, None, late);
     }
@@ -582,16 +623,8 @@ impl Recorder {
             }
         };
         match outcome {
-            Receipt::First => self
-                .metrics
-                .deliveries
-                .with_label_values(&["received"])
-                .inc(),
-            Receipt::Duplicate => self
-                .metrics
-                .deliveries
-                .with_label_values(&["duplicate"])
-                .inc(),
+            Receipt::First => self.metrics.deliveries_of(Kind::Received).inc(),
+            Receipt::Duplicate => self.metrics.deliveries_of(Kind::Duplicate).inc(),
             _ => {}
         }
         outcome
@@ -614,10 +647,7 @@ impl Recorder {
         });
         d.missing_total += missing;
         drop(d);
-        self.metrics
-            .deliveries
-            .with_label_values(&["missing"])
-            .inc_by(missing);
+        self.metrics.deliveries_of(Kind::Missing).inc_by(missing);
         missing
     }
 

@@ -6,6 +6,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use nix::sys::resource::{getrlimit, setrlimit, Resource};
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpSocket, TcpStream};
 
 /// Why the process cannot hold the sockets a run needs.
@@ -125,6 +126,49 @@ impl SourceAddrs {
             n % self.addrs.len()
         }
     }
+}
+
+/// A byte stream of a connection: a plain TCP stream, or rustls for `https://` and `wss://`.
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+
+/// The stream under a connection. TLS is boxed: a rustls connection is kilobytes and a plain
+/// user should not carry its space.
+pub enum Transport {
+    Plain(TcpStream),
+    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+}
+
+impl Transport {
+    /// The stream as bytes in and out (for the upgrade and for writes).
+    pub fn io(&mut self) -> &mut dyn Io {
+        match self {
+            Transport::Plain(t) => t,
+            Transport::Tls(t) => &mut **t,
+        }
+    }
+}
+
+/// rustls client configuration with the web PKI roots, built once per process. The crypto
+/// provider is named (ring) rather than taken from rustls's process default, which panics when a
+/// build enables more than one provider (a workspace build also compiles the AWS SDK's).
+pub fn tls_connector() -> tokio_rustls::TlsConnector {
+    static CONFIG: std::sync::OnceLock<std::sync::Arc<tokio_rustls::rustls::ClientConfig>> =
+        std::sync::OnceLock::new();
+    let config = CONFIG.get_or_init(|| {
+        let roots = tokio_rustls::rustls::RootCertStore {
+            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+        };
+        let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
+        std::sync::Arc::new(
+            tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
+                .with_safe_default_protocol_versions()
+                .expect("ring supports rustls's default protocol versions")
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        )
+    });
+    tokio_rustls::TlsConnector::from(config.clone())
 }
 
 /// Connects to `target`, first binding the socket to `local` when given so the connection uses

@@ -28,6 +28,7 @@ use crate::measure::Recorder;
 use crate::net::{self, FdLimitError, SourceAddrs};
 use crate::results::{self, ResultsSink, WrittenInterval, DELIVERY_GRACE};
 use crate::schedule::{agent_rate, ramp_offset, Arrivals};
+use crate::shards;
 use crate::user::{self, Directory, UserEnv};
 use crate::ws::WsTarget;
 
@@ -63,6 +64,8 @@ pub enum RunError {
     },
     #[error("the run task ended abnormally: {0}")]
     Task(String),
+    #[error("cannot start the load threads: {0}")]
+    Runtime(std::io::Error),
 }
 
 /// State shared between the engine and whoever watches it.
@@ -234,10 +237,12 @@ pub async fn start_run(
     let cfg = &plan.config;
     recorder.set_run(&plan.run_id, plan.clock_offset_ms);
     net::raise_nofile(net::fds_needed(cfg.users.count))?;
+    let shards = shards::get().map_err(RunError::Runtime)?;
     let api = Api::new(
         &cfg.target.url,
         cfg.target.request_timeout,
         &cfg.target.local_addresses,
+        shards.len(),
     )?;
     let ws_url = cfg.target.websocket_url();
     let addr = net::resolve_url(&ws_url)
@@ -268,6 +273,7 @@ pub async fn start_run(
     let count = cfg.users.count;
     let env = Arc::new(UserEnv {
         api,
+        shards,
         ws: WsTarget {
             url: ws_url,
             addr,
@@ -359,7 +365,10 @@ async fn engine_inner(
     let all_users = CancellationToken::new();
     let spawn_user = |users: &mut JoinSet<()>, local: u64, at: Instant| {
         let token = all_users.child_token();
-        users.spawn(user::run_user(env.clone(), local as u32, at, token.clone()));
+        users.spawn_on(
+            user::run_user(env.clone(), local as u32, at, token.clone()),
+            env.shards.of(local),
+        );
         token
     };
     // The initial users ramp up; the rest of the slice waits for a higher target.
@@ -373,24 +382,28 @@ async fn engine_inner(
         ));
     }
 
-    // The idle probe: a task that only sleeps, so its timer lateness is the runtime's own delay
-    // (a busy runtime, a process starved of CPU), never the server's.
-    let probe = {
+    // The idle probes, one on each load runtime: tasks that only sleep, so their timer lateness
+    // is the runtime's own delay (a busy runtime, a process starved of CPU), never the server's.
+    let mut probes = JoinSet::new();
+    for shard in env.shards.all() {
         let rec = env.recorder.clone();
         let stop = all_users.clone();
-        tokio::spawn(async move {
-            let mut due = Instant::now() + PROBE_EVERY;
-            loop {
-                tokio::select! {
-                    _ = stop.cancelled() => break,
-                    _ = sleep_until(due) => {}
+        probes.spawn_on(
+            async move {
+                let mut due = Instant::now() + PROBE_EVERY;
+                loop {
+                    tokio::select! {
+                        _ = stop.cancelled() => break,
+                        _ = sleep_until(due) => {}
+                    }
+                    let now = Instant::now();
+                    rec.note_probe(now.saturating_duration_since(due));
+                    due = now + PROBE_EVERY;
                 }
-                let now = Instant::now();
-                rec.note_probe(now.saturating_duration_since(due));
-                due = now + PROBE_EVERY;
-            }
-        })
-    };
+            },
+            shard,
+        );
+    }
 
     // Open model: posts arrive at this agent's share of the global rate, whatever the server's
     // speed; each arrival is spawned on its own so a slow server cannot slow the arrivals.
@@ -423,7 +436,9 @@ async fn engine_inner(
                 if let Some(s) = env.pick_session(r) {
                     let reply = arrivals.pick(1000)
                         < (env.config.behaviour.reply_fraction * 1000.0) as usize;
-                    posts.spawn(user::post(env.clone(), s, intended, reply));
+                    // On the poster's load runtime, where its connections are.
+                    let shard = env.shards.of(u64::from(s.local));
+                    posts.spawn_on(user::post(env.clone(), s, intended, reply), shard);
                 }
             }
             while posts.join_next().await.is_some() {}
@@ -476,7 +491,7 @@ async fn engine_inner(
         }
     }
     all_users.cancel();
-    let _ = probe.await;
+    while probes.join_next().await.is_some() {}
     let drain = async { while users.join_next().await.is_some() {} };
     if tokio::time::timeout(cfg.target.request_timeout + Duration::from_secs(5), drain)
         .await

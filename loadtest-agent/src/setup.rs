@@ -198,10 +198,12 @@ pub async fn run_setup(
     cfg: &WorkloadConfig,
     concurrency: usize,
 ) -> Result<SetupReport, SetupError> {
+    // Not on the load runtimes: the setup's requests share the pools of other threads.
     let api = Arc::new(Api::new(
         &cfg.target.url,
         cfg.target.request_timeout,
         &cfg.target.local_addresses,
+        0,
     )?);
     let layout = Layout::new(&cfg.dataset);
     let mut report = SetupReport::default();
@@ -352,7 +354,13 @@ pub async fn run_setup(
     let want = cfg.dataset.posts_per_channel;
     if want > 0 {
         let admin_id: String = api
-            .call(0, reqwest::Method::GET, "/users/me", Some(&token), None)
+            .call(
+                0,
+                crate::client::Method::Get,
+                "/users/me",
+                Some(&token),
+                None,
+            )
             .await
             .map(|u: crate::client::User| u.id)?;
         for_each("posts", channels.clone(), concurrency, |(_, ch)| {
@@ -367,8 +375,8 @@ pub async fn run_setup(
                     Err(e) => return Err(e),
                 };
                 for n in existing..want {
-                    let body = json!({"channel_id": ch.id, "message": format!("seed post {n} in {}", ch.name)});
-                    retry(|| api.call_ignore(0, reqwest::Method::POST, "/posts", Some(&token), Some(&body))).await?;
+                    let body = serde_json::to_vec(&json!({"channel_id": ch.id, "message": format!("seed post {n} in {}", ch.name)})).unwrap_or_default();
+                    retry(|| api.call_ignore(0, crate::client::Method::Post, "/posts", Some(&token), Some(&body))).await?;
                     c.posts.fetch_add(1, Ordering::Relaxed);
                 }
                 Ok(())

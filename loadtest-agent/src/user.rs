@@ -1,8 +1,9 @@
 //! One simulated user: one tokio task that logs in once (keeping the token), holds one WebSocket
 //! (reading every event, answering pings, resuming after drops with capped, jittered backoff) and
-//! acts on its schedule. HTTP actions run as short-lived tasks so the WebSocket keeps being read
-//! while a request is in flight; the user still waits for its action to finish before the next
-//! one (a closed loop), and an action that starts after its intended time is recorded as lag.
+//! acts on its schedule. An HTTP action in flight is polled by the same task beside the WebSocket,
+//! so events keep being read while a request waits; the user still waits for its action to finish
+//! before the next one (a closed loop), and an action that starts after its intended time is
+//! recorded as lag.
 //!
 //! State is bounded: the user's channel ids, the current channel, the last few post ids seen
 //! there and the oldest post id loaded (for "read more").
@@ -20,7 +21,6 @@ use loadtest_contract::{now_ms, Action};
 use parking_lot::{Mutex, RwLock};
 use rand::Rng;
 use serde_json::json;
-use tokio::task::JoinHandle;
 use tokio::time::sleep_until;
 use tokio_util::sync::CancellationToken;
 
@@ -41,6 +41,8 @@ const STATUSES: [&str; 3] = ["online", "away", "dnd"];
 /// Everything the users of one run share.
 pub struct UserEnv {
     pub api: Api,
+    /// The load runtimes users run on (see [`crate::shards`]).
+    pub shards: &'static crate::shards::Shards,
     pub ws: WsTarget,
     pub sources: SourceAddrs,
     pub layout: Layout,
@@ -161,7 +163,7 @@ pub struct Session {
     pub local: u32,
     pub index: u64,
     pub user_id: String,
-    pub token: RwLock<String>,
+    pub token: RwLock<Arc<str>>,
     pub team_id: String,
     pub channels: Vec<String>,
     pub state: Mutex<UserState>,
@@ -170,7 +172,7 @@ pub struct Session {
 }
 
 impl Session {
-    fn token(&self) -> String {
+    fn token(&self) -> Arc<str> {
         self.token.read().clone()
     }
     fn slot(&self) -> usize {
@@ -443,7 +445,7 @@ async fn establish(
             local,
             index,
             user_id: login.user.id,
-            token: RwLock::new(token),
+            token: RwLock::new(token.into()),
             team_id,
             channels,
             state: Mutex::new(UserState::default()),
@@ -465,22 +467,33 @@ async fn establish(
 /// The WebSocket side of the user task.
 struct Conn {
     ws: Option<Ws>,
-    seq: SeqTracker,
+    /// What handling an event needs, apart from the socket it is read from.
+    events: Events,
     client_seq: u64,
     failures: u32,
     /// When to try connecting again (and the intended time of that attempt).
     retry_at: Option<Instant>,
     connected_once: bool,
+}
+
+/// The state events update: sequence tracking and the unanswered `user_typing`.
+#[derive(Default)]
+struct Events {
+    seq: SeqTracker,
     /// An unanswered `user_typing`: (seq, intended, started).
     typing: Option<(u64, Instant, Instant)>,
 }
 
-/// The next text frame of the connection, parsed; `Ok(None)` once it closed. Cancel-safe.
-async fn next_frame(
+/// Reads the connection's next message and handles it where it lies in the read buffer;
+/// `Ok(None)` once the connection closed. Cancel-safe.
+async fn next_event(
+    env: &UserEnv,
+    s: &Session,
     ws: &mut Option<Ws>,
-) -> std::io::Result<Option<Result<ws::Frame, serde_json::Error>>> {
+    events: &mut Events,
+) -> std::io::Result<Option<()>> {
     match ws {
-        Some(w) => w.recv(ws::parse_frame).await,
+        Some(w) => w.recv(|text| handle_event(env, s, events, text)).await,
         None => std::future::pending().await,
     }
 }
@@ -492,9 +505,13 @@ async fn sleep_opt(at: Option<Instant>) {
     }
 }
 
-async fn join_opt(h: &mut Option<JoinHandle<Done>>) -> Option<Done> {
-    match h {
-        Some(j) => j.await.ok(),
+/// An HTTP action in flight. It runs inside the user's task rather than as a task of its own:
+/// its answer wakes the user directly, and nothing is spawned, scheduled and joined per action.
+type InFlight = std::pin::Pin<Box<dyn std::future::Future<Output = Done> + Send>>;
+
+async fn finish(action: &mut Option<InFlight>) -> Done {
+    match action {
+        Some(f) => f.await,
         None => std::future::pending().await,
     }
 }
@@ -554,12 +571,11 @@ pub async fn run_user(env: Arc<UserEnv>, local: u32, start_at: Instant, cancel: 
 
     let mut conn = Conn {
         ws: None,
-        seq: SeqTracker::default(),
+        events: Events::default(),
         client_seq: 1,
         failures: 0,
         retry_at: None,
         connected_once: false,
-        typing: None,
     };
     Box::pin(connect(
         &env,
@@ -571,31 +587,37 @@ pub async fn run_user(env: Arc<UserEnv>, local: u32, start_at: Instant, cancel: 
     .await;
 
     let mut pacer = Pacer::new(Instant::now() + sched.first_wait());
-    let mut inflight: Option<JoinHandle<Done>> = None;
+    let mut inflight: Option<InFlight> = None;
     // When the user's last action was answered: the next one cannot start before.
     let mut answered = Instant::now();
     let mut stopped = env.actions_stop.is_cancelled();
+    // Made once and polled in place: a cancellation future or a timer made anew at every wake-up
+    // (every event the socket brings) would register and unregister itself each time.
+    let cancelled = cancel.cancelled();
+    tokio::pin!(cancelled);
+    let pace = sleep_until(pacer.due());
+    tokio::pin!(pace);
     loop {
         tokio::select! {
             biased;
-            _ = cancel.cancelled() => break,
-            done = join_opt(&mut inflight) => {
+            _ = &mut cancelled => break,
+            done = finish(&mut inflight) => {
                 inflight = None;
                 answered = Instant::now();
-                if done.is_some_and(|d| d.unauthorized) {
+                if done.unauthorized {
                     session.stale.store(true, Ordering::Relaxed);
                 }
             }
-            msg = next_frame(&mut conn.ws) => match msg {
-                Ok(Some(Ok(f))) => handle_frame(&env, &session, &mut conn, f),
-                Ok(Some(Err(e))) => tracing::debug!(user = index, "unparsable frame: {e}"),
+            msg = next_event(&env, &session, &mut conn.ws, &mut conn.events) => match msg {
+                Ok(Some(())) => {}
                 Err(e) => {
                     tracing::debug!(user = index, "websocket dropped: {e}");
                     lost(&env, &session, &mut conn);
                 }
                 Ok(None) => lost(&env, &session, &mut conn),
             },
-            _ = sleep_opt(conn.retry_at) => {
+            // After the action in flight: it runs in this task, so it waits while this one does.
+            _ = sleep_opt(conn.retry_at), if inflight.is_none() => {
                 let at = conn.retry_at.take().unwrap_or_else(Instant::now);
                 if session.stale.load(Ordering::Relaxed) {
                     Box::pin(relogin(&env, &session, at)).await;
@@ -603,9 +625,13 @@ pub async fn run_user(env: Arc<UserEnv>, local: u32, start_at: Instant, cancel: 
                 Box::pin(connect(&env, &session, &mut conn, Action::WsConnect, at)).await;
                 answered = Instant::now();
             }
-            _ = env.actions_stop.cancelled(), if !stopped => stopped = true,
-            _ = sleep_until(pacer.due()), if inflight.is_none() && !stopped => {
+            _ = &mut pace, if inflight.is_none() && !stopped => {
+                if env.actions_stop.is_cancelled() {
+                    stopped = true;
+                    continue;
+                }
                 let intended = pacer.advance(sched.next_wait());
+                pace.as_mut().reset(pacer.due());
                 env.recorder
                     .note_paced(index, intended, answered.max(intended), Instant::now());
                 if session.stale.load(Ordering::Relaxed) {
@@ -618,6 +644,7 @@ pub async fn run_user(env: Arc<UserEnv>, local: u32, start_at: Instant, cancel: 
                 let Some(action) = sched.next_action() else {
                     // Nothing in the mix for users (open model with posts only): just listen.
                     pacer = Pacer::new(intended + Duration::from_secs(3600));
+                    pace.as_mut().reset(pacer.due());
                     continue;
                 };
                 let n = session.channels.len();
@@ -658,7 +685,7 @@ pub async fn run_user(env: Arc<UserEnv>, local: u32, start_at: Instant, cancel: 
                     // A user without channels has nothing to view or post in.
                     _ => continue,
                 };
-                inflight = Some(tokio::spawn(execute(env.clone(), session.clone(), plan, intended)));
+                inflight = Some(Box::pin(execute(env.clone(), session.clone(), plan, intended)));
             }
         }
     }
@@ -673,7 +700,7 @@ async fn leave(
     session: &Session,
     mut conn: Conn,
     local: u32,
-    inflight: Option<JoinHandle<Done>>,
+    inflight: Option<InFlight>,
 ) {
     let index = session.index;
     // Let an action in flight finish so that it is recorded.
@@ -736,7 +763,7 @@ async fn relogin(env: &UserEnv, s: &Session, intended: Instant) -> bool {
     );
     match r {
         Ok(l) => {
-            *s.token.write() = l.token;
+            *s.token.write() = l.token.into();
             s.stale.store(false, Ordering::Relaxed);
             true
         }
@@ -746,7 +773,7 @@ async fn relogin(env: &UserEnv, s: &Session, intended: Instant) -> bool {
 
 /// Connects (resuming when a previous connection existed) and records the attempt as `action`.
 async fn connect(env: &UserEnv, s: &Session, conn: &mut Conn, action: Action, intended: Instant) {
-    let resume = conn.seq.resume();
+    let resume = conn.events.seq.resume();
     let started = Instant::now();
     let r = ws::connect(&env.ws, env.sources.pick(), &s.token(), resume.as_ref()).await;
     let end = Instant::now();
@@ -773,8 +800,8 @@ async fn connect(env: &UserEnv, s: &Session, conn: &mut Conn, action: Action, in
             if resume.is_some() {
                 env.set_live(s.local, true);
             }
-            for f in c.early {
-                handle_frame(env, s, conn, f);
+            for text in c.early {
+                handle_event(env, s, &mut conn.events, &text);
             }
         }
         Err(e) => {
@@ -801,7 +828,7 @@ async fn planned_reconnect(env: &UserEnv, s: &Session, conn: &mut Conn, intended
 }
 
 fn fail_typing(env: &UserEnv, s: &Session, conn: &mut Conn) {
-    if let Some((_, intended, started)) = conn.typing.take() {
+    if let Some((_, intended, started)) = conn.events.typing.take() {
         env.recorder.record(
             s.index,
             Action::UserTyping,
@@ -825,7 +852,7 @@ async fn send_typing(env: &UserEnv, s: &Session, conn: &mut Conn, intended: Inst
         return;
     };
     // An unanswered earlier one is a protocol failure: the server answers every action.
-    if let Some((_, i, st)) = conn.typing.take() {
+    if let Some((_, i, st)) = conn.events.typing.take() {
         env.recorder
             .record(s.index, Action::UserTyping, i, st, Err(ErrorClass::Timeout));
     }
@@ -833,7 +860,7 @@ async fn send_typing(env: &UserEnv, s: &Session, conn: &mut Conn, intended: Inst
     conn.client_seq += 1;
     let started = Instant::now();
     match w.send_text(&ws::typing_frame(seq, &ch, "")).await {
-        Ok(()) => conn.typing = Some((seq, intended, started)),
+        Ok(()) => conn.events.typing = Some((seq, intended, started)),
         Err(_) => {
             env.recorder.record(
                 s.index,
@@ -847,8 +874,17 @@ async fn send_typing(env: &UserEnv, s: &Session, conn: &mut Conn, intended: Inst
     }
 }
 
-fn handle_frame(env: &UserEnv, s: &Session, conn: &mut Conn, f: ws::Frame) {
-    match conn.seq.observe(&f) {
+/// One message from the server, decoded where it lies: sequence tracking, the answer to a
+/// `user_typing`, and for `posted` the delivery's receipt and the user's recent posts.
+fn handle_event(env: &UserEnv, s: &Session, ev: &mut Events, text: &[u8]) {
+    let f = match ws::parse_frame(text) {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::debug!(user = s.index, "unparsable frame: {e}");
+            return;
+        }
+    };
+    match ev.seq.observe(&f) {
         SeqOutcome::Hello { new_connection } => {
             env.set_live(s.local, true);
             if new_connection {
@@ -862,9 +898,9 @@ fn handle_frame(env: &UserEnv, s: &Session, conn: &mut Conn, f: ws::Frame) {
         SeqOutcome::Gap(n) => tracing::debug!(user = s.index, "{n} events skipped"),
         _ => {}
     }
-    if let (Some(reply), Some((seq, intended, started))) = (f.seq_reply, conn.typing) {
+    if let (Some(reply), Some((seq, intended, started))) = (f.seq_reply, ev.typing) {
         if reply == seq {
-            conn.typing = None;
+            ev.typing = None;
             let outcome = if f.status.as_deref() == Some("OK") {
                 Ok(Instant::now())
             } else {
@@ -877,7 +913,12 @@ fn handle_frame(env: &UserEnv, s: &Session, conn: &mut Conn, f: ws::Frame) {
     }
     if f.event.as_deref() == Some("posted") {
         env.recorder.posted_event();
-        let Some(p) = ws::parse_posted(&f) else {
+        let Some(p) = f
+            .data
+            .as_ref()
+            .and_then(|d| d.post.as_deref())
+            .and_then(ws::parse_posted)
+        else {
             return;
         };
         if let Some(pr) = p.props.as_ref() {
@@ -891,8 +932,8 @@ fn handle_frame(env: &UserEnv, s: &Session, conn: &mut Conn, f: ws::Frame) {
             }
         }
         let mut st = s.state.lock();
-        if s.channels.get(st.current) == Some(&p.channel_id) {
-            st.remember(p.id, p.root_id);
+        if s.channels.get(st.current).map(String::as_str) == Some(&*p.channel_id) {
+            st.remember(p.id.into_owned(), p.root_id.into_owned());
         }
     }
 }
@@ -918,7 +959,8 @@ mod tests {
     async fn an_idle_user_task_stays_small() {
         let config = WorkloadConfig::preset("quick").expect("preset");
         let env = Arc::new(UserEnv {
-            api: Api::new("http://127.0.0.1:9", Duration::from_secs(1), &[]).expect("client"),
+            api: Api::new("http://127.0.0.1:9", Duration::from_secs(1), &[], 1).expect("client"),
+            shards: crate::shards::get().expect("shards"),
             ws: WsTarget {
                 url: "ws://127.0.0.1:9/api/v4/websocket".into(),
                 addr: "127.0.0.1:9".parse().expect("addr"),

@@ -9,41 +9,16 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use std::borrow::Cow;
+
 use serde::Deserialize;
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
-use crate::net::connect_tcp;
-use crate::wsconn::{Transport, WsConn};
-
-/// The byte stream under a WebSocket: a plain TCP stream for `ws://`, rustls for `wss://`.
-pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+use crate::net::{connect_tcp, tls_connector, Io, Transport};
+use crate::wsconn::WsConn;
 
 /// One authenticated WebSocket.
 pub type Ws = WsConn;
-
-/// rustls client configuration with the web PKI roots, built once per process. The crypto
-/// provider is named (ring) rather than taken from rustls's process default, which panics when a
-/// build enables more than one provider (a workspace build also compiles the AWS SDK's).
-fn tls_connector() -> tokio_rustls::TlsConnector {
-    static CONFIG: std::sync::OnceLock<std::sync::Arc<tokio_rustls::rustls::ClientConfig>> =
-        std::sync::OnceLock::new();
-    let config = CONFIG.get_or_init(|| {
-        let roots = tokio_rustls::rustls::RootCertStore {
-            roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
-        };
-        let provider = std::sync::Arc::new(tokio_rustls::rustls::crypto::ring::default_provider());
-        std::sync::Arc::new(
-            tokio_rustls::rustls::ClientConfig::builder_with_provider(provider)
-                .with_safe_default_protocol_versions()
-                .expect("ring supports rustls's default protocol versions")
-                .with_root_certificates(roots)
-                .with_no_client_auth(),
-        )
-    });
-    tokio_rustls::TlsConnector::from(config.clone())
-}
 
 /// Host name of a `wss://host[:port]/path` URL, for TLS server name indication and checking.
 fn url_host(url: &str) -> Option<&str> {
@@ -100,11 +75,11 @@ pub struct Resume {
     pub sequence_number: u64,
 }
 
-/// Frames received before the authentication reply (normally none) are returned so the caller
-/// can process them in order.
+/// Frames received before the authentication reply (normally none) are returned, as the text
+/// they came as, so the caller can process them in order.
 pub struct Connected {
     pub ws: Ws,
-    pub early: Vec<Frame>,
+    pub early: Vec<Vec<u8>>,
     /// Client sequence number to use for the next action frame.
     pub next_client_seq: u64,
 }
@@ -166,17 +141,13 @@ async fn connect_inner(
         .map_err(|e| WsError::Handshake(e.to_string()))?;
     let mut early = Vec::new();
     loop {
-        let (frame, text) = ws
-            .recv(|b| {
-                (
-                    parse_frame(b),
-                    String::from_utf8_lossy(&b[..b.len().min(200)]).into_owned(),
-                )
-            })
+        let text = ws
+            .recv(|b| b.to_vec())
             .await
             .map_err(|e| WsError::Handshake(e.to_string()))?
             .ok_or_else(|| WsError::Auth("connection closed before the reply".into()))?;
-        let frame = frame.map_err(|e| WsError::Handshake(format!("unexpected frame: {e}")))?;
+        let frame =
+            parse_frame(&text).map_err(|e| WsError::Handshake(format!("unexpected frame: {e}")))?;
         if frame.seq_reply == Some(1) {
             if frame.status.as_deref() == Some("OK") {
                 return Ok(Connected {
@@ -185,11 +156,13 @@ async fn connect_inner(
                     next_client_seq: 2,
                 });
             }
-            return Err(WsError::Auth(text));
+            return Err(WsError::Auth(
+                String::from_utf8_lossy(&text[..text.len().min(200)]).into_owned(),
+            ));
         }
         // Servers that authenticate before answering may already send hello; keep it.
         if early.len() < 64 {
-            early.push(frame);
+            early.push(text);
         }
     }
 }
@@ -284,65 +257,68 @@ fn check_upgrade(response: &httparse::Response<'_, '_>, key: &[u8]) -> Result<()
     Ok(())
 }
 
-/// A server frame: an event (with `seq`) or a reply to an action (with `seq_reply`).
+/// A server frame: an event (with `seq`) or a reply to an action (with `seq_reply`). Strings
+/// borrow from the bytes read where they have no escapes: an event is decoded where it lies in
+/// the read buffer, tens of thousands of times a second in a big run.
 #[derive(Debug, Default, Deserialize)]
-pub struct Frame {
-    #[serde(default)]
-    pub event: Option<String>,
+pub struct Frame<'a> {
+    #[serde(default, borrow)]
+    pub event: Option<Cow<'a, str>>,
     #[serde(default)]
     pub seq: Option<u64>,
     #[serde(default)]
     pub seq_reply: Option<u64>,
-    #[serde(default)]
-    pub status: Option<String>,
-    #[serde(default)]
-    pub data: Option<EventData>,
+    #[serde(default, borrow)]
+    pub status: Option<Cow<'a, str>>,
+    #[serde(default, borrow)]
+    pub data: Option<EventData<'a>>,
 }
 
 /// The fields of `data` the agent reads; everything else is skipped without allocation.
 #[derive(Debug, Default, Deserialize)]
-pub struct EventData {
-    #[serde(default)]
-    pub connection_id: Option<String>,
-    /// In `posted`, the post encoded as a JSON string.
-    #[serde(default)]
-    pub post: Option<String>,
+pub struct EventData<'a> {
+    #[serde(default, borrow)]
+    pub connection_id: Option<Cow<'a, str>>,
+    /// In `posted`, the post encoded as a JSON string (its quotes escaped, so always unescaped
+    /// into a string of its own).
+    #[serde(default, borrow)]
+    pub post: Option<Cow<'a, str>>,
 }
 
 /// The fields of a received post that delivery measurement needs.
 #[derive(Debug, Deserialize)]
-pub struct PostedPost {
-    pub id: String,
-    #[serde(default)]
-    pub channel_id: String,
-    #[serde(default)]
-    pub root_id: String,
-    #[serde(default)]
-    pub props: Option<PostProps>,
+pub struct PostedPost<'a> {
+    #[serde(borrow)]
+    pub id: Cow<'a, str>,
+    #[serde(default, borrow)]
+    pub channel_id: Cow<'a, str>,
+    #[serde(default, borrow)]
+    pub root_id: Cow<'a, str>,
+    #[serde(default, borrow)]
+    pub props: Option<PostProps<'a>>,
 }
 
 /// The measurement stamp every agent post carries.
 #[derive(Debug, Deserialize)]
-pub struct PostProps {
-    #[serde(default)]
-    pub lt_id: Option<String>,
+pub struct PostProps<'a> {
+    #[serde(default, borrow)]
+    pub lt_id: Option<Cow<'a, str>>,
     #[serde(default)]
     pub lt_sent_at: Option<i64>,
     /// Send time in the coordinator's clock (`lt_sent_at` − the sender's clock offset).
     #[serde(default)]
     pub lt_sent_at_ref: Option<i64>,
     /// Run id of the sender.
-    #[serde(default)]
-    pub lt_run: Option<String>,
+    #[serde(default, borrow)]
+    pub lt_run: Option<Cow<'a, str>>,
 }
 
-pub fn parse_frame(text: &[u8]) -> Result<Frame, serde_json::Error> {
+pub fn parse_frame(text: &[u8]) -> Result<Frame<'_>, serde_json::Error> {
     serde_json::from_slice(text)
 }
 
-/// Decodes `data.post` of a `posted` event.
-pub fn parse_posted(frame: &Frame) -> Option<PostedPost> {
-    let post = frame.data.as_ref()?.post.as_deref()?;
+/// Decodes `post`, the `data.post` string of a `posted` event.
+pub fn parse_posted(post: &str) -> Option<PostedPost<'_>> {
     serde_json::from_str(post).ok()
 }
 
@@ -387,7 +363,11 @@ pub enum SeqOutcome {
 impl SeqTracker {
     pub fn observe(&mut self, frame: &Frame) -> SeqOutcome {
         if frame.event.as_deref() == Some("hello") {
-            let id = frame.data.as_ref().and_then(|d| d.connection_id.clone());
+            let id = frame
+                .data
+                .as_ref()
+                .and_then(|d| d.connection_id.as_deref())
+                .map(str::to_owned);
             let new_connection = self.connection_id.is_some() && id != self.connection_id;
             self.connection_id = id;
             self.expected = frame.seq.unwrap_or(0) + 1;
@@ -422,7 +402,7 @@ impl SeqTracker {
 mod tests {
     use super::*;
 
-    fn frame(text: &str) -> Frame {
+    fn frame(text: &str) -> Frame<'_> {
         parse_frame(text.as_bytes()).expect("frame")
     }
 
@@ -564,7 +544,12 @@ mod tests {
         let f = frame(
             r#"{"event":"posted","seq":3,"broadcast":{"channel_id":"c"},"data":{"post":"{\"id\":\"p1\",\"channel_id\":\"c\",\"props\":{\"lt_id\":\"a-1\",\"lt_sent_at\":5}}","channel_type":"O"}}"#,
         );
-        let p = parse_posted(&f).expect("post");
+        let post = f
+            .data
+            .as_ref()
+            .and_then(|d| d.post.as_deref())
+            .expect("data.post");
+        let p = parse_posted(post).expect("post");
         assert_eq!(p.id, "p1");
         let props = p.props.expect("props");
         assert_eq!(props.lt_id.as_deref(), Some("a-1"));
@@ -574,13 +559,10 @@ mod tests {
     #[test]
     fn sequence_tracking_sees_gaps_repeats_and_new_hellos() {
         let mut t = SeqTracker::default();
-        let hello = |id: &str| {
-            frame(&format!(
-                r#"{{"event":"hello","seq":0,"data":{{"connection_id":"{id}"}}}}"#
-            ))
-        };
+        let hello =
+            |id: &str| format!(r#"{{"event":"hello","seq":0,"data":{{"connection_id":"{id}"}}}}"#);
         assert_eq!(
-            t.observe(&hello("c1")),
+            t.observe(&frame(&hello("c1"))),
             SeqOutcome::Hello {
                 new_connection: false
             }
@@ -604,7 +586,7 @@ mod tests {
         let r = t.resume().expect("resume point");
         assert_eq!((r.connection_id.as_str(), r.sequence_number), ("c1", 5));
         assert_eq!(
-            t.observe(&hello("c2")),
+            t.observe(&frame(&hello("c2"))),
             SeqOutcome::Hello {
                 new_connection: true
             }

@@ -21,10 +21,8 @@ use std::cell::RefCell;
 use std::io;
 use std::ops::Range;
 
+use crate::net::Transport;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpStream;
-
-use crate::ws::Io;
 
 /// Longest message accepted, whole or assembled from fragments (chat events are under 4 KiB).
 pub const MAX_MESSAGE: usize = 4 << 20;
@@ -35,23 +33,6 @@ const TLS_READ: usize = 4096;
 
 thread_local! {
     static SCRATCH_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH].into_boxed_slice());
-}
-
-/// The stream under a connection. TLS is boxed: a rustls connection is kilobytes and a plain
-/// user should not carry its space.
-pub enum Transport {
-    Plain(TcpStream),
-    Tls(Box<tokio_rustls::client::TlsStream<TcpStream>>),
-}
-
-impl Transport {
-    /// The stream as bytes in and out (for the upgrade and for writes).
-    pub fn io(&mut self) -> &mut dyn Io {
-        match self {
-            Transport::Plain(t) => t,
-            Transport::Tls(t) => &mut **t,
-        }
-    }
 }
 
 const OP_CONTINUATION: u8 = 0x0;
@@ -197,13 +178,13 @@ impl WsConn {
 
     /// The next text message, given to `parse`; `None` once the server closed the connection
     /// (its close frame answered) or the stream ended. Cancel-safe.
-    pub async fn recv<T>(&mut self, parse: impl Fn(&[u8]) -> T) -> io::Result<Option<T>> {
+    pub async fn recv<T>(&mut self, mut parse: impl FnMut(&[u8]) -> T) -> io::Result<Option<T>> {
         loop {
             while !self.ended {
                 let Some(h) = parse_header(&self.buf[self.start..])? else {
                     break;
                 };
-                if let Some(got) = self.take(h, &parse)? {
+                if let Some(got) = self.take(h, &mut parse)? {
                     self.compact();
                     return Ok(Some(got));
                 }
@@ -229,7 +210,7 @@ impl WsConn {
     }
 
     /// Consumes the complete frame `h`; a finished text message is parsed and returned.
-    fn take<T>(&mut self, h: Header, parse: impl Fn(&[u8]) -> T) -> io::Result<Option<T>> {
+    fn take<T>(&mut self, h: Header, mut parse: impl FnMut(&[u8]) -> T) -> io::Result<Option<T>> {
         let p = self.start + h.payload.start..self.start + h.payload.end;
         self.start = p.end;
         if let Some(mask) = h.mask {
@@ -358,6 +339,7 @@ impl WsConn {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::net::TcpStream;
 
     /// A server frame (unmasked unless `mask`).
     fn server_frame(fin: bool, opcode: u8, payload: &[u8], mask: Option<[u8; 4]>) -> Vec<u8> {
