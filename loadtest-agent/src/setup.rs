@@ -367,10 +367,10 @@ pub async fn run_setup(
             let (api, token, c, admin_id) = (api.clone(), token.clone(), counters.clone(), admin_id.clone());
             async move {
                 let existing = match api.channel_posts(0, &token, &ch.id, None, want).await {
-                    Ok(l) => l.order.len() as u32,
+                    Ok(l) => l.len as u32,
                     Err(e) if e.status == Some(403) => {
                         api.add_channel_member(0, &token, &ch.id, &admin_id).await?;
-                        api.channel_posts(0, &token, &ch.id, None, want).await?.order.len() as u32
+                        api.channel_posts(0, &token, &ch.id, None, want).await?.len as u32
                     }
                     Err(e) => return Err(e),
                 };

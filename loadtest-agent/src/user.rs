@@ -24,7 +24,7 @@ use serde_json::json;
 use tokio::time::sleep_until;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{Api, ApiError, NewPost, PostList};
+use crate::client::{Api, ApiError, NewPost, PostList, NEWEST_KEPT};
 use crate::dataset::Layout;
 use crate::measure::{Recorder, Stamp};
 use crate::net::SourceAddrs;
@@ -32,7 +32,7 @@ use crate::schedule::{Pacer, UserSchedule};
 use crate::ws::{self, SeqOutcome, SeqTracker, Ws, WsError, WsTarget};
 
 /// Posts kept per user for replies and reactions.
-const RECENT_POSTS: usize = 8;
+const RECENT_POSTS: usize = NEWEST_KEPT;
 /// Posts fetched per page when viewing a channel or reading back.
 const PAGE: u32 = 30;
 const EMOJIS: [&str; 6] = ["thumbsup", "smile", "tada", "eyes", "heart", "rocket"];
@@ -141,19 +141,18 @@ impl UserState {
         self.recent.push_back((id, root_id));
     }
 
-    fn load_page(&mut self, list: &PostList, replace: bool) {
+    /// Takes in a page: its newest posts replace the recent ones when `replace` (a channel
+    /// opened, not scrolled back), and its oldest is where the next page back starts.
+    fn load_page(&mut self, list: PostList, replace: bool) {
         if replace {
             self.recent.clear();
-        }
-        // `order` is newest first: remember the newest few, oldest-first.
-        for id in list.order.iter().take(RECENT_POSTS).rev() {
-            let root = list.root_of(id).to_owned();
-            if replace {
-                self.remember(id.clone(), root);
+            // Newest first in the page: remember them oldest-first.
+            for (id, root) in list.newest.into_iter().rev() {
+                self.remember(id, root);
             }
         }
-        if let Some(last) = list.order.last() {
-            self.oldest = Some(last.clone());
+        if let Some(oldest) = list.oldest {
+            self.oldest = Some(oldest);
         }
     }
 }
@@ -240,7 +239,7 @@ async fn execute(env: Arc<UserEnv>, s: Arc<Session>, plan: Plan, intended: Insta
                                 let mut st = s.state.lock();
                                 st.current = to;
                                 st.oldest = None;
-                                st.load_page(&list, true);
+                                st.load_page(list, true);
                             }
                             api.view_channel(
                                 slot,
@@ -269,11 +268,11 @@ async fn execute(env: Arc<UserEnv>, s: Arc<Session>, plan: Plan, intended: Insta
                     .await
                     .map(|list| {
                         let mut st = s.state.lock();
-                        if list.order.is_empty() {
+                        if list.len == 0 {
                             // Reached the beginning: start over from the newest.
                             st.oldest = None;
                         } else {
-                            st.load_page(&list, false);
+                            st.load_page(list, false);
                         }
                     }),
             };
@@ -297,8 +296,9 @@ async fn execute(env: Arc<UserEnv>, s: Arc<Session>, plan: Plan, intended: Insta
                     api.channel_posts(slot, &token, &ch, None, PAGE)
                         .await
                         .map(|l| {
-                            s.state.lock().load_page(&l, true);
-                            l.order.first().cloned()
+                            let newest = l.newest.first().map(|(id, _)| id.clone());
+                            s.state.lock().load_page(l, true);
+                            newest
                         })
                 }
                 (None, None) => Ok(None),
