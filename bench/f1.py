@@ -2,7 +2,7 @@
 """The headline workload (issue 13, "F1") on a local cluster, measured per component.
 
     python3 bench/f1.py [--scale third|full] [--append BENCHMARKS.md] [--pin] [--perf DIR]
-                        [--no-nats | --nats-only] [--keep] [--bin-dir DIR]
+                        [--no-nats | --nats-only] [--keep] [--save DIR] [--bin-dir DIR]
 
 Builds the release `chat-server`, `loadtest-agent` and `ltparse` (`ltops` is whichever build is
 there, release or the test build's debug one, built if missing), creates a local
@@ -16,7 +16,7 @@ steady window starts 30 s after the last interval of the ramp-up and ends with t
 reported as cores over it, memory at its end. The run's own figures come from `ltparse --display
 json -v` over the results: deliveries per second, delivery p99 over the run and per interval in
 the window, missing deliveries, actions started late, errors. The cluster is deleted at the end
-(`--keep` leaves it and the home).
+(`--keep` leaves it and the home; `--save DIR` copies the run's results files to DIR first).
 
 Then, unless `--no-nats`, the same shape on NATS (`nats_run`): two `nats-server` instances joined
 by a route, one subscriber connection per user from two `nats-fanout` processes (the workspace's
@@ -187,7 +187,31 @@ class Sampler(threading.Thread):
                         last[p] = s[2]
                 if got:
                     row[name] = got
+            row["_box"] = box_ticks()
             self.samples.append((now, row))
+
+
+def box_ticks():
+    """The whole machine's CPU ticks from /proc/stat: (busy, steal, all). Steal is time the
+    hypervisor gave this VM's CPUs to someone else: every process here stalls through it."""
+    f = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = f[3] + (f[4] if len(f) > 4 else 0)
+    steal = f[7] if len(f) > 7 else 0
+    total = sum(f[:8])
+    return (total - idle - steal, steal, total)
+
+
+def box_figures(samples, t0, t1):
+    """The machine over [t0, t1]: busy cores (every process, the sampler included), the share of
+    CPU time stolen by the hypervisor, and the worst second's steal."""
+    rows = [s[1]["_box"] for s in samples if t0 <= s[0] <= t1 and "_box" in s[1]]
+    if len(rows) < 2:
+        return {}
+    (b0, s0, a0), (b1, s1, a1) = rows[0], rows[-1]
+    worst = max((y[1] - x[1]) / max(y[2] - x[2], 1) for x, y in zip(rows, rows[1:]))
+    cores = os.cpu_count() or 1
+    return {"busy_cores": (b1 - b0) / max(a1 - a0, 1) * cores,
+            "steal_share": (s1 - s0) / max(a1 - a0, 1), "worst_second_steal_share": worst}
 
 
 def window_figures(samples, t0, t1):
@@ -200,7 +224,7 @@ def window_figures(samples, t0, t1):
     (a_t, a), (b_t, b) = inside[0], inside[-1]
     secs = b_t - a_t
     out = {}
-    for name in sorted(b):
+    for name in sorted(n for n in b if not n.startswith("_")):
         before = a.get(name, {})
         if not before:
             continue
@@ -219,6 +243,8 @@ def main():
     ap.add_argument("--scale", choices=sorted(SCALES), default="third")
     ap.add_argument("--append", metavar="FILE", help="append the result tables to FILE (e.g. BENCHMARKS.md)")
     ap.add_argument("--keep", action="store_true", help="leave the cluster and its LTOPS_HOME")
+    ap.add_argument("--save", metavar="DIR", type=Path,
+                    help="copy the run's results (agents' and server's JSON Lines) to DIR/RUN before deleting")
     ap.add_argument("--no-nats", dest="nats", action="store_false",
                     help="skip the same shape on a two-server nats-server cluster after the F1 run")
     ap.add_argument("--nats-only", action="store_true", help="run only the NATS shape")
@@ -302,6 +328,9 @@ def f1_run(a, rel, bins):
         sampler.join()
         state = tomllib.loads((home / "clusters" / name / "cluster.toml").read_text())
         results = Path(state["last_run"]["results_dir"])
+        if a.save:
+            shutil.copytree(results, a.save / results.name, dirs_exist_ok=True)
+            print(f"results saved in {a.save / results.name}", file=sys.stderr)
         files = sorted(str(p) for p in results.glob("agent-*.jsonl"))
         args = [x for f in files for x in ("-f", f)]
         rep = json.loads(subprocess.run([rel / "ltparse", "results", "--display", "json", "-v", *args],
@@ -325,7 +354,8 @@ def f1_run(a, rel, bins):
             "delivery_p99_ms_steady_intervals": [min(p99s, default=0), max(p99s, default=0)],
             "missing": r["delivery"]["missing"], "expected": r["delivery"]["expected"],
             "late_ratio": r["schedule"]["late_ratio"], "loadtest_exit": lt.returncode,
-            "steady_s": t1 - t0, "components": comps, "reached_full": bool(full),
+            "steady_s": t1 - t0, "components": comps, "box": box_figures(sampler.samples, t0, t1),
+            "reached_full": bool(full),
             "cut_short": r.get("cut_short", lt.returncode != 0),
             "p99_ms_per_interval": [[i["offset_s"], i["active_users"], i["delivery_latency"]["p99_us"] / 1000]
                                     for i in ivs if i["delivery_latency"]["count"]],
@@ -459,7 +489,7 @@ def nats_run(users, channels, pps, secs, pin_cpus, rel):
             "p99_ms": max(r["latency_p99_us"] for r in reports) / 1000,
             "max_ms": max(r["latency_max_us"] for r in reports) / 1000,
             "closed": sum(r["closed"] for r in reports), "secs": t1 - t0, "components": comp,
-            "payload": NATS_PAYLOAD,
+            "box": box_figures(sampler.samples, t0, t1), "payload": NATS_PAYLOAD,
         }
     finally:
         for p in procs:

@@ -16,7 +16,11 @@ same server, one at a time:
    requests in Lua against the agent with switch_channel only.
 3. 1,000 users acting once every 5 s (check_unreads): Locust (`FastHttpUser`, headless) against
    the agent, each user logged in once; the agent's users also hold a WebSocket each, Locust's
-   none.
+   none. Beside them `wrk` with a Lua `delay` of 5 s on 1,000 connections sends the same paced
+   requests from a C event loop, simulating nothing: what the kernel and the loopback cost any
+   generator at that rate on this machine, the floor for the ratio to Locust. Memory per user is
+   given whole (the process's RSS over its users, fixed part included) and marginal (the RSS of
+   1,000 users less that of 500, over 500), for Locust and the agent alike.
 
 Figures: generator CPU (user + kernel, from the process's rusage for 1 and 2, from /proc over
 the steady window for 3) per request or per user-minute, and memory per user (VmRSS at the end
@@ -50,6 +54,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 TICK = os.sysconf("SC_CLK_TCK")
 USERS = 1000
+# The smaller run of the marginal memory figure.
+HALF = 500
 PASSWORD = "Lt-Passw0rd!"
 
 
@@ -253,27 +259,31 @@ class Bench:
             sys.exit(f"wrk printed no request count:\n{out}")
         return int(m.group(1)), int(errs.group(1)) if errs else 0, cpu
 
-    def check_unreads(self):
+    def request_rate(self, figure, name, script, path, mix, per_action):
+        """wrk running `script` on 50 connections against the agents' 50 users doing only `mix`
+        (`per_action` requests each), one after the other: CPU per request of each."""
         s = self.a.seconds
-        path = f"/api/v4/users/{self.user}/teams/{self.team}/channels/members"
-        figure = "generator CPU per request, check-unreads GET, 50 connections"
 
         def peer():
-            n, bad, cpu = self.wrk("unreads", f'wrk.headers["Authorization"] = "Bearer {self.token}"\n', path, s)
+            n, bad, cpu = self.wrk(name, script, path, s)
             if bad:
-                sys.exit(f"wrk got {bad} non-2xx answers to the check-unreads GET")
+                sys.exit(f"wrk got {bad} non-2xx answers ({name})")
             self.sample(figure, "µs", "wrk", "wrk", cpu / max(n, 1) * 1e6,
                         f"wrk {n:,} requests in {cpu:.2f} CPU-s")
 
         def agent(label, binary):
-            hits, cpu = self.agent(binary, "unreads", 50, "check_unreads", "1ms", "0ms", s)
-            ok, errors = hits.get("check_unreads", (0, 0))
-            self.sample(figure, "µs", "wrk", label, cpu / max(ok, 1) * 1e6,
-                        f"{label} {ok:,} requests ({errors} errors) in {cpu:.2f} CPU-s")
+            hits, cpu = self.agent(binary, name, 50, mix, "1ms", "0ms", s)
+            ok, errors = hits.get(mix, (0, 0))
+            self.sample(figure, "µs", "wrk", label, cpu / max(per_action * ok, 1) * 1e6,
+                        f"{label} {per_action * ok:,} requests ({errors} failed actions) in {cpu:.2f} CPU-s")
         self.turns([peer] + [lambda a=a: agent(*a) for a in self.agents])
 
+    def check_unreads(self):
+        self.request_rate("generator CPU per request, check-unreads GET, 50 connections", "unreads",
+                          f'wrk.headers["Authorization"] = "Bearer {self.token}"\n',
+                          f"/api/v4/users/{self.user}/teams/{self.team}/channels/members", "check_unreads", 1)
+
     def read_mix(self):
-        s = self.a.seconds
         chans = ", ".join(f'"{c}"' for c in self.channels)
         script = f"""-- The agent's switch_channel: a posts page, then a view of that channel.
 wrk.headers["Authorization"] = "Bearer {self.token}"
@@ -291,21 +301,10 @@ request = function()
 end
 """
         figure = "generator CPU per request, the agent's read mix (posts page + view)"
-
-        def peer():
-            n, bad, cpu = self.wrk("readmix", script, "/", s)
-            if bad:
-                sys.exit(f"wrk got {bad} non-2xx answers to the read mix")
-            self.sample(figure, "µs", "wrk", "wrk", cpu / max(n, 1) * 1e6,
-                        f"wrk {n:,} requests in {cpu:.2f} CPU-s")
-
-        def agent(label, binary):
-            hits, cpu = self.agent(binary, "readmix", 50, "switch_channel", "1ms", "0ms", s)
-            ok, errors = hits.get("switch_channel", (0, 0))
-            # Each switch_channel is two requests: the posts page and the view.
-            self.sample(figure, "µs", "wrk", label, cpu / max(2 * ok, 1) * 1e6,
-                        f"{label} {2 * ok:,} requests ({errors} failed actions) in {cpu:.2f} CPU-s")
-        self.turns([peer] + [lambda a=a: agent(*a) for a in self.agents])
+        # Each switch_channel is two requests: the posts page and the view.
+        self.request_rate(figure, "readmix", script, "/", "switch_channel", 2)
+        if self.round == 0:
+            self.figures[figure][3].append(f"a posts page is {self.page_bytes:,} bytes of JSON")
 
     def window(self, proc, ramp, seconds):
         """CPU seconds of `proc` over [ramp + 5 s, ramp + seconds - 5 s] and its VmRSS at the end."""
@@ -342,48 +341,72 @@ class ChatUser(FastHttpUser):
 ''')
         per_min = lambda cpu, secs: cpu / (USERS * secs / 60)
         cpu_figure = f"CPU per simulated user-minute, {USERS:,} users, one action per 5 s"
-        rss_figure = "RSS per simulated user (whole process, fixed part included)"
+        rss_figure = f"RSS per simulated user, {USERS:,} users (whole process, fixed part included)"
+        marginal_figure = f"RSS per simulated user, marginal ({HALF:,} → {USERS:,} users)"
 
-        def peer():
+        def locust(users, ramp, secs):
             log = open(self.tmp / "locust.log", "w")
-            p = subprocess.Popen([self.a.locust, "-f", locustfile, "--headless", "-u", str(USERS),
-                                  "-r", str(USERS // ramp), "-t", f"{s + ramp}s", "--host", self.base,
+            p = subprocess.Popen([self.a.locust, "-f", locustfile, "--headless", "-u", str(users),
+                                  "-r", str(max(users // ramp, 1)), "-t", f"{secs + ramp}s", "--host", self.base,
                                   "--only-summary", "--stop-timeout", "5"], stdout=log, stderr=log)
-            cpu, secs, rss = self.window(p, ramp, s)
+            got = self.window(p, ramp, secs)
             p.wait()
-            self.sample(cpu_figure, "CPU-s", "Locust", "Locust", per_min(cpu, secs),
-                        f"Locust {cpu:.2f} CPU-s over {secs:.0f} s")
-            self.sample(rss_figure, "KiB", "Locust", "Locust", rss / USERS)
+            return got
 
-        def agent(label, binary):
+        def agent_run(binary, users, ramp, secs, profile=False):
             cfg = self.tmp / "users.toml"
-            cfg.write_text(workload(self.port, USERS, "check_unreads", "5s", "0s", s, ramp))
+            cfg.write_text(workload(self.port, users, "check_unreads", "5s", "0s", secs, ramp))
             q = subprocess.Popen([binary, "run", "--config", cfg, "--skip-setup",
                                   "--results", self.tmp / "users.jsonl"],
                                  stdout=subprocess.DEVNULL, stderr=open(self.tmp / "agent-users.log", "w"))
-            first = binary == self.agents[0][1] and self.round == 0
-            prof = first and self.profiler("users", s - 4, delay=ramp + 5)
+            prof = profile and self.profiler("users", secs - 4, delay=ramp + 5)
             prof_thread = prof and threading.Thread(target=prof, args=(q.pid,), daemon=True)
             if prof_thread:
                 prof_thread.start()
-            cpu, secs, rss = self.window(q, ramp, s)
+            got = self.window(q, ramp, secs)
             q.wait()
             if prof_thread:
                 prof_thread.join()
+            return got
+
+        def peer():
+            cpu, secs, rss = locust(USERS, ramp, s)
+            self.sample(cpu_figure, "CPU-s", "Locust", "Locust", per_min(cpu, secs),
+                        f"Locust {cpu:.2f} CPU-s over {secs:.0f} s")
+            self.sample(rss_figure, "KiB", "Locust", "Locust", rss / USERS)
+            _, _, half = locust(HALF, 5, 20)
+            self.sample(marginal_figure, "KiB", "Locust", "Locust", (rss - half) / (USERS - HALF))
+
+        def floor():
+            # The same paced requests from a C event loop: wrk's Lua `delay` waits 5 s after each
+            # answer on each of its connections. What the kernel and the loopback cost any
+            # generator at this rate on this machine, with nothing simulated.
+            lua = secret_file(self.tmp / "paced.lua", f'wrk.headers["Authorization"] = "Bearer {self.token}"\n'
+                              'function delay()\n  return 5000\nend\n')
+            path = f"/api/v4/users/{self.user}/teams/{self.team}/channels/members"
+            out, _, cpu = run_rusage(["wrk", "-t1", f"-c{USERS}", f"-d{s}s", "--timeout", "10s",
+                                      "-s", lua, self.base + path])
+            m = re.search(r"(\d+) requests in", out)
+            self.sample(cpu_figure, "CPU-s", "Locust", "wrk, paced", per_min(cpu, s),
+                        f"wrk, paced: {int(m.group(1)) if m else 0:,} requests in {cpu:.2f} CPU-s over {s} s")
+
+        def agent(label, binary):
+            first = binary == self.agents[0][1] and self.round == 0
+            cpu, secs, rss = agent_run(binary, USERS, ramp, s, profile=first)
             self.sample(cpu_figure, "CPU-s", "Locust", label, per_min(cpu, secs),
                         f"{label} {cpu:.2f} CPU-s over {secs:.0f} s (plus a WebSocket per user)")
             self.sample(rss_figure, "KiB", "Locust", label, rss / USERS)
-        self.turns([peer] + [lambda a=a: agent(*a) for a in self.agents])
-
+            _, _, half = agent_run(binary, HALF, 5, 20)
+            self.sample(marginal_figure, "KiB", "Locust", label, (rss - half) / (USERS - HALF))
+        self.turns([peer, floor] + [lambda a=a: agent(*a) for a in self.agents])
 
 def render(b, seconds, rounds):
     labels = [label for label, _ in b.agents]
-    head = ["figure"] + [f"{l} (median)" for l in labels] + ["peer (median)"] + \
-           [f"ratio {l} / peer (rounds' range)" for l in labels]
     also = "".join(f" --also {l}=…" for l in labels[1:])
     out = [f"\n### Generator cost against wrk and Locust, {time.strftime('%Y-%m-%d')} "
            f"(`python3 bench/peers.py --seconds {seconds} --rounds {rounds}{also}`)\n",
-           "| " + " | ".join(head) + " |", "|---" + "|--:" * (len(head) - 1) + "|"]
+           "| figure | generator | median of the rounds | peer, median | ratio of the medians (rounds' range) |",
+           "|---|---|--:|--:|--:|"]
     notes = []
     for name, (unit, peer, values, round_notes) in b.figures.items():
         fmt = (lambda v: f"{v:.1f} {unit}") if unit in ("µs", "KiB") else (lambda v: f"{v:.4f} {unit}")
@@ -391,16 +414,15 @@ def render(b, seconds, rounds):
         if not peer_v:
             continue
         pm = statistics.median(peer_v)
-        cells = [fmt(statistics.median(values.get(l, [0]))) for l in labels] + [f"{peer}: {fmt(pm)}"]
-        for l in labels:
-            rs = [x / y for x, y in zip(values.get(l, []), peer_v) if y]
-            med = statistics.median(values.get(l, [0])) / pm if pm else 0
-            cells.append(f"{med:.2f}× ({min(rs):.2f}–{max(rs):.2f})" if rs else "–")
-        out.append(f"| {name} | " + " | ".join(cells) + " |")
+        for who, vs in values.items():
+            if who == peer:
+                continue
+            rs = [x / y for x, y in zip(vs, peer_v) if y]
+            ratio = f"{statistics.median(vs) / pm:.2f}× ({min(rs):.2f}–{max(rs):.2f})" if pm and rs else "–"
+            out.append(f"| {name} | {who} | {fmt(statistics.median(vs))} | {peer}: {fmt(pm)} | {ratio} |")
         if round_notes:
             notes.append(f"- {name}: " + "; ".join(round_notes) + ".")
     return "\n".join(out + [""] + notes) + "\n"
-
 
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -84,12 +84,12 @@ impl LatencyHistogram {
     /// The sum over samples of how far each exceeds `floor_us`, microseconds: for lateness,
     /// the time spent beyond a tolerated delay.
     pub fn sum_above_us(&self, floor_us: u64) -> f64 {
-        self.inner
-            .iter_recorded()
-            .filter(|v| v.value_iterated_to() > floor_us)
-            .map(|v| (v.value_iterated_to() - floor_us) as f64 * v.count_at_value() as f64)
-            // Not `sum()`: an empty float sum is -0.0, which a report prints as "-0.0%".
-            .fold(0.0, |acc, x| acc + x)
+        crate::sum_f64(
+            self.inner
+                .iter_recorded()
+                .filter(|v| v.value_iterated_to() > floor_us)
+                .map(|v| (v.value_iterated_to() - floor_us) as f64 * v.count_at_value() as f64),
+        )
     }
 
     pub fn count(&self) -> u64 {

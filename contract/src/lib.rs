@@ -31,3 +31,20 @@ pub fn now_ms() -> i64 {
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
 }
+
+/// The sum of `values`, +0.0 when there are none. `Iterator::sum` of floats starts from -0.0, so
+/// an empty sum printed as "-0.00" in reports (a rate over an interval without actions, say).
+pub fn sum_f64(values: impl IntoIterator<Item = f64>) -> f64 {
+    values.into_iter().fold(0.0, |acc, x| acc + x)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn an_empty_float_sum_is_positive_zero() {
+        let empty = super::sum_f64(std::iter::empty());
+        assert!(empty == 0.0 && empty.is_sign_positive());
+        assert_eq!(format!("{empty:.2}"), "0.00");
+        assert_eq!(super::sum_f64([1.5, 2.0]), 3.5);
+    }
+}

@@ -159,7 +159,10 @@ impl<'de: 'a, 'a> Deserialize<'de> for Posts<'a> {
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("a map of post id to post")
             }
-            fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Posts<'a>, A::Error> {
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                mut m: A,
+            ) -> Result<Posts<'a>, A::Error> {
                 let mut out = Vec::with_capacity(m.size_hint().unwrap_or(32));
                 while let Some(entry) = m.next_entry::<Cow<'de, str>, &'de RawValue>()? {
                     out.push(entry);
@@ -590,7 +593,11 @@ mod tests {
         },"has_next":false}"#;
         let list: PostList = serde_json::from_str(page).expect("decodes");
         assert_eq!(list.len, 3);
-        let newest: Vec<_> = list.newest.iter().map(|(p, r)| (p.as_str(), r.as_str())).collect();
+        let newest: Vec<_> = list
+            .newest
+            .iter()
+            .map(|(p, r)| (p.as_str(), r.as_str()))
+            .collect();
         assert_eq!(newest, [("p3", "p1"), ("p2", "p1"), ("p1", "")]);
         assert_eq!(list.oldest.as_deref(), Some("p1"));
         let empty: PostList = serde_json::from_str(r#"{"order":[],"posts":{}}"#).expect("empty");
@@ -601,8 +608,9 @@ mod tests {
             err.to_string().contains("a map of post id to post"),
             "{err}"
         );
-        let err = serde_json::from_str::<PostList>(r#"{"order":["a"],"posts":{"a":{"root_id":7}}}"#)
-            .expect_err("a number for a root");
+        let err =
+            serde_json::from_str::<PostList>(r#"{"order":["a"],"posts":{"a":{"root_id":7}}}"#)
+                .expect_err("a number for a root");
         assert!(err.to_string().contains("post a:"), "{err}");
         // Only the newest few are kept, however long the page.
         let ids: Vec<String> = (0..30).map(|i| format!("\"i{i}\"")).collect();

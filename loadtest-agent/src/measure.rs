@@ -600,6 +600,7 @@ impl Recorder {
             return Receipt::Foreign;
         };
         let now = Instant::now();
+        let mut first_latency = None;
         let outcome = {
             let mut d = self.deliveries.lock();
             let d = &mut *d;
@@ -616,12 +617,15 @@ impl Recorder {
                         d.interval.received += 1;
                         let latency = now.saturating_duration_since(p.sent);
                         d.interval.latency.record(latency);
-                        self.metrics.delivery.observe(latency.as_secs_f64());
+                        first_latency = Some(latency);
                         Receipt::First
                     }
                 },
             }
         };
+        if let Some(latency) = first_latency {
+            self.metrics.delivery.observe(latency.as_secs_f64());
+        }
         match outcome {
             Receipt::First => self.metrics.deliveries_of(Kind::Received).inc(),
             Receipt::Duplicate => self.metrics.deliveries_of(Kind::Duplicate).inc(),
@@ -659,23 +663,28 @@ impl Recorder {
         self.deliveries.lock().pending.len()
     }
 
-    /// Takes the statistics recorded since the last call.
+    /// Takes the statistics recorded since the last call. Each shard's lock is held only to
+    /// swap its contents out (merging happens after): the users' threads record under these
+    /// locks, and a load runtime whose thread waits for one waits with all its users.
     pub fn take_interval(&self) -> IntervalStats {
         let mut guards: Vec<_> = self.shards.iter().map(|s| s.lock()).collect();
         let mut d = self.deliveries.lock();
         let delivery = std::mem::take(&mut d.interval);
         drop(d);
+        let taken: Vec<Shard> = guards
+            .iter_mut()
+            .map(|g| std::mem::take(&mut **g))
+            .collect();
+        drop(guards);
         let mut actions: BTreeMap<String, ActionStats> = BTreeMap::new();
         let mut schedule = ScheduleStats::default();
-        for g in guards.iter_mut() {
-            let shard = std::mem::take(&mut **g);
+        for shard in taken {
             for (a, s) in shard.actions {
                 // Same bucket layout everywhere: merging cannot fail.
                 let _ = actions.entry(a.name().to_string()).or_default().merge(&s);
             }
             let _ = schedule.merge(&shard.schedule);
         }
-        drop(guards);
         schedule.probe_lag = std::mem::take(&mut *self.probe.lock());
         IntervalStats {
             actions,

@@ -453,7 +453,7 @@ fn text_intervals(o: &mut String, r: &RunSummary) {
     for i in &r.intervals {
         let hits: u64 = i.actions.iter().map(|a| a.hits).sum();
         let errors: u64 = i.actions.iter().map(|a| a.errors).sum();
-        let thr: f64 = i.actions.iter().map(|a| a.throughput_per_s).sum();
+        let thr = loadtest_contract::sum_f64(i.actions.iter().map(|a| a.throughput_per_s));
         t.add_row(vec![
             i.index.to_string(),
             format!("{:.0}", i.offset_s),

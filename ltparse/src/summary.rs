@@ -651,7 +651,7 @@ fn server_summaries(records: &[ServerRecord]) -> Vec<ServerSummary> {
     by.into_iter()
         .map(|(instance, rs)| {
             let secs = |r: &ServerRecord| ((r.end_ms - r.start_ms).max(0) as f64) / 1000.0;
-            let covered: f64 = rs.iter().map(|r| secs(r)).sum();
+            let covered = loadtest_contract::sum_f64(rs.iter().map(|r| secs(r)));
             let per_s = |v: u64| {
                 if covered > 0.0 {
                     v as f64 / covered
@@ -660,9 +660,9 @@ fn server_summaries(records: &[ServerRecord]) -> Vec<ServerSummary> {
                 }
             };
             let sum = |f: fn(&ServerRecord) -> u64| rs.iter().map(|r| f(r)).sum::<u64>();
-            let cpu: f64 = rs.iter().map(|r| r.cpu_seconds).sum();
+            let cpu = loadtest_contract::sum_f64(rs.iter().map(|r| r.cpu_seconds));
             let db_ops = sum(|r| r.db_operations);
-            let db_s: f64 = rs.iter().map(|r| r.db_seconds).sum();
+            let db_s = loadtest_contract::sum_f64(rs.iter().map(|r| r.db_seconds));
             ServerSummary {
                 instance: instance.to_string(),
                 samples: rs.len() as u64,
