@@ -35,6 +35,10 @@ generator's median and the ratio of the medians, with the range of the rounds' o
 `--also LABEL=PATH` measures another agent binary in the same rounds (a before/after on one
 machine, one server); `--bin-dir DIR` runs another build's `chat-server` and `loadtest-agent`
 instead of building this checkout's.
+
+Every agent runs its users on `--agent-threads` load threads (default 1: wrk runs `-t1`, Locust is
+one Python process), set through `LOADTEST_AGENT_THREADS` and, for builds from before that
+setting, `TOKIO_WORKER_THREADS` (the work-stealing runtime's worker count).
 """
 import argparse
 import json
@@ -54,6 +58,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 TICK = os.sysconf("SC_CLK_TCK")
 USERS = 1000
+# The agents' environment: their load threads (main() sets them from --agent-threads).
+AGENT_ENV = dict(os.environ)
 # The smaller run of the marginal memory figure.
 HALF = 500
 PASSWORD = "Lt-Passw0rd!"
@@ -227,7 +233,7 @@ class Bench:
         results = self.tmp / f"{name}.jsonl"
         profile = self.profiler(name, seconds) if binary == self.agents[0][1] and self.round == 0 else None
         _, _, cpu = run_rusage([binary, "run", "--config", cfg, "--skip-setup",
-                                "--results", results], on_start=profile)
+                                "--results", results], on_start=profile, env=AGENT_ENV)
         return agent_hits(results), cpu
 
     def profiler(self, name, seconds, delay=3):
@@ -357,7 +363,7 @@ class ChatUser(FastHttpUser):
             cfg = self.tmp / "users.toml"
             cfg.write_text(workload(self.port, users, "check_unreads", "5s", "0s", secs, ramp))
             q = subprocess.Popen([binary, "run", "--config", cfg, "--skip-setup",
-                                  "--results", self.tmp / "users.jsonl"],
+                                  "--results", self.tmp / "users.jsonl"], env=AGENT_ENV,
                                  stdout=subprocess.DEVNULL, stderr=open(self.tmp / "agent-users.log", "w"))
             prof = profile and self.profiler("users", secs - 4, delay=ramp + 5)
             prof_thread = prof and threading.Thread(target=prof, args=(q.pid,), daemon=True)
@@ -434,6 +440,8 @@ def main():
     ap.add_argument("--bin-dir", metavar="DIR", type=Path,
                     help="run DIR/chat-server and DIR/loadtest-agent instead of building this checkout's")
     ap.add_argument("--rounds", type=int, default=3, help="measurements of each figure (default 3)")
+    ap.add_argument("--agent-threads", type=int, default=1,
+                    help="load threads of every agent measured (default 1, as wrk -t1 and one Locust process)")
     ap.add_argument("--also", metavar="LABEL=PATH", action="append", default=[],
                     help="another loadtest-agent binary measured in the same rounds (repeatable)")
     a = ap.parse_args()
@@ -446,6 +454,9 @@ def main():
     a.also = also
     if a.rounds < 1:
         sys.exit("--rounds: at least 1")
+    if a.agent_threads < 1:
+        sys.exit("--agent-threads: at least 1")
+    AGENT_ENV.update(LOADTEST_AGENT_THREADS=str(a.agent_threads), TOKIO_WORKER_THREADS=str(a.agent_threads))
     if a.bin_dir:
         for b in ("chat-server", "loadtest-agent"):
             if not (a.bin_dir / b).is_file():

@@ -19,7 +19,7 @@ use crate::histogram::{HistogramError, LatencyHistogram};
 /// Major version: bumped when a reader of the previous major would misread a file.
 pub const SCHEMA_MAJOR: u32 = 1;
 /// Minor version: bumped when fields or record kinds are added; older readers skip them.
-pub const SCHEMA_MINOR: u32 = 3;
+pub const SCHEMA_MINOR: u32 = 4;
 
 /// The schema version string written in every header, e.g. `"1.0"`.
 pub fn schema_version() -> String {
@@ -137,6 +137,18 @@ pub struct RunSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub preset: Option<String>,
     pub seed: u64,
+    /// Load runtimes (threads) the agent ran its users on (schema 1.4). Each has an idle probe, so
+    /// the schedule's `probe_lag` holds this many probes' wake-ups; absent means one, as every
+    /// agent before 1.4 had.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub load_runtimes: Option<u32>,
+}
+
+impl RunSettings {
+    /// Idle probes behind this agent's `probe_lag`: one per load runtime.
+    pub fn probes(&self) -> u32 {
+        self.load_runtimes.unwrap_or(1).max(1)
+    }
 }
 
 /// Errors of one action, by class.
@@ -600,6 +612,7 @@ mod tests {
                 action_mix: BTreeMap::from([("create_post".into(), 1)]),
                 preset: None,
                 seed: 1,
+                load_runtimes: None,
             },
         }
     }

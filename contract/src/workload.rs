@@ -586,6 +586,7 @@ impl WorkloadConfig {
             action_mix: b.mix.clone(),
             preset: self.preset.clone(),
             seed: self.run.seed,
+            load_runtimes: None,
         }
     }
 

@@ -45,6 +45,7 @@ fn header(open: bool) -> RunHeader {
                 .collect(),
             preset: open.then(|| "extreme".to_string()),
             seed: 1,
+            load_runtimes: open.then_some(2),
         },
     }
 }

@@ -158,7 +158,7 @@ impl ResultsSink {
         r.metrics
             .schedule_lag_p99_seconds
             .set(lag_p99_us as f64 / 1e6);
-        warn_if_behind(&record);
+        warn_if_behind(&record, self.header.settings.probes());
         Ok(WrittenInterval {
             index: record.index,
             line: line.into_boxed_str(),
@@ -215,22 +215,28 @@ fn available_cpus() -> u64 {
 /// Says loudly, and truthfully, who was slow in an interval: the agent (its runtime late, its
 /// CPU at the limit: its latencies then include time it was not running) or the server (users'
 /// previous requests still unanswered when their next action was due).
-fn warn_if_behind(record: &IntervalRecord) {
+fn warn_if_behind(record: &IntervalRecord, probes: u32) {
     let s = &record.schedule;
     let wall_ms = (record.end_ms - record.start_ms).max(1) as u64;
-    match lateness(s, wall_ms) {
+    match lateness(s, wall_ms * u64::from(probes.max(1))) {
         Lateness::Generator {
             lag_p99_ms,
             stalled,
             cpu_share,
         } => tracing::warn!(
             "AGENT FALLING BEHIND in interval {}: its own start lag p99 {lag_p99_ms} ms, its runtime \
-             unresponsive {:.0}% of the time, CPU {:.0}% of what it may use; it offered less load than \
-             configured and the times it measured are overstated — use fewer users per agent or a \
-             bigger machine",
+             unresponsive {:.0}% of the time, CPU {:.0}% of what it may use, {} of {} actions started \
+             late; the times it measured are overstated by its own delay — {}",
             record.index,
             stalled * 100.0,
-            cpu_share * 100.0
+            cpu_share * 100.0,
+            s.late,
+            s.actions,
+            if cpu_share < 0.5 {
+                "with its CPU this low the delay is the machine's: give the agent cores of its own"
+            } else {
+                "use fewer users per agent or a bigger machine"
+            }
         ),
         Lateness::Server { waiting } => tracing::warn!(
             "SERVER STALLED in interval {}: {waiting} of {} actions started more than {LATE_THRESHOLD_MS} ms \
@@ -266,11 +272,13 @@ const STALLED_SHARE: f64 = 0.05;
 /// over 100 ms, its runtime unresponsive (idle probe late beyond 10 ms) over 5 % of the interval,
 /// or its CPU over 95 % of what it may use make it the generator's; else late actions whose
 /// user waited for the server, over 1 %, make it the server's.
-fn lateness(s: &loadtest_contract::results::ScheduleStats, wall_ms: u64) -> Lateness {
+/// `probe_ms` is the interval's wall time times the idle probes (one per load runtime) whose
+/// wake-ups the schedule holds: the stalled share is the runtimes' mean.
+fn lateness(s: &loadtest_contract::results::ScheduleStats, probe_ms: u64) -> Lateness {
     let lag_p99 = s.generator_lag.quantile_us(0.99);
     // A stall is recorded in the interval the probe woke up in, which may be shorter than it.
     let stalled =
-        (s.probe_lag.sum_above_us(PROBE_TOLERATED_US) / (wall_ms as f64 * 1000.0)).min(1.0);
+        (s.probe_lag.sum_above_us(PROBE_TOLERATED_US) / (probe_ms as f64 * 1000.0)).min(1.0);
     let cpu_share = if s.cpu_capacity_ms > 0 {
         s.cpu_ms as f64 / s.cpu_capacity_ms as f64
     } else {
@@ -359,5 +367,20 @@ mod tests {
 
         let quiet = ScheduleStats::default();
         assert_eq!(lateness(&quiet, 1_000), Lateness::None);
+    }
+
+    #[test]
+    fn a_stall_is_shared_among_the_runtimes_probed() {
+        // One runtime 800 ms late once in a 10 s interval: 7.9 % of one probe's time, but 3.95 %
+        // of two probes' (the other runtime was responsive all along).
+        let mut s = ScheduleStats {
+            actions: 100,
+            ..ScheduleStats::default()
+        };
+        s.generator_lag.record_n_us(2_000, 100);
+        s.probe_lag.record_n_us(1_000, 399);
+        s.probe_lag.record_us(800_000);
+        assert!(matches!(lateness(&s, 10_000), Lateness::Generator { .. }));
+        assert_eq!(lateness(&s, 2 * 10_000), Lateness::None);
     }
 }

@@ -15,7 +15,7 @@ use std::time::Duration;
 use tokio::time::Instant;
 
 use loadtest_contract::control::{RunState, RunStatus};
-use loadtest_contract::results::{IntervalRecord, Record, StopReason, SummaryRecord};
+use loadtest_contract::results::{IntervalRecord, Record, RunSettings, StopReason, SummaryRecord};
 use loadtest_contract::workload::{Mode, WorkloadConfig};
 use parking_lot::Mutex;
 use tokio::task::JoinSet;
@@ -251,12 +251,15 @@ pub async fn start_run(
             url: ws_url.clone(),
             source,
         })?;
-    let settings = cfg.run_settings(
-        cfg.users.count,
-        cfg.users.offset,
-        plan.total_users.max(cfg.users.count),
-        plan.agents.max(1),
-    );
+    let settings = RunSettings {
+        load_runtimes: Some(u32::try_from(shards.len()).unwrap_or(u32::MAX)),
+        ..cfg.run_settings(
+            cfg.users.count,
+            cfg.users.offset,
+            plan.total_users.max(cfg.users.count),
+            plan.agents.max(1),
+        )
+    };
     let sink = results::open(
         &plan.results_path,
         &plan.run_id,

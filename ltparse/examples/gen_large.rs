@@ -201,6 +201,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
                     .collect(),
                 preset: None,
                 seed: a,
+                load_runtimes: None,
             },
         };
         {

@@ -180,6 +180,11 @@ pub(crate) fn limit_line(r: &RunSummary) -> Option<String> {
         s.probe_stalled * 100.0
     );
     match s.cause {
+        Lateness::Generator if !s.behind => Some(format!(
+            "the load generator, not the server: the agents kept their schedule ({} of {} actions late) but their \
+             runtimes were delayed ({generator}). The load offered was as configured; the latency figures are overstated",
+            s.late, s.actions
+        )),
         Lateness::Generator => Some(format!(
             "the load generator, not the server: the agents fell behind their own schedule ({generator}). \
              The load offered was below the configuration and the latency figures are overstated"
@@ -432,7 +437,7 @@ fn attribution(s: &crate::summary::ScheduleSummary) -> String {
 }
 
 /// Said where a report shows latency figures the generator could not measure truthfully.
-const UNRELIABLE: &str = "LATENCY FIGURES UNRELIABLE: the load generator fell behind (see the warning), so the times above are overstated.";
+const UNRELIABLE: &str = "LATENCY FIGURES UNRELIABLE: the load generator was the limit (see the warning), so the times above are overstated.";
 
 fn text_intervals(o: &mut String, r: &RunSummary) {
     let _ = writeln!(o, "\nPer interval (all agents)");

@@ -201,6 +201,7 @@ mod tests {
                 action_mix: Default::default(),
                 preset: None,
                 seed: 1,
+                load_runtimes: None,
             },
         }
     }

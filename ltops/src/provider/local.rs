@@ -151,19 +151,7 @@ struct Plan {
     index: u32,
     program: PathBuf,
     args: Box<dyn Fn(u16, u16) -> Vec<String> + Send + Sync>,
-    /// Environment of the process beyond this one's.
-    env: Vec<(&'static str, String)>,
     with_metrics: bool,
-}
-
-/// Load threads for each of `agents` agents sharing this machine: its cores dealt between them
-/// (one each at least). An agent alone would take one per core, and several agents' threads on
-/// few cores wake and preempt each other for nothing: on two cores two agents of one thread each
-/// spent 0.069 cores apiece on F1's deliveries, of two threads each 0.089 (BENCHMARKS.md).
-/// Passed as `LOADTEST_AGENT_THREADS`, which agents built before the setting existed ignore.
-fn agent_threads(agents: u32) -> usize {
-    let cores = std::thread::available_parallelism().map_or(1, usize::from);
-    (cores / agents.max(1) as usize).max(1)
 }
 
 impl LocalProvider {
@@ -248,9 +236,7 @@ impl LocalProvider {
             };
             let log_start = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
             let mut cmd = Command::new(&plan.program);
-            cmd.args((plan.args)(port, metrics_port))
-                .envs(plan.env.iter().map(|(k, v)| (*k, v)))
-                .current_dir(&dir);
+            cmd.args((plan.args)(port, metrics_port)).current_dir(&dir);
             let spawned = process::spawn_detached(&mut cmd, &log)?;
             let c = Component {
                 role,
@@ -366,7 +352,6 @@ impl LocalProvider {
                     "--storage.tsdb.retention.time=15d".into(),
                 ]
             }),
-            env: Vec::new(),
             with_metrics: false,
         })
     }
@@ -411,7 +396,6 @@ impl LocalProvider {
                 index: i,
                 program: artifacts.server.path.clone(),
                 args: Box::new(args),
-                env: Vec::new(),
                 with_metrics: true,
             });
         }
@@ -442,10 +426,6 @@ impl LocalProvider {
                 index: i,
                 program: artifacts.agent.path.clone(),
                 args: Box::new(args),
-                env: vec![(
-                    "LOADTEST_AGENT_THREADS",
-                    agent_threads(state.agents).to_string(),
-                )],
                 with_metrics: false,
             });
         }
@@ -887,15 +867,6 @@ impl Provider for LocalProvider {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-
-    #[test]
-    fn agents_share_the_cores_one_load_thread_each_at_least() {
-        let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        assert_eq!(agent_threads(1), cores);
-        assert_eq!(agent_threads(0), cores, "no agents: as if one");
-        assert_eq!(agent_threads(u32::try_from(cores).unwrap() * 2), 1);
-        assert!(agent_threads(2) * 2 <= cores.max(2));
-    }
 
     fn with_pid(pid: Option<u32>, start_ticks: Option<u64>) -> LocalState {
         LocalState {

@@ -67,6 +67,7 @@ pub fn header(
             ]),
             preset: Some("quick".into()),
             seed: 7,
+            load_runtimes: None,
         },
     }
 }
