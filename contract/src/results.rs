@@ -314,6 +314,9 @@ pub const CPU_STARVED_SHARE: f64 = 0.95;
 pub const PROBE_TOLERATED_US: u64 = 10_000;
 /// Otherwise, the server stalled when more than this share of actions waited for it.
 pub const WAITING_SHARE: f64 = 0.01;
+/// A generator whose runtimes were delayed while its CPU share stayed below this was delayed by
+/// the machine (other processes on its cores), not by its own work: the remedy is cores of its own.
+pub const MACHINE_DELAY_CPU_SHARE: f64 = 0.5;
 
 impl ScheduleStats {
     pub fn merge(&mut self, o: &ScheduleStats) -> Result<(), HistogramError> {

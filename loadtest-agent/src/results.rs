@@ -14,7 +14,7 @@ use std::time::Duration;
 use loadtest_contract::results::{
     schema_version, Gauges, IntervalRecord, Record, RunHeader, RunSettings, StopReason,
     SummaryRecord, Totals, CPU_STARVED_SHARE, GENERATOR_LAG_P99_US, LATE_THRESHOLD_MS,
-    PROBE_TOLERATED_US, WAITING_SHARE,
+    MACHINE_DELAY_CPU_SHARE, PROBE_TOLERATED_US, WAITING_SHARE,
 };
 use loadtest_contract::{now_ms, LatencyHistogram, ResultsWriter};
 
@@ -232,7 +232,7 @@ fn warn_if_behind(record: &IntervalRecord, probes: u32) {
             cpu_share * 100.0,
             s.late,
             s.actions,
-            if cpu_share < 0.5 {
+            if cpu_share < MACHINE_DELAY_CPU_SHARE {
                 "with its CPU this low the delay is the machine's: give the agent cores of its own"
             } else {
                 "use fewer users per agent or a bigger machine"

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use loadtest_contract::results::{
     ErrorCounts, ServerRecord, StopReason, CPU_STARVED_SHARE, GENERATOR_LAG_P99_US,
-    LATE_THRESHOLD_MS, PROBE_TOLERATED_US, WAITING_SHARE,
+    LATE_THRESHOLD_MS, MACHINE_DELAY_CPU_SHARE, PROBE_TOLERATED_US, WAITING_SHARE,
 };
 use loadtest_contract::LatencyHistogram;
 use serde::Serialize;
@@ -390,16 +390,13 @@ fn lateness_warning(s: &ScheduleSummary) -> Option<String> {
 /// What to change when the agents' runtimes were delayed: with their CPU far below what they may
 /// use the delay is the machine's (other processes on the same cores), not their own work.
 fn delay_remedy(s: &ScheduleSummary) -> &'static str {
-    if s.cpu_share.is_some_and(|c| c < LOW_CPU_SHARE) {
+    if s.cpu_share.is_some_and(|c| c < MACHINE_DELAY_CPU_SHARE) {
         "with the agents' CPU this low the delay is the machine's, not their work: give the agents cores or \
          machines of their own (away from the server)"
     } else {
         "use fewer users per agent, more agents or a bigger machine"
     }
 }
-
-/// Agents' CPU share below which their runtimes' delay is put down to the machine.
-const LOW_CPU_SHARE: f64 = 0.5;
 
 fn ratio(n: u64, d: u64) -> f64 {
     if d == 0 {
