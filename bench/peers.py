@@ -3,6 +3,7 @@
 
     python3 bench/peers.py [--seconds 20] [--rounds 3] [--append BENCHMARKS.md] [--locust PATH]
                            [--perf DIR] [--bin-dir DIR] [--also LABEL=AGENT_BINARY ...]
+                           [--only check_unreads|read_mix|users ...]
 
 Builds the release `chat-server` and `loadtest-agent`, starts one chat-server on 127.0.0.1 with
 a fresh SQLite data directory, creates a data set (1,000 users, 50 channels of 20 members, 30
@@ -247,7 +248,8 @@ class Bench:
         def record(pid):
             time.sleep(delay)
             data = out / f"agent-{name}.data"
-            subprocess.run(["perf", "record", "-q", "-e", "cpu-clock", "-F", "999", "-g", "-p", str(pid),
+            subprocess.run(["perf", "record", "-q", "-e", "cpu-clock", "-F", "499", "--call-graph", "dwarf,16384",
+                            "-p", str(pid),
                             "-o", data, "--", "sleep", str(max(seconds - 6, 1))],
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
             with open(out / f"agent-{name}.txt", "w") as f:
@@ -430,6 +432,9 @@ def render(b, seconds, rounds):
             notes.append(f"- {name}: " + "; ".join(round_notes) + ".")
     return "\n".join(out + [""] + notes) + "\n"
 
+PARTS = ("check_unreads", "read_mix", "users")
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seconds", type=int, default=20, help="length of each request-rate run (default 20)")
@@ -444,6 +449,8 @@ def main():
                     help="load threads of every agent measured (default 1, as wrk -t1 and one Locust process)")
     ap.add_argument("--also", metavar="LABEL=PATH", action="append", default=[],
                     help="another loadtest-agent binary measured in the same rounds (repeatable)")
+    ap.add_argument("--only", metavar="PART", action="append", choices=PARTS,
+                    help=f"measure only this part ({', '.join(PARTS)}; repeatable; default all)")
     a = ap.parse_args()
     also = []
     for spec in a.also:
@@ -480,7 +487,7 @@ def main():
         b.setup()
         for r in range(a.rounds):
             b.round = r
-            for part in (b.check_unreads, b.read_mix, b.users):
+            for part in (getattr(b, p) for p in a.only or PARTS):
                 print(f"== round {r + 1} of {a.rounds}: {part.__name__}", flush=True)
                 part()
         text = render(b, a.seconds, a.rounds)

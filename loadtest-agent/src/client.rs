@@ -9,13 +9,12 @@ use std::time::Duration;
 use loadtest_contract::results::ErrorClass;
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
-use std::borrow::Cow;
 
-use serde_json::value::RawValue;
 use serde_json::{json, Value};
 
 pub use crate::http::Method;
 use crate::http::{self, HttpError, Request};
+pub use crate::page::{Page, NEWEST_KEPT};
 
 /// A failed API call: its class (what the results count), the HTTP status when there was one,
 /// and a message for logs (never a token).
@@ -94,84 +93,6 @@ pub struct Post {
     pub id: String,
     #[serde(default)]
     pub root_id: String,
-}
-
-/// Posts of a page whose ids (and thread roots) a user keeps: the newest ones, to reply to and
-/// react on.
-pub const NEWEST_KEPT: usize = 8;
-
-/// A page of posts, decoded only as far as a user's next actions need: how many posts it holds,
-/// the newest [`NEWEST_KEPT`] ids with their thread roots (newest first) and the oldest id (to
-/// page back from). A page is ~14 KB of JSON: every post is skipped as raw JSON without reading
-/// its fields' names, and only the kept ones are looked into for `root_id`.
-#[derive(Clone, Debug, Default)]
-pub struct PostList {
-    pub len: usize,
-    /// (post id, root id) of the newest posts, newest first; the root is "" for a thread root.
-    pub newest: Vec<(String, String)>,
-    pub oldest: Option<String>,
-}
-
-impl<'de> Deserialize<'de> for PostList {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        use serde::de::Error as _;
-        #[derive(Deserialize)]
-        struct Raw<'a> {
-            #[serde(default, borrow)]
-            order: Vec<Cow<'a, str>>,
-            #[serde(default, borrow)]
-            posts: Posts<'a>,
-        }
-        #[derive(Deserialize)]
-        struct Root<'a> {
-            #[serde(default, borrow)]
-            root_id: Cow<'a, str>,
-        }
-        let raw = Raw::deserialize(d)?;
-        let mut newest = Vec::with_capacity(raw.order.len().min(NEWEST_KEPT));
-        for id in raw.order.iter().take(NEWEST_KEPT) {
-            let root = match raw.posts.0.iter().find(|(p, _)| p == id) {
-                Some((_, post)) => serde_json::from_str::<Root>(post.get())
-                    .map_err(|e| D::Error::custom(format!("post {id}: {e}")))?
-                    .root_id
-                    .into_owned(),
-                None => String::new(),
-            };
-            newest.push((id.clone().into_owned(), root));
-        }
-        Ok(PostList {
-            len: raw.order.len(),
-            newest,
-            oldest: raw.order.last().map(|id| id.clone().into_owned()),
-        })
-    }
-}
-
-/// The posts of a page as (id, the post's raw JSON), borrowed from the answer.
-#[derive(Default)]
-struct Posts<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for Posts<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> serde::de::Visitor<'de> for V<'a> {
-            type Value = Posts<'a>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a map of post id to post")
-            }
-            fn visit_map<A: serde::de::MapAccess<'de>>(
-                self,
-                mut m: A,
-            ) -> Result<Posts<'a>, A::Error> {
-                let mut out = Vec::with_capacity(m.size_hint().unwrap_or(32));
-                while let Some(entry) = m.next_entry::<Cow<'de, str>, &'de RawValue>()? {
-                    out.push(entry);
-                }
-                Ok(Posts(out))
-            }
-        }
-        d.deserialize_map(V(std::marker::PhantomData))
-    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -447,21 +368,34 @@ impl Api {
             .await
     }
 
-    /// `GET /channels/{id}/posts`, newest first; `before` pages back from a post id.
-    pub async fn channel_posts(
+    /// `GET /channels/{id}/posts`, newest first; `before` pages back from a post id. The page
+    /// is handed to `take` where it lies, in the connection's buffer.
+    pub async fn channel_posts<T>(
         &self,
         slot: usize,
         token: &str,
         channel_id: &str,
         before: Option<&str>,
         per_page: u32,
-    ) -> Result<PostList, ApiError> {
+        take: impl FnOnce(&Page<'_>) -> T,
+    ) -> Result<T, ApiError> {
         let mut path = format!("/channels/{channel_id}/posts?page=0&per_page={per_page}");
         if let Some(b) = before {
             path.push_str("&before=");
             path.push_str(b);
         }
-        self.call(slot, Method::Get, &path, Some(token), None).await
+        let req = Request {
+            method: Method::Get,
+            path: &path,
+            token: Some(token),
+            body: None,
+        };
+        self.exchange(slot, req, false, |_, b| {
+            Page::parse(b)
+                .map(|page| take(&page))
+                .map_err(|e| format!("unexpected posts page: {e}"))
+        })
+        .await
     }
 
     pub async fn create_post(
@@ -580,45 +514,6 @@ pub struct NewPost<'a> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// A page as the server sends it: only the newest ids with their roots and the oldest id
-    /// are kept, whatever else a post carries (nested objects, escapes in strings and ids, fields
-    /// in any order, keys named like the ones read inside nested objects).
-    #[test]
-    fn a_posts_page_keeps_the_newest_ids_their_roots_and_the_oldest() {
-        let page = r#"{"order":["p3","p2","p1"],"next_post_id":"","posts":{
-            "p1":{"id":"p1","message":"hello \"there\"","props":{"lt_id":"a-1","root_id":"x"},"root_id":""},
-            "p2":{"root_id":"p1","id":"p2","metadata":{"embeds":[]},"message":"re"},
-            "p\u0033":{"id":"p3","root_id":"p\u0031","message":"escaped ids"}
-        },"has_next":false}"#;
-        let list: PostList = serde_json::from_str(page).expect("decodes");
-        assert_eq!(list.len, 3);
-        let newest: Vec<_> = list
-            .newest
-            .iter()
-            .map(|(p, r)| (p.as_str(), r.as_str()))
-            .collect();
-        assert_eq!(newest, [("p3", "p1"), ("p2", "p1"), ("p1", "")]);
-        assert_eq!(list.oldest.as_deref(), Some("p1"));
-        let empty: PostList = serde_json::from_str(r#"{"order":[],"posts":{}}"#).expect("empty");
-        assert!(empty.len == 0 && empty.newest.is_empty() && empty.oldest.is_none());
-        let err =
-            serde_json::from_str::<PostList>(r#"{"order":[],"posts":[]}"#).expect_err("not a map");
-        assert!(
-            err.to_string().contains("a map of post id to post"),
-            "{err}"
-        );
-        let err =
-            serde_json::from_str::<PostList>(r#"{"order":["a"],"posts":{"a":{"root_id":7}}}"#)
-                .expect_err("a number for a root");
-        assert!(err.to_string().contains("post a:"), "{err}");
-        // Only the newest few are kept, however long the page.
-        let ids: Vec<String> = (0..30).map(|i| format!("\"i{i}\"")).collect();
-        let long = format!(r#"{{"order":[{}],"posts":{{}}}}"#, ids.join(","));
-        let list: PostList = serde_json::from_str(&long).expect("long page");
-        assert_eq!((list.len, list.newest.len()), (30, NEWEST_KEPT));
-        assert_eq!(list.oldest.as_deref(), Some("i29"));
-    }
 
     #[test]
     fn a_base_url_that_is_not_http_is_refused_naming_the_field() {

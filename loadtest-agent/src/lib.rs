@@ -7,6 +7,7 @@
 //! - [`shards`]: the load runtimes, single-threaded, one per core; each user lives on one.
 //! - [`http`]: the agent's HTTP/1.1 client, connections pooled per load runtime and source address.
 //! - [`client`]: the Mattermost API calls over it and error classification.
+//! - [`page`]: a posts page read only as far as a user needs it (a few ids out of ~14 KB).
 //! - [`ws`]: WebSocket connect with the authentication challenge, resume parameters, frame parsing.
 //! - [`dataset`]: the deterministic data-set layout (names, teams, channel membership).
 //! - [`setup`]: idempotent creation of that data set through the API.
@@ -30,6 +31,7 @@ pub mod dataset;
 pub mod http;
 pub mod measure;
 pub mod net;
+pub mod page;
 pub mod progress;
 pub mod results;
 pub mod run;

@@ -366,11 +366,12 @@ pub async fn run_setup(
         for_each("posts", channels.clone(), concurrency, |(_, ch)| {
             let (api, token, c, admin_id) = (api.clone(), token.clone(), counters.clone(), admin_id.clone());
             async move {
-                let existing = match api.channel_posts(0, &token, &ch.id, None, want).await {
-                    Ok(l) => l.len as u32,
+                let count = |page: &crate::client::Page<'_>| page.len as u32;
+                let existing = match api.channel_posts(0, &token, &ch.id, None, want, count).await {
+                    Ok(n) => n,
                     Err(e) if e.status == Some(403) => {
                         api.add_channel_member(0, &token, &ch.id, &admin_id).await?;
-                        api.channel_posts(0, &token, &ch.id, None, want).await?.len as u32
+                        api.channel_posts(0, &token, &ch.id, None, want, count).await?
                     }
                     Err(e) => return Err(e),
                 };

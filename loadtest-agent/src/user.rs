@@ -24,7 +24,7 @@ use serde_json::json;
 use tokio::time::sleep_until;
 use tokio_util::sync::CancellationToken;
 
-use crate::client::{Api, ApiError, NewPost, PostList, NEWEST_KEPT};
+use crate::client::{Api, ApiError, NewPost, Page, NEWEST_KEPT};
 use crate::dataset::Layout;
 use crate::measure::{Recorder, Stamp};
 use crate::net::SourceAddrs;
@@ -142,17 +142,29 @@ impl UserState {
     }
 
     /// Takes in a page: its newest posts replace the recent ones when `replace` (a channel
-    /// opened, not scrolled back), and its oldest is where the next page back starts.
-    fn load_page(&mut self, list: PostList, replace: bool) {
+    /// opened, not scrolled back), and its oldest is where the next page back starts (or none:
+    /// an opened channel without posts). The ids are copied into the strings the user already
+    /// holds, so a page read costs no allocation once a user has read one.
+    fn load_page(&mut self, page: &Page<'_>, replace: bool) {
+        fn set(to: &mut String, from: &str) {
+            to.clear();
+            to.push_str(from);
+        }
         if replace {
-            self.recent.clear();
-            // Newest first in the page: remember them oldest-first.
-            for (id, root) in list.newest.into_iter().rev() {
-                self.remember(id, root);
+            let newest = page.newest();
+            self.recent.truncate(newest.len());
+            self.recent.resize_with(newest.len(), Default::default);
+            // Newest first in the page: remembered oldest-first.
+            for (kept, (id, root)) in self.recent.iter_mut().zip(newest.iter().rev()) {
+                set(&mut kept.0, id);
+                set(&mut kept.1, root);
             }
         }
-        if let Some(oldest) = list.oldest {
-            self.oldest = Some(oldest);
+        match (&mut self.oldest, &page.oldest) {
+            (Some(kept), Some(oldest)) => set(kept, oldest),
+            (kept, Some(oldest)) => *kept = Some(oldest.to_string()),
+            (kept, None) if replace => *kept = None,
+            (_, None) => {}
         }
     }
 }
@@ -233,14 +245,13 @@ async fn execute(env: Arc<UserEnv>, s: Arc<Session>, plan: Plan, intended: Insta
                 None => Ok(()),
                 Some(ch) => {
                     // Like a client: load the channel's recent posts, then mark it viewed.
-                    match api.channel_posts(slot, &token, &ch, None, PAGE).await {
-                        Ok(list) => {
-                            {
-                                let mut st = s.state.lock();
-                                st.current = to;
-                                st.oldest = None;
-                                st.load_page(list, true);
-                            }
+                    let loaded = api.channel_posts(slot, &token, &ch, None, PAGE, |page| {
+                        let mut st = s.state.lock();
+                        st.current = to;
+                        st.load_page(page, true);
+                    });
+                    match loaded.await {
+                        Ok(()) => {
                             api.view_channel(
                                 slot,
                                 &token,
@@ -263,18 +274,18 @@ async fn execute(env: Arc<UserEnv>, s: Arc<Session>, plan: Plan, intended: Insta
             };
             let r = match ch {
                 None => Ok(()),
-                Some(ch) => api
-                    .channel_posts(slot, &token, &ch, before.as_deref(), PAGE)
-                    .await
-                    .map(|list| {
+                Some(ch) => {
+                    api.channel_posts(slot, &token, &ch, before.as_deref(), PAGE, |page| {
                         let mut st = s.state.lock();
-                        if list.len == 0 {
+                        if page.len == 0 {
                             // Reached the beginning: start over from the newest.
                             st.oldest = None;
                         } else {
-                            st.load_page(list, false);
+                            st.load_page(page, false);
                         }
-                    }),
+                    })
+                    .await
+                }
             };
             (Action::ReadMore, r)
         }
@@ -293,13 +304,11 @@ async fn execute(env: Arc<UserEnv>, s: Arc<Session>, plan: Plan, intended: Insta
                 (Some(t), _) => Ok(Some(t)),
                 // Nothing seen yet: load the channel first, as a client would have.
                 (None, Some(ch)) => {
-                    api.channel_posts(slot, &token, &ch, None, PAGE)
-                        .await
-                        .map(|l| {
-                            let newest = l.newest.first().map(|(id, _)| id.clone());
-                            s.state.lock().load_page(l, true);
-                            newest
-                        })
+                    api.channel_posts(slot, &token, &ch, None, PAGE, |page| {
+                        s.state.lock().load_page(page, true);
+                        page.newest().first().map(|(id, _)| id.to_string())
+                    })
+                    .await
                 }
                 (None, None) => Ok(None),
             };
@@ -981,6 +990,39 @@ mod tests {
         let size = std::mem::size_of_val(&fut);
         eprintln!("run_user future: {size} bytes");
         assert!(size < 3072, "run_user future is {size} bytes");
+    }
+
+    #[test]
+    fn a_page_replaces_the_recent_posts_or_only_moves_the_oldest() {
+        let mut st = UserState::default();
+        let page = |json: &str, replace: bool, st: &mut UserState| {
+            st.load_page(&Page::parse(json.as_bytes()).expect("page"), replace)
+        };
+        let recent =
+            |st: &UserState| -> Vec<(String, String)> { st.recent.iter().cloned().collect() };
+        page(
+            r#"{"order":["c","b","a"],"posts":{"c":{"root_id":"a"}}}"#,
+            true,
+            &mut st,
+        );
+        let three = [("a", ""), ("b", ""), ("c", "a")].map(|(i, r)| (i.to_string(), r.to_string()));
+        assert_eq!(recent(&st), three);
+        assert_eq!(st.oldest.as_deref(), Some("a"));
+        // Scrolling back moves only the oldest.
+        page(r#"{"order":["z"],"posts":{}}"#, false, &mut st);
+        assert_eq!(
+            (recent(&st), st.oldest.as_deref()),
+            (three.to_vec(), Some("z"))
+        );
+        // Another channel: fewer posts replace more; an empty one leaves nothing to page from.
+        page(
+            r#"{"order":["d"],"posts":{"d":{"root_id":"c"}}}"#,
+            true,
+            &mut st,
+        );
+        assert_eq!(recent(&st), [("d".to_string(), "c".to_string())]);
+        page(r#"{"order":[],"posts":{}}"#, true, &mut st);
+        assert!(st.recent.is_empty() && st.oldest.is_none());
     }
 
     #[test]
