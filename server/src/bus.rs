@@ -7,8 +7,7 @@
 //! message, tagged with this instance's random id. A background task sends queued lines in
 //! batches (one `pg_notify` round trip for up to [`BATCH`] messages) from a bounded queue, so a
 //! request never waits for the bus and a stalled database drops bus messages (counted) instead of
-//! growing memory. It has a connection of its own, which commits without waiting for the disk
-//! ([`publisher_options`]). Every instance LISTENs on a dedicated connection, skips its own messages,
+//! growing memory. Every instance LISTENs on a dedicated connection, skips its own messages,
 //! applies membership deltas to its hub and fans remote events out to its local connections
 //! through the same [`Hub`](crate::hub::Hub) path as local ones, so `seq` stays contiguous.
 //!
@@ -31,7 +30,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use sqlx::postgres::{PgConnectOptions, PgListener, PgNotification, PgPool, PgPoolOptions};
+use sqlx::postgres::{PgListener, PgNotification, PgPool};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -53,8 +52,6 @@ pub const BATCH: usize = 256;
 pub enum BusError {
     #[error("cannot listen for bus notifications: {0}")]
     Listen(#[from] sqlx::Error),
-    #[error("cannot connect the bus publisher: {0}")]
-    Publisher(sqlx::Error),
 }
 
 /// Who a relayed event is for.
@@ -363,16 +360,9 @@ pub struct Bus {
 
 impl Bus {
     /// Opens the dedicated listener connection and LISTENs, *before* the caller loads membership
-    /// from the database, so no change committed in between can be missed; and the publisher's
-    /// own connection ([`publisher_options`]).
-    pub async fn connect(url: &str, metrics: Arc<Metrics>) -> Result<Bus, BusError> {
+    /// from the database, so no change committed in between can be missed.
+    pub async fn connect(url: &str, pool: PgPool, metrics: Arc<Metrics>) -> Result<Bus, BusError> {
         let listener = listen(url).await?;
-        let pool = PgPoolOptions::new()
-            .max_connections(1)
-            .acquire_timeout(Duration::from_secs(10))
-            .connect_with(publisher_options(url).map_err(BusError::Publisher)?)
-            .await
-            .map_err(BusError::Publisher)?;
         let (tx, rx) = mpsc::channel(QUEUE);
         let publisher = Publisher {
             inner: Arc::new(PublisherInner {
@@ -418,20 +408,6 @@ pub struct Relay {
     pub store: Store,
     pub hub: Arc<Hub>,
     pub metrics: Arc<Metrics>,
-}
-
-/// The publisher's connection. Its transactions carry only notifications, which are not durable
-/// (a listener that is away loses them whatever the commit did), so it commits without waiting
-/// for the write-ahead log to reach the disk: `synchronous_commit = off` for this connection
-/// alone. PostgreSQL gives an XID to a transaction that notifies and signals the listeners after
-/// its commit, so with the default a remote instance's deliveries of a post waited for a second
-/// WAL flush (the post's own insert, durable as before, is the first) — on a VM disk a tail of
-/// tens of milliseconds in every remote delivery. A notification never names a post that is not
-/// durable: handlers publish after their own commit.
-pub fn publisher_options(url: &str) -> Result<PgConnectOptions, sqlx::Error> {
-    Ok(<PgConnectOptions as std::str::FromStr>::from_str(url)?
-        .application_name("chat-server bus publisher")
-        .options([("synchronous_commit", "off")]))
 }
 
 async fn publish_loop(

@@ -51,8 +51,10 @@ pub async fn run(
     let hub = Arc::new(hub::Hub::new(metrics.clone()));
     // Several instances share a PostgreSQL database: LISTEN before loading membership, so a
     // change committed by another instance meanwhile arrives as a notification, not lost.
-    let bus = match &config.database {
-        Database::Postgres { url } => Some(bus::Bus::connect(url, metrics.clone()).await?),
+    let bus = match (&config.database, store.pg_pool()) {
+        (Database::Postgres { url }, Some(pool)) => {
+            Some(bus::Bus::connect(url, pool, metrics.clone()).await?)
+        }
         _ => None,
     };
     hub.load_membership(&store).await?;

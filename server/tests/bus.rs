@@ -311,38 +311,3 @@ async fn logout_through_a_closes_the_sessions_websockets_on_b() {
     b.stop().await;
     db.drop_db().await;
 }
-
-/// The bus publisher's notifications do not wait for a WAL flush (they are not durable anyway),
-/// while every other connection keeps the database's synchronous commit: the publisher's own
-/// connection is the one running server instances use.
-#[tokio::test]
-async fn the_publisher_alone_commits_without_waiting_for_the_disk() {
-    let Some(admin) = support_pg::admin_url() else {
-        return;
-    };
-    let db = support_pg::fresh_database(&admin).await;
-    let show = |opts: sqlx::postgres::PgConnectOptions| async move {
-        let mut c = sqlx::PgConnection::connect_with(&opts).await.unwrap();
-        let (v,): (String,) = sqlx::query_as("SHOW synchronous_commit")
-            .fetch_one(&mut c)
-            .await
-            .unwrap();
-        v
-    };
-    let publisher = chat_server::bus::publisher_options(&db.url).unwrap();
-    let plain: sqlx::postgres::PgConnectOptions = db.url.parse().unwrap();
-    assert_eq!(show(publisher).await, "off");
-    assert_eq!(show(plain).await, "on");
-
-    let (a, _b) = pair(&db.url).await;
-    let mut c = sqlx::PgConnection::connect(&db.url).await.unwrap();
-    let (n,): (i64,) = sqlx::query_as(
-        "SELECT count(*) FROM pg_stat_activity \
-         WHERE datname = current_database() AND application_name = 'chat-server bus publisher'",
-    )
-    .fetch_one(&mut c)
-    .await
-    .unwrap();
-    assert_eq!(n, 2, "one publisher connection per instance");
-    drop(a);
-}
