@@ -291,11 +291,19 @@ impl<'a> Scan<'a> {
             p.peek()?;
             let at = p.i;
             p.skip_value()?;
-            if let Some(k) = kept.iter().position(|o| o.same(&id)) {
-                roots[k] = root_id(p.b, at, p.i).map_err(|e| PageError {
-                    at: e.at,
-                    what: format!("post {}: {}", String::from_utf8_lossy(id.raw), e.what),
-                })?;
+            let mut root = None;
+            // An id listed twice in `order` gets its root at both places.
+            for (k, kept) in kept.iter().enumerate() {
+                if !kept.same(&id) {
+                    continue;
+                }
+                if root.is_none() {
+                    root = Some(root_id(p.b, at, p.i).map_err(|e| PageError {
+                        at: e.at,
+                        what: format!("post {}: {}", String::from_utf8_lossy(id.raw), e.what),
+                    })?);
+                }
+                roots[k] = root.flatten();
             }
             Ok(())
         })
@@ -641,6 +649,9 @@ mod tests {
         assert_eq!(pairs(&list), [("p3", "p1"), ("p2", "p1"), ("p1", "")]);
         assert_eq!(list.oldest.as_deref(), Some("p1"));
         assert_eq!(list, reference(page));
+
+        let twice = r#"{"order":["b","a","b"],"posts":{"a":{"root_id":""},"b":{"root_id":"a"}}}"#;
+        assert_eq!(PostList::parse(twice.as_bytes()), Ok(reference(twice)));
 
         let empty = PostList::parse(br#"{"order":[],"posts":{}}"#).expect("empty");
         assert_eq!(empty, PostList::default());
