@@ -243,32 +243,30 @@ impl<'a> Scan<'a> {
         }
     }
 
-    /// `{ "key": value, ... }`, calling `each` at every value with the key's raw bytes.
+    /// `{ "key": value, ... }`, calling `each` at every value with its key.
     fn object(&mut self, mut each: impl FnMut(&mut Self, Str<'a>) -> Result<()>) -> Result<()> {
-        self.expect(b'{')?;
-        if self.peek()? == b'}' {
-            self.i += 1;
-            return Ok(());
-        }
-        loop {
-            let key = self.string()?;
-            self.expect(b':')?;
-            each(self, key)?;
-            match self.peek()? {
-                b',' => self.i += 1,
-                b'}' => {
-                    self.i += 1;
-                    return Ok(());
-                }
-                _ => return self.err("expected ',' or '}' in an object"),
-            }
-        }
+        self.list(b'{', b'}', "an object", |s| {
+            let key = s.string()?;
+            s.expect(b':')?;
+            each(s, key)
+        })
     }
 
     /// `[ value, ... ]`, calling `each` at every value.
-    fn array(&mut self, mut each: impl FnMut(&mut Self) -> Result<()>) -> Result<()> {
-        self.expect(b'[')?;
-        if self.peek()? == b']' {
+    fn array(&mut self, each: impl FnMut(&mut Self) -> Result<()>) -> Result<()> {
+        self.list(b'[', b']', "an array", each)
+    }
+
+    /// `open` items separated by commas `close`, calling `each` at every item.
+    fn list(
+        &mut self,
+        open: u8,
+        close: u8,
+        what: &str,
+        mut each: impl FnMut(&mut Self) -> Result<()>,
+    ) -> Result<()> {
+        self.expect(open)?;
+        if self.peek()? == close {
             self.i += 1;
             return Ok(());
         }
@@ -276,11 +274,11 @@ impl<'a> Scan<'a> {
             each(self)?;
             match self.peek()? {
                 b',' => self.i += 1,
-                b']' => {
+                c if c == close => {
                     self.i += 1;
                     return Ok(());
                 }
-                _ => return self.err("expected ',' or ']' in an array"),
+                _ => return self.err(format!("expected ',' or '{}' in {what}", close as char)),
             }
         }
     }
