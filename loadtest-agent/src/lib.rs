@@ -25,10 +25,13 @@
 //! every error is counted and retried, never fatal to the run; every recorded latency has an
 //! intended start from the schedule, so an agent that falls behind shows it as schedule lag.
 
+pub mod cancel;
 pub mod client;
 pub mod control;
 pub mod dataset;
+pub mod frame;
 pub mod http;
+pub mod json;
 pub mod measure;
 pub mod net;
 pub mod page;

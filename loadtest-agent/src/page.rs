@@ -10,29 +10,23 @@
 //! vectors only when built for the machine they run on. This module reads it in 6.5 µs
 //! (`cargo run --release -p loadtest-agent --example page_speed` sets it against serde_json).
 //!
-//! The page's top level and its `order` array are read token by token. Each post is skipped
-//! whole by [`walk`], 64 bytes at a time: quotes, backslashes and brackets are found as bit
-//! masks (SSE2, which every x86-64 processor has; a plain loop on other processors), escaped
-//! quotes are dropped, a prefix XOR of the quotes marks the bytes inside strings, and the
-//! brackets outside them are counted. A kept post's own `root_id` key is searched for and
-//! confirmed to be at its top level. What is checked of a skipped post is its structure (its
-//! strings are closed, its brackets balance), so a cut or garbled page is an error; a bad token
-//! inside a post the user does not keep is not looked for. Ids and roots are read as strict
-//! JSON strings.
+//! The page is read with [`crate::json`]'s scanner: its top level and its `order` array token
+//! by token, each post skipped whole 64 bytes at a time. A kept post's own `root_id` key is
+//! searched for and confirmed to be at its top level. What is checked of a skipped post is its
+//! structure (its strings are closed, its brackets balance), so a cut or garbled page is an
+//! error; a bad token inside a post the user does not keep is not looked for. Ids and roots are
+//! read as strict JSON strings.
 
 use std::borrow::Cow;
-use std::fmt;
 use std::sync::LazyLock;
 
 use memchr::memmem::Finder;
 
+use crate::json::{walk, JsonError, Result, Scan, Str, Walk};
+
 /// Posts of a page whose ids (and thread roots) a user keeps: the newest ones, to reply to and
 /// react on.
 pub const NEWEST_KEPT: usize = 8;
-
-/// Containers nested deeper than this inside a post are refused (no Mattermost post nests more
-/// than a few levels; a page that does is not one).
-const MAX_DEPTH: usize = 512;
 
 /// A page of posts, decoded only as far as a user's next actions need: how many posts it holds,
 /// the newest [`NEWEST_KEPT`] ids with their thread roots (newest first) and the oldest id (to
@@ -47,21 +41,7 @@ pub struct Page<'a> {
 }
 
 /// Why a page could not be read: what was wrong and at which byte.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct PageError {
-    pub at: usize,
-    pub what: String,
-}
-
-impl fmt::Display for PageError {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} at byte {}", self.what, self.at)
-    }
-}
-
-impl std::error::Error for PageError {}
-
-type Result<T> = std::result::Result<T, PageError>;
+pub type PageError = JsonError;
 
 impl<'a> Page<'a> {
     /// (post id, root id) of the newest posts, newest first; the root is "" for a thread root.
@@ -122,167 +102,7 @@ impl<'a> Page<'a> {
     }
 }
 
-/// A JSON string as it lies in the page: its bytes between the quotes, escapes not undone.
-#[derive(Clone, Copy)]
-struct Str<'a> {
-    raw: &'a [u8],
-    /// Where it starts in the page.
-    at: usize,
-    /// Whether it has a backslash (an escape) in it.
-    escaped: bool,
-}
-
-impl<'a> Str<'a> {
-    /// Its value, escapes undone (borrowed from the page when it has none).
-    fn text(&self) -> Result<Cow<'a, str>> {
-        let bad = |what: String| PageError { at: self.at, what };
-        if !self.escaped {
-            return std::str::from_utf8(self.raw)
-                .map(Cow::Borrowed)
-                .map_err(|_| bad("a string that is not UTF-8".into()));
-        }
-        let mut quoted = Vec::with_capacity(self.raw.len() + 2);
-        quoted.push(b'"');
-        quoted.extend_from_slice(self.raw);
-        quoted.push(b'"');
-        serde_json::from_slice::<String>(&quoted)
-            .map(Cow::Owned)
-            .map_err(|e| bad(format!("a bad string ({e})")))
-    }
-
-    /// Whether two strings have the same value (ids are compared as they lie unless one of them
-    /// has an escape).
-    fn same(&self, other: &Str) -> bool {
-        // Ids differ mostly in their last bytes: look there before comparing all of them.
-        if self.raw.len() == other.raw.len()
-            && self.raw.last() == other.raw.last()
-            && self.raw == other.raw
-        {
-            return true;
-        }
-        (self.escaped || other.escaped)
-            && matches!((self.text(), other.text()), (Ok(a), Ok(b)) if a == b)
-    }
-}
-
-struct Scan<'a> {
-    b: &'a [u8],
-    i: usize,
-}
-
 impl<'a> Scan<'a> {
-    fn err<T>(&self, what: impl Into<String>) -> Result<T> {
-        Err(PageError {
-            at: self.i,
-            what: what.into(),
-        })
-    }
-
-    fn ws(&mut self) {
-        while let Some(b' ' | b'\n' | b'\r' | b'\t') = self.b.get(self.i) {
-            self.i += 1;
-        }
-    }
-
-    fn peek(&mut self) -> Result<u8> {
-        self.ws();
-        match self.b.get(self.i) {
-            Some(c) => Ok(*c),
-            None => self.err("the page ends early"),
-        }
-    }
-
-    fn expect(&mut self, c: u8) -> Result<()> {
-        if self.peek()? == c {
-            self.i += 1;
-            Ok(())
-        } else {
-            self.err(format!("expected {:?}", c as char))
-        }
-    }
-
-    /// Only white space after the value.
-    fn end(&mut self) -> Result<()> {
-        self.ws();
-        if self.i == self.b.len() {
-            Ok(())
-        } else {
-            self.err("bytes after the page")
-        }
-    }
-
-    /// A string.
-    fn string(&mut self) -> Result<Str<'a>> {
-        if self.peek()? != b'"' {
-            return self.err("expected a string");
-        }
-        self.i += 1;
-        let start = self.i;
-        let mut escaped = false;
-        loop {
-            let rest = self.b.get(self.i..).unwrap_or_default();
-            match memchr::memchr2(b'"', b'\\', rest) {
-                Some(n) => {
-                    self.i += n;
-                    if self.b[self.i] == b'"' {
-                        self.i += 1;
-                        return Ok(Str {
-                            raw: &self.b[start..self.i - 1],
-                            at: start - 1,
-                            escaped,
-                        });
-                    }
-                    escaped = true;
-                    self.i += 2;
-                }
-                None => {
-                    self.i = self.b.len();
-                    return self.err("a string that is not closed");
-                }
-            }
-        }
-    }
-
-    /// `{ "key": value, ... }`, calling `each` at every value with its key.
-    fn object(&mut self, mut each: impl FnMut(&mut Self, Str<'a>) -> Result<()>) -> Result<()> {
-        self.list(b'{', b'}', "an object", |s| {
-            let key = s.string()?;
-            s.expect(b':')?;
-            each(s, key)
-        })
-    }
-
-    /// `[ value, ... ]`, calling `each` at every value.
-    fn array(&mut self, each: impl FnMut(&mut Self) -> Result<()>) -> Result<()> {
-        self.list(b'[', b']', "an array", each)
-    }
-
-    /// `open` items separated by commas `close`, calling `each` at every item.
-    fn list(
-        &mut self,
-        open: u8,
-        close: u8,
-        what: &str,
-        mut each: impl FnMut(&mut Self) -> Result<()>,
-    ) -> Result<()> {
-        self.expect(open)?;
-        if self.peek()? == close {
-            self.i += 1;
-            return Ok(());
-        }
-        loop {
-            each(self)?;
-            match self.peek()? {
-                b',' => self.i += 1,
-                c if c == close => {
-                    self.i += 1;
-                    return Ok(());
-                }
-                _ => return self.err(format!("expected ',' or '{}' in {what}", close as char)),
-            }
-        }
-    }
-
     /// The `posts` map: each post skipped whole, and the `root_id` of those in `kept` found.
     fn posts(&mut self, kept: &[Str], roots: &mut [Option<Str<'a>>; NEWEST_KEPT]) -> Result<()> {
         self.object(|p, id| {
@@ -305,37 +125,6 @@ impl<'a> Scan<'a> {
             }
             Ok(())
         })
-    }
-
-    fn skip_value(&mut self) -> Result<()> {
-        match self.peek()? {
-            b'"' => self.string().map(drop),
-            b'{' | b'[' => match skip_container(self.b, self.i) {
-                Some(end) => {
-                    self.i = end;
-                    Ok(())
-                }
-                None => self.err("an object or array that is not closed"),
-            },
-            _ => {
-                let start = self.i;
-                while let Some(b'0'..=b'9' | b'a'..=b'z' | b'+' | b'-' | b'.' | b'E') =
-                    self.b.get(self.i)
-                {
-                    self.i += 1;
-                }
-                let word = &self.b[start..self.i];
-                let number = word
-                    .first()
-                    .is_some_and(|c| c.is_ascii_digit() || *c == b'-');
-                if matches!(word, b"true" | b"false" | b"null") || number {
-                    Ok(())
-                } else {
-                    self.i = start;
-                    self.err("expected a value")
-                }
-            }
-        }
     }
 }
 
@@ -376,200 +165,6 @@ fn root_id(b: &[u8], start: usize, end: usize) -> Result<Option<Str<'_>>> {
         };
     }
     Ok(None)
-}
-
-/// Where [`walk`] stopped.
-#[derive(Debug, PartialEq, Eq)]
-enum Walk {
-    /// The container closed: one past its closing bracket.
-    Closed(usize),
-    /// `stop` came first: the nesting depth there and whether it is inside a string.
-    At { depth: usize, in_string: bool },
-    /// The bytes ended first, or the nesting went deeper than [`MAX_DEPTH`].
-    Unclosed,
-}
-
-/// The end (one past its closing bracket) of the object or array opening at `b[start]`, or
-/// `None` if it is not closed (or nests deeper than [`MAX_DEPTH`]). Strings are followed, with
-/// their escapes, so brackets inside them do not count.
-fn skip_container(b: &[u8], start: usize) -> Option<usize> {
-    match walk(b, start, usize::MAX) {
-        Walk::Closed(end) => Some(end),
-        _ => None,
-    }
-}
-
-/// Follows the object or array opening at `b[start]` to its end, or to `stop` if that comes
-/// first.
-fn walk(b: &[u8], start: usize, stop: usize) -> Walk {
-    let mut depth = 0usize;
-    // All ones while inside a string at the end of the last block.
-    let mut in_string = 0u64;
-    // The first byte of the next block is escaped by a backslash ending this one.
-    let mut escape_carry = false;
-    let mut base = start;
-    while base < b.len() {
-        let m = Masks::of(&b[base..]);
-        let escaped = if m.backslash == 0 && !escape_carry {
-            0
-        } else {
-            escaped(m.backslash, &mut escape_carry)
-        };
-        let quotes = m.quote & !escaped;
-        let carried = in_string != 0;
-        let inside = prefix_xor(quotes) ^ in_string;
-        in_string = ((inside as i64) >> 63) as u64;
-        // Only the bytes before `stop`.
-        let before = match stop.checked_sub(base) {
-            Some(n) if n < 64 => (1u64 << n) - 1,
-            Some(_) => u64::MAX,
-            None => 0,
-        };
-        let open = m.open & !inside & before;
-        let close = m.close & !inside & before;
-        let mut both = open | close;
-        while both != 0 {
-            let bit = both & both.wrapping_neg();
-            if open & bit != 0 {
-                depth += 1;
-            } else {
-                depth -= 1;
-                if depth == 0 {
-                    return Walk::Closed(base + bit.trailing_zeros() as usize + 1);
-                }
-            }
-            both &= both - 1;
-        }
-        if before != u64::MAX {
-            // `stop` is in this block: inside a string there if the byte before it is.
-            let n = stop - base;
-            let in_string = match n {
-                0 => carried,
-                n => inside & (1u64 << (n - 1)) != 0,
-            };
-            return Walk::At { depth, in_string };
-        }
-        if depth > MAX_DEPTH {
-            return Walk::Unclosed;
-        }
-        base += 64;
-    }
-    Walk::Unclosed
-}
-
-/// Which of up to 64 bytes are a quote, a backslash, an opening or a closing bracket (bit `i`
-/// for byte `i`; bytes past the end are none of them).
-#[derive(Debug, Default, PartialEq, Eq)]
-struct Masks {
-    quote: u64,
-    backslash: u64,
-    open: u64,
-    close: u64,
-}
-
-impl Masks {
-    fn of(b: &[u8]) -> Masks {
-        if b.len() >= 64 {
-            Masks::block(b[..64].try_into().unwrap_or(&[b' '; 64]))
-        } else {
-            let mut pad = [b' '; 64];
-            pad[..b.len()].copy_from_slice(b);
-            Masks::block(&pad)
-        }
-    }
-
-    #[cfg(target_arch = "x86_64")]
-    fn block(b: &[u8; 64]) -> Masks {
-        // SAFETY: SSE2 is part of x86-64 itself (every x86-64 processor has it and the target
-        // enables it), so a function that needs only SSE2 runs on any machine this one runs on.
-        #[allow(unsafe_code)]
-        unsafe {
-            Masks::block_sse2(b)
-        }
-    }
-
-    /// Sixteen bytes at a time: compare with each byte wanted, one bit per byte.
-    #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "sse2")]
-    fn block_sse2(b: &[u8; 64]) -> Masks {
-        use std::arch::x86_64::*;
-        let eq = |v: __m128i, c: u8| -> u64 {
-            u64::from(_mm_movemask_epi8(_mm_cmpeq_epi8(v, _mm_set1_epi8(c as i8))) as u16)
-        };
-        let mut m = Masks::default();
-        for (k, c) in b.chunks_exact(16).enumerate() {
-            let i = |n: usize| c[n] as i8;
-            // Sixteen bytes in order (compiled to one unaligned load).
-            #[rustfmt::skip]
-            let v = _mm_set_epi8(
-                i(15), i(14), i(13), i(12), i(11), i(10), i(9), i(8),
-                i(7), i(6), i(5), i(4), i(3), i(2), i(1), i(0),
-            );
-            let s = 16 * k;
-            m.quote |= eq(v, b'"') << s;
-            m.backslash |= eq(v, b'\\') << s;
-            // '[' and ']' are '{' and '}' without 0x20.
-            let folded = _mm_or_si128(v, _mm_set1_epi8(0x20));
-            m.open |= eq(folded, b'{') << s;
-            m.close |= eq(folded, b'}') << s;
-        }
-        m
-    }
-
-    #[cfg(not(target_arch = "x86_64"))]
-    fn block(b: &[u8; 64]) -> Masks {
-        Masks::block_plain(b)
-    }
-
-    /// A byte at a time: what other processors run, and what the tests hold the vector
-    /// version to.
-    #[cfg_attr(target_arch = "x86_64", allow(dead_code))]
-    fn block_plain(b: &[u8; 64]) -> Masks {
-        let mut m = Masks::default();
-        for (i, c) in b.iter().enumerate() {
-            let bit = 1u64 << i;
-            match c {
-                b'"' => m.quote |= bit,
-                b'\\' => m.backslash |= bit,
-                b'{' | b'[' => m.open |= bit,
-                b'}' | b']' => m.close |= bit,
-                _ => {}
-            }
-        }
-        m
-    }
-}
-
-/// The bytes escaped by a backslash: each backslash that is not itself escaped escapes the byte
-/// after it. `carry` is whether the first byte is escaped (from the last block) and becomes
-/// whether the next block's first byte is.
-fn escaped(backslash: u64, carry: &mut bool) -> u64 {
-    let mut escaped = *carry as u64;
-    *carry = false;
-    let mut bs = backslash;
-    while bs != 0 {
-        let bit = bs & bs.wrapping_neg();
-        if escaped & bit == 0 {
-            if bit == 1 << 63 {
-                *carry = true;
-            } else {
-                escaped |= bit << 1;
-            }
-        }
-        bs &= bs - 1;
-    }
-    escaped
-}
-
-/// Bit `i` set when an odd number of the bits `0..=i` of `x` are.
-fn prefix_xor(mut x: u64) -> u64 {
-    x ^= x << 1;
-    x ^= x << 2;
-    x ^= x << 4;
-    x ^= x << 8;
-    x ^= x << 16;
-    x ^= x << 32;
-    x
 }
 
 #[cfg(test)]
@@ -687,7 +282,7 @@ mod tests {
             ),
             (
                 r#"{"order":[],"posts":{}} x"#,
-                "bytes after the page at byte 24",
+                "bytes after the value at byte 24",
             ),
             (
                 r#"{"order":[tru],"posts":{}}"#,
@@ -716,8 +311,8 @@ mod tests {
         // Nesting beyond any real post is refused rather than followed.
         let deep = format!(
             r#"{{"order":["a"],"posts":{{"a":{}{}}}}}"#,
-            "[".repeat(MAX_DEPTH + 70),
-            "]".repeat(MAX_DEPTH + 70)
+            "[".repeat(crate::json::MAX_DEPTH + 70),
+            "]".repeat(crate::json::MAX_DEPTH + 70)
         );
         assert!(PostList::parse(deep.as_bytes()).is_err());
     }
@@ -782,20 +377,6 @@ mod tests {
                 PostList::parse(page.as_bytes()),
                 Ok(reference(&page)),
                 "{page}"
-            );
-        }
-    }
-
-    #[test]
-    fn the_vector_masks_are_the_plain_ones() {
-        let mut rng = ChaCha8Rng::seed_from_u64(64);
-        let bytes = b"\"\\{}[]az \x7b\x5b\x7d\x5d\xfb\xdb\xdd\x80\x00\x22\x5c";
-        for _ in 0..2000 {
-            let block: [u8; 64] = std::array::from_fn(|_| bytes[rng.gen_range(0..bytes.len())]);
-            assert_eq!(
-                Masks::block(&block),
-                Masks::block_plain(&block),
-                "{block:?}"
             );
         }
     }

@@ -8,6 +8,7 @@
 //! State is bounded: the user's channel ids, the current channel, the last few post ids seen
 //! there and the oldest post id loaded (for "read more").
 
+use std::cell::RefCell;
 use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -24,6 +25,7 @@ use serde_json::json;
 use tokio::time::sleep_until;
 use tokio_util::sync::CancellationToken;
 
+use crate::cancel::Cancelled;
 use crate::client::{Api, ApiError, NewPost, Page, NEWEST_KEPT};
 use crate::dataset::Layout;
 use crate::measure::{Recorder, Stamp};
@@ -134,11 +136,16 @@ pub struct UserState {
 }
 
 impl UserState {
-    fn remember(&mut self, id: String, root_id: String) {
-        if self.recent.len() >= RECENT_POSTS {
-            self.recent.pop_front();
-        }
-        self.recent.push_back((id, root_id));
+    /// Remembers a post the user saw, in the strings of the oldest one it forgets.
+    fn remember(&mut self, id: &str, root_id: &str) {
+        let mut slot = if self.recent.len() >= RECENT_POSTS {
+            self.recent.pop_front().unwrap_or_default()
+        } else {
+            Default::default()
+        };
+        set(&mut slot.0, id);
+        set(&mut slot.1, root_id);
+        self.recent.push_back(slot);
     }
 
     /// Takes in a page: its newest posts replace the recent ones when `replace` (a channel
@@ -146,10 +153,6 @@ impl UserState {
     /// an opened channel without posts). The ids are copied into the strings the user already
     /// holds, so a page read costs no allocation once a user has read one.
     fn load_page(&mut self, page: &Page<'_>, replace: bool) {
-        fn set(to: &mut String, from: &str) {
-            to.clear();
-            to.push_str(from);
-        }
         if replace {
             let newest = page.newest();
             self.recent.truncate(newest.len());
@@ -389,7 +392,7 @@ pub async fn post(env: Arc<UserEnv>, s: Arc<Session>, intended: Instant, reply: 
             let end = Instant::now();
             env.recorder
                 .record_post_ok(s.index, intended, started, end, n);
-            s.state.lock().remember(p.id, p.root_id);
+            s.state.lock().remember(&p.id, &p.root_id);
             Done {
                 unauthorized: false,
             }
@@ -601,9 +604,9 @@ pub async fn run_user(env: Arc<UserEnv>, local: u32, start_at: Instant, cancel: 
     let mut answered = Instant::now();
     let mut stopped = env.actions_stop.is_cancelled();
     // Made once and polled in place: a cancellation future or a timer made anew at every wake-up
-    // (every event the socket brings) would register and unregister itself each time.
-    let cancelled = cancel.cancelled();
-    tokio::pin!(cancelled);
+    // (every event the socket brings) would register and unregister itself each time. The
+    // cancellation asks its token only when the token woke the task (crate::cancel).
+    let mut cancelled = Cancelled::new(cancel);
     let pace = sleep_until(pacer.due());
     tokio::pin!(pace);
     loop {
@@ -883,10 +886,16 @@ async fn send_typing(env: &UserEnv, s: &Session, conn: &mut Conn, intended: Inst
     }
 }
 
+/// Copies `from` into the string `to` already is.
+fn set(to: &mut String, from: &str) {
+    to.clear();
+    to.push_str(from);
+}
+
 /// One message from the server, decoded where it lies: sequence tracking, the answer to a
 /// `user_typing`, and for `posted` the delivery's receipt and the user's recent posts.
 fn handle_event(env: &UserEnv, s: &Session, ev: &mut Events, text: &[u8]) {
-    let f = match ws::parse_frame(text) {
+    let f = match crate::frame::parse_frame(text) {
         Ok(f) => f,
         Err(e) => {
             tracing::debug!(user = s.index, "unparsable frame: {e}");
@@ -922,28 +931,34 @@ fn handle_event(env: &UserEnv, s: &Session, ev: &mut Events, text: &[u8]) {
     }
     if f.event.as_deref() == Some("posted") {
         env.recorder.posted_event();
-        let Some(p) = f
-            .data
-            .as_ref()
-            .and_then(|d| d.post.as_deref())
-            .and_then(ws::parse_posted)
-        else {
-            return;
-        };
-        if let Some(pr) = p.props.as_ref() {
-            if let Some(lt_id) = pr.lt_id.as_deref() {
-                let stamp = Stamp {
-                    lt_id,
-                    lt_run: pr.lt_run.as_deref(),
-                    lt_sent_at_ref: pr.lt_sent_at_ref,
-                };
-                env.recorder.receipt_stamped(stamp, s.local);
+        // The post's text is unescaped into this thread's buffer, not a new one per event.
+        thread_local! {
+            static POST: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+        }
+        POST.with_borrow_mut(|buf| {
+            let p = match f.data.as_ref().and_then(|d| d.post(buf)) {
+                Some(Ok(p)) => p,
+                Some(Err(e)) => {
+                    tracing::debug!(user = s.index, "unreadable post: {e}");
+                    return;
+                }
+                None => return,
+            };
+            if let Some(pr) = p.props.as_ref() {
+                if let Some(lt_id) = pr.lt_id.as_deref() {
+                    let stamp = Stamp {
+                        lt_id,
+                        lt_run: pr.lt_run.as_deref(),
+                        lt_sent_at_ref: pr.lt_sent_at_ref,
+                    };
+                    env.recorder.receipt_stamped(stamp, s.local);
+                }
             }
-        }
-        let mut st = s.state.lock();
-        if s.channels.get(st.current).map(String::as_str) == Some(&*p.channel_id) {
-            st.remember(p.id.into_owned(), p.root_id.into_owned());
-        }
+            let mut st = s.state.lock();
+            if s.channels.get(st.current).map(String::as_str) == Some(&*p.channel_id) {
+                st.remember(&p.id, &p.root_id);
+            }
+        });
     }
 }
 
@@ -1029,7 +1044,7 @@ mod tests {
     fn user_state_is_bounded() {
         let mut st = UserState::default();
         for i in 0..100 {
-            st.remember(format!("p{i}"), String::new());
+            st.remember(&format!("p{i}"), "");
         }
         assert_eq!(st.recent.len(), RECENT_POSTS);
         assert_eq!(st.recent.back().map(|r| r.0.as_str()), Some("p99"));

@@ -9,11 +9,9 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
-use std::borrow::Cow;
-
-use serde::Deserialize;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 
+use crate::frame::{parse_frame, Frame};
 use crate::net::{connect_tcp, tls_connector, Io, Transport};
 use crate::wsconn::WsConn;
 
@@ -257,71 +255,6 @@ fn check_upgrade(response: &httparse::Response<'_, '_>, key: &[u8]) -> Result<()
     Ok(())
 }
 
-/// A server frame: an event (with `seq`) or a reply to an action (with `seq_reply`). Strings
-/// borrow from the bytes read where they have no escapes: an event is decoded where it lies in
-/// the read buffer, tens of thousands of times a second in a big run.
-#[derive(Debug, Default, Deserialize)]
-pub struct Frame<'a> {
-    #[serde(default, borrow)]
-    pub event: Option<Cow<'a, str>>,
-    #[serde(default)]
-    pub seq: Option<u64>,
-    #[serde(default)]
-    pub seq_reply: Option<u64>,
-    #[serde(default, borrow)]
-    pub status: Option<Cow<'a, str>>,
-    #[serde(default, borrow)]
-    pub data: Option<EventData<'a>>,
-}
-
-/// The fields of `data` the agent reads; everything else is skipped without allocation.
-#[derive(Debug, Default, Deserialize)]
-pub struct EventData<'a> {
-    #[serde(default, borrow)]
-    pub connection_id: Option<Cow<'a, str>>,
-    /// In `posted`, the post encoded as a JSON string (its quotes escaped, so always unescaped
-    /// into a string of its own).
-    #[serde(default, borrow)]
-    pub post: Option<Cow<'a, str>>,
-}
-
-/// The fields of a received post that delivery measurement needs.
-#[derive(Debug, Deserialize)]
-pub struct PostedPost<'a> {
-    #[serde(borrow)]
-    pub id: Cow<'a, str>,
-    #[serde(default, borrow)]
-    pub channel_id: Cow<'a, str>,
-    #[serde(default, borrow)]
-    pub root_id: Cow<'a, str>,
-    #[serde(default, borrow)]
-    pub props: Option<PostProps<'a>>,
-}
-
-/// The measurement stamp every agent post carries.
-#[derive(Debug, Deserialize)]
-pub struct PostProps<'a> {
-    #[serde(default, borrow)]
-    pub lt_id: Option<Cow<'a, str>>,
-    #[serde(default)]
-    pub lt_sent_at: Option<i64>,
-    /// Send time in the coordinator's clock (`lt_sent_at` − the sender's clock offset).
-    #[serde(default)]
-    pub lt_sent_at_ref: Option<i64>,
-    /// Run id of the sender.
-    #[serde(default, borrow)]
-    pub lt_run: Option<Cow<'a, str>>,
-}
-
-pub fn parse_frame(text: &[u8]) -> Result<Frame<'_>, serde_json::Error> {
-    serde_json::from_slice(text)
-}
-
-/// Decodes `post`, the `data.post` string of a `posted` event.
-pub fn parse_posted(post: &str) -> Option<PostedPost<'_>> {
-    serde_json::from_str(post).ok()
-}
-
 /// The `user_typing` action frame.
 pub fn typing_frame(seq: u64, channel_id: &str, parent_id: &str) -> String {
     let v = serde_json::json!({
@@ -537,23 +470,6 @@ mod tests {
             matches!(err, WsError::Handshake(ref m) if m.starts_with("TLS")),
             "{err}"
         );
-    }
-
-    #[test]
-    fn posted_post_is_a_json_string() {
-        let f = frame(
-            r#"{"event":"posted","seq":3,"broadcast":{"channel_id":"c"},"data":{"post":"{\"id\":\"p1\",\"channel_id\":\"c\",\"props\":{\"lt_id\":\"a-1\",\"lt_sent_at\":5}}","channel_type":"O"}}"#,
-        );
-        let post = f
-            .data
-            .as_ref()
-            .and_then(|d| d.post.as_deref())
-            .expect("data.post");
-        let p = parse_posted(post).expect("post");
-        assert_eq!(p.id, "p1");
-        let props = p.props.expect("props");
-        assert_eq!(props.lt_id.as_deref(), Some("a-1"));
-        assert_eq!(props.lt_sent_at, Some(5));
     }
 
     #[test]

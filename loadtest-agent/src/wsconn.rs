@@ -5,9 +5,11 @@
 //! a read buffer for as long as it is open, and tungstenite reserves a whole frame's length on
 //! top of what it holds, so every user of a 30,000-user run kept 4 KiB that it used for a
 //! millisecond per event (heap profile in BENCHMARKS.md). Here a plain socket waits for
-//! readability holding no buffer, reads into one scratch buffer per thread, and keeps only the
-//! bytes of a frame that has not fully arrived: between events an idle user's connection holds
-//! no read buffer at all. A TLS stream reads into a buffer of its own (rustls holds kilobytes
+//! readability holding no buffer, reads into one scratch buffer per thread, parses the frames
+//! there, and keeps only what is left after the message it returns (the frames after it, or one
+//! that has not fully arrived): between events an idle user's connection holds no read buffer at
+//! all, and an event costs no allocation. A read that drains the socket also clears its
+//! readiness ([`read_plain`]), so an event costs one read system call, not two. A TLS stream reads into a buffer of its own (rustls holds kilobytes
 //! per connection anyway).
 //!
 //! What a server may send is handled: text messages (returned, parsed by the caller's function),
@@ -33,6 +35,39 @@ const TLS_READ: usize = 4096;
 
 thread_local! {
     static SCRATCH_BUF: RefCell<Box<[u8]>> = RefCell::new(vec![0; SCRATCH].into_boxed_slice());
+}
+
+/// Waits for a plain socket to have something and reads it into the thread's scratch buffer:
+/// how many bytes (0 at the end of the stream).
+///
+/// A read that leaves the socket drained (fewer bytes than asked for) also clears the socket's
+/// readiness, as a read that found nothing would: the next wait then sleeps until more arrives,
+/// instead of costing one more system call that finds nothing after every event. A wake-up for
+/// data that arrived meanwhile is not lost: tokio clears the readiness only if no new event came
+/// since it was seen.
+async fn read_plain(tcp: &tokio::net::TcpStream) -> io::Result<usize> {
+    use std::io::Read as _;
+    loop {
+        tcp.readable().await?;
+        let mut drained = 0;
+        let read = SCRATCH_BUF.with(|s| {
+            let mut s = s.borrow_mut();
+            tcp.try_io(tokio::io::Interest::READABLE, || {
+                let n = (&*socket2::SockRef::from(tcp)).read(&mut s[..])?;
+                if n > 0 && n < s.len() {
+                    drained = n;
+                    return Err(io::ErrorKind::WouldBlock.into());
+                }
+                Ok(n)
+            })
+        });
+        match read {
+            Ok(n) => return Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock && drained > 0 => return Ok(drained),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
+            Err(e) => return Err(e),
+        }
+    }
 }
 
 const OP_CONTINUATION: u8 = 0x0;
@@ -180,16 +215,15 @@ impl WsConn {
     /// (its close frame answered) or the stream ended. Cancel-safe.
     pub async fn recv<T>(&mut self, mut parse: impl FnMut(&[u8]) -> T) -> io::Result<Option<T>> {
         loop {
-            while !self.ended {
-                let Some(h) = parse_header(&self.buf[self.start..])? else {
-                    break;
-                };
-                if let Some(got) = self.take(h, &mut parse)? {
-                    self.compact();
-                    return Ok(Some(got));
-                }
-            }
+            // What is left of the last read: frames after the one returned, or the start of one.
+            let mut buf = std::mem::take(&mut self.buf);
+            let mut start = self.start;
+            let got = self.next_in(&mut buf, &mut start, &mut parse);
+            (self.buf, self.start) = (buf, start);
             self.compact();
+            if let Some(got) = got? {
+                return Ok(Some(got));
+            }
             // Pongs and a close reply are written before waiting for more; a close reply the
             // server no longer reads is no error.
             let flushed = self.flush_out().await;
@@ -197,46 +231,98 @@ impl WsConn {
                 return Ok(None);
             }
             flushed?;
-            if !self.fill().await? {
-                self.ended = true;
-                if self.start < self.buf.len() || self.message.is_some() {
-                    return Err(io::Error::new(
-                        io::ErrorKind::UnexpectedEof,
-                        "the server closed the connection in the middle of a frame",
-                    ));
+            let read = match &mut self.io {
+                Transport::Plain(tcp) if self.buf.is_empty() => {
+                    // Nothing held: the frames are read where they land, in the thread's
+                    // scratch buffer, and only what is left after a message is kept.
+                    let n = read_plain(tcp).await?;
+                    SCRATCH_BUF.with(|s| {
+                        let mut s = s.borrow_mut();
+                        let mut start = 0;
+                        let got = self.next_in(&mut s[..n], &mut start, &mut parse);
+                        self.buf.extend_from_slice(&s[start..n]);
+                        got.map(|got| (n, got))
+                    })
                 }
+                Transport::Plain(tcp) => {
+                    let n = read_plain(tcp).await?;
+                    SCRATCH_BUF.with(|s| self.buf.extend_from_slice(&s.borrow()[..n]));
+                    Ok((n, None))
+                }
+                Transport::Tls(tls) => {
+                    self.buf.reserve(TLS_READ);
+                    Ok((tls.read_buf(&mut self.buf).await?, None))
+                }
+            };
+            match read? {
+                (_, Some(got)) => return Ok(Some(got)),
+                (0, None) => {
+                    self.ended = true;
+                    if self.start < self.buf.len() || self.message.is_some() {
+                        return Err(io::Error::new(
+                            io::ErrorKind::UnexpectedEof,
+                            "the server closed the connection in the middle of a frame",
+                        ));
+                    }
+                }
+                _ => {}
             }
         }
     }
 
+    /// The next text message among the complete frames of `buf[*start..]`, consuming the
+    /// frames before it (control frames answered, fragments gathered); `None` when no complete
+    /// frame is left (`*start` is then where the incomplete one begins) or the stream ended.
+    fn next_in<T>(
+        &mut self,
+        buf: &mut [u8],
+        start: &mut usize,
+        mut parse: impl FnMut(&[u8]) -> T,
+    ) -> io::Result<Option<T>> {
+        while !self.ended {
+            let Some(h) = parse_header(&buf[*start..])? else {
+                break;
+            };
+            let p = *start + h.payload.start..*start + h.payload.end;
+            *start = p.end;
+            if let Some(got) = self.take(&mut buf[p], h, &mut parse)? {
+                return Ok(Some(got));
+            }
+        }
+        Ok(None)
+    }
+
     /// Consumes the complete frame `h`; a finished text message is parsed and returned.
-    fn take<T>(&mut self, h: Header, mut parse: impl FnMut(&[u8]) -> T) -> io::Result<Option<T>> {
-        let p = self.start + h.payload.start..self.start + h.payload.end;
-        self.start = p.end;
+    fn take<T>(
+        &mut self,
+        payload: &mut [u8],
+        h: Header,
+        mut parse: impl FnMut(&[u8]) -> T,
+    ) -> io::Result<Option<T>> {
         if let Some(mask) = h.mask {
-            apply_mask(&mut self.buf[p.clone()], mask);
+            apply_mask(payload, mask);
         }
         match (h.opcode, self.message.as_mut()) {
             (OP_TEXT | OP_BINARY, Some(_)) => Err(protocol(
                 "a new message began before the fragmented one ended",
             )),
-            (OP_TEXT, None) if h.fin => Ok(Some(parse(&self.buf[p]))),
+            (OP_TEXT, None) if h.fin => Ok(Some(parse(payload))),
             (OP_BINARY, None) if h.fin => Ok(None),
             (OP_TEXT | OP_BINARY, None) => {
                 self.message = Some(Fragments {
                     text: h.opcode == OP_TEXT,
-                    data: self.buf[p].to_vec(),
+                    data: payload.to_vec(),
                 });
                 Ok(None)
             }
             (OP_CONTINUATION, None) => Err(protocol("a continuation frame outside a message")),
             (OP_CONTINUATION, Some(m)) => {
-                if m.data.len() + p.len() > MAX_MESSAGE {
+                if m.data.len() + payload.len() > MAX_MESSAGE {
                     return Err(protocol(format!(
                         "a fragmented message over the {MAX_MESSAGE}-byte limit"
                     )));
                 }
-                m.data.extend_from_slice(&self.buf[p]);
+                m.data.extend_from_slice(payload);
                 if !h.fin {
                     return Ok(None);
                 }
@@ -244,14 +330,13 @@ impl WsConn {
                 Ok(m.text.then(|| parse(&m.data)))
             }
             (OP_PING, _) => {
-                let payload = self.buf[p].to_vec();
-                encode(&mut self.out, OP_PONG, &payload);
+                encode(&mut self.out, OP_PONG, payload);
                 Ok(None)
             }
             (OP_PONG, _) => Ok(None),
             (OP_CLOSE, _) => {
                 // Answer with the server's status code (RFC 6455 §5.5.1), then read no more.
-                let code = self.buf[p].get(..2).map(<[u8]>::to_vec).unwrap_or_default();
+                let code = payload.get(..2).map(<[u8]>::to_vec).unwrap_or_default();
                 encode(&mut self.out, OP_CLOSE, &code);
                 self.ended = true;
                 Ok(None)
@@ -268,30 +353,6 @@ impl WsConn {
         } else if self.start > 0 {
             self.buf.drain(..self.start);
             self.start = 0;
-        }
-    }
-
-    /// Reads what has arrived; `false` at the end of the stream.
-    async fn fill(&mut self) -> io::Result<bool> {
-        match &mut self.io {
-            Transport::Plain(tcp) => loop {
-                tcp.readable().await?;
-                let read = SCRATCH_BUF.with(|s| {
-                    let mut s = s.borrow_mut();
-                    let n = tcp.try_read(&mut s[..])?;
-                    self.buf.extend_from_slice(&s[..n]);
-                    Ok::<_, io::Error>(n)
-                });
-                match read {
-                    Ok(n) => return Ok(n > 0),
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => continue,
-                    Err(e) => return Err(e),
-                }
-            },
-            Transport::Tls(tls) => {
-                self.buf.reserve(TLS_READ);
-                Ok(tls.read_buf(&mut self.buf).await? > 0)
-            }
         }
     }
 
@@ -546,5 +607,60 @@ mod tests {
             ws.recv(text).await.expect("recv"),
             Some("after the timer".into())
         );
+    }
+
+    /// Frames as a server's writes deliver them: one per read (the socket then drained, its
+    /// readiness cleared with the data), several in one read, one split across reads, one bigger
+    /// than the scratch buffer. Every message arrives once and in order, no wake-up is lost, and
+    /// nothing is held between events.
+    #[tokio::test]
+    async fn frames_however_they_arrive_are_read_once_in_order() {
+        let (mut ws, mut server) = pair().await;
+        let within = std::time::Duration::from_secs(5);
+        for i in 0..200 {
+            let f = server_frame(true, OP_TEXT, format!("one {i}").as_bytes(), None);
+            server.write_all(&f).await.expect("write");
+            let got = tokio::time::timeout(within, ws.recv(text))
+                .await
+                .expect("no wake-up lost");
+            assert_eq!(got.expect("recv"), Some(format!("one {i}")));
+            assert_eq!(ws.buffered(), 0, "nothing held between events");
+        }
+        let mut burst = Vec::new();
+        for i in 0..50 {
+            burst.extend(server_frame(
+                true,
+                OP_TEXT,
+                format!("burst {i}").as_bytes(),
+                None,
+            ));
+        }
+        let big = "x".repeat(SCRATCH * 3 + 17);
+        burst.extend(server_frame(true, OP_TEXT, big.as_bytes(), None));
+        burst.extend(server_frame(true, OP_TEXT, b"last", None));
+        for piece in burst.chunks(700) {
+            server.write_all(piece).await.expect("write");
+        }
+        for i in 0..50 {
+            let got = tokio::time::timeout(within, ws.recv(text))
+                .await
+                .expect("in time");
+            assert_eq!(got.expect("recv"), Some(format!("burst {i}")));
+        }
+        assert_eq!(
+            tokio::time::timeout(within, ws.recv(text))
+                .await
+                .expect("in time")
+                .expect("recv"),
+            Some(big)
+        );
+        assert_eq!(
+            tokio::time::timeout(within, ws.recv(text))
+                .await
+                .expect("in time")
+                .expect("recv"),
+            Some("last".into())
+        );
+        assert_eq!(ws.buffered(), 0);
     }
 }
