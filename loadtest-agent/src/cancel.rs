@@ -157,4 +157,32 @@ mod tests {
         }
         assert!((499..=500).contains(&ticks), "{ticks}");
     }
+
+    /// In a task woken again and again by something else (a socket's events), the waker is
+    /// registered with the token once, not at every wake-up.
+    #[tokio::test]
+    async fn a_task_registers_once_however_often_it_wakes() {
+        let token = CancellationToken::new();
+        let (tx, mut rx) = tokio::sync::mpsc::channel::<u32>(1);
+        let mut f = Cancelled::new(token.clone());
+        let task = tokio::spawn(async move {
+            let mut flags = std::collections::HashSet::new();
+            loop {
+                tokio::select! {
+                    biased;
+                    _ = &mut f => break,
+                    Some(_) = rx.recv() => {}
+                }
+                if let Some((flag, _)) = &f.flag {
+                    flags.insert(Arc::as_ptr(flag) as usize);
+                }
+            }
+            flags.len()
+        });
+        for i in 0..1000 {
+            tx.send(i).await.expect("send");
+        }
+        token.cancel();
+        assert_eq!(task.await.expect("task"), 1, "one registration");
+    }
 }

@@ -413,7 +413,10 @@ mod tests {
                 16,
                 16,
             ));
-            rxs.push(conn.attach(None).expect("attach"));
+            rxs.push(
+                conn.attach(None, &tokio_util::sync::CancellationToken::new())
+                    .expect("attach"),
+            );
             hub.register(conn);
         }
         hub.add_channel_member("c", "a");

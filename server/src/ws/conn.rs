@@ -175,8 +175,14 @@ impl Conn {
 
     /// Attaches a new socket. `resume_from` is the client's `sequence_number` (the next seq it
     /// expects); the missed events are queued first. Returns `None` if they are no longer all in
-    /// the replay buffer, in which case the caller starts a fresh connection.
-    pub fn attach(&self, resume_from: Option<u64>) -> Option<Attachment> {
+    /// the replay buffer, in which case the caller starts a fresh connection. The attachment's
+    /// kick is a child of `within` (the server's shutdown), so its writer waits on one token,
+    /// its own, rather than also polling the one every socket shares at every wake-up.
+    pub fn attach(
+        &self,
+        resume_from: Option<u64>,
+        within: &CancellationToken,
+    ) -> Option<Attachment> {
         let mut g = self.inner.lock();
         let inner = &mut *g;
         let (tx, rx) = mpsc::channel(self.queue_cap);
@@ -202,7 +208,7 @@ impl Conn {
         }
         // A socket still attached (the client reconnected before we noticed) is superseded.
         inner.kick.cancel();
-        inner.kick = CancellationToken::new();
+        inner.kick = within.child_token();
         inner.generation += 1;
         inner.tx = Some(tx);
         inner.detached_at = None;
@@ -277,7 +283,7 @@ mod tests {
     #[test]
     fn seq_contiguous_and_full_queue_kicks() {
         let c = Conn::new("c".into(), Arc::from("u"), Arc::from("s"), 4, 4);
-        let mut a = c.attach(None).expect("attach");
+        let mut a = c.attach(None, &CancellationToken::new()).expect("attach");
         for ahead in 0..4 {
             assert_eq!(c.offer(&ev(EventKind::Posted)), Offer::Queued { ahead });
         }
@@ -290,10 +296,30 @@ mod tests {
         assert_eq!(seqs, vec![0, 1, 2, 3]);
     }
 
+    /// The server's shutdown ends every attached socket through its own kick; a kick (a newer
+    /// socket, a slow one) touches neither the server's token nor the other connections.
+    #[test]
+    fn a_kick_is_the_shutdowns_child() {
+        let shutdown = CancellationToken::new();
+        let (c, d) = (
+            Conn::new("c".into(), Arc::from("u"), Arc::from("s"), 4, 4),
+            Conn::new("d".into(), Arc::from("v"), Arc::from("s"), 4, 4),
+        );
+        let first = c.attach(None, &shutdown).expect("attach");
+        let second = c.attach(None, &shutdown).expect("a newer socket");
+        let other = d.attach(None, &shutdown).expect("attach");
+        assert!(first.kick.is_cancelled(), "superseded");
+        assert!(
+            !shutdown.is_cancelled() && !second.kick.is_cancelled() && !other.kick.is_cancelled()
+        );
+        shutdown.cancel();
+        assert!(second.kick.is_cancelled() && other.kick.is_cancelled());
+    }
+
     #[test]
     fn typing_dropped_at_half_full_without_consuming_seq() {
         let c = Conn::new("c".into(), Arc::from("u"), Arc::from("s"), 4, 4);
-        let mut a = c.attach(None).expect("attach");
+        let mut a = c.attach(None, &CancellationToken::new()).expect("attach");
         c.offer(&ev(EventKind::Posted));
         c.offer(&ev(EventKind::Posted));
         assert_eq!(c.offer(&ev(EventKind::Typing)), Offer::Dropped);
@@ -308,15 +334,17 @@ mod tests {
     #[test]
     fn resume_replays_missed_or_refuses_gap() {
         let c = Conn::new("c".into(), Arc::from("u"), Arc::from("s"), 8, 3);
-        let a = c.attach(None).expect("attach");
+        let a = c.attach(None, &CancellationToken::new()).expect("attach");
         c.detach(a.generation);
         for _ in 0..5 {
             assert_eq!(c.offer(&ev(EventKind::Posted)), Offer::Detached);
         }
         // Ring holds seq 2,3,4.
-        assert!(c.attach(Some(1)).is_none());
-        assert!(c.attach(Some(6)).is_none());
-        let mut a = c.attach(Some(3)).expect("resume");
+        assert!(c.attach(Some(1), &CancellationToken::new()).is_none());
+        assert!(c.attach(Some(6), &CancellationToken::new()).is_none());
+        let mut a = c
+            .attach(Some(3), &CancellationToken::new())
+            .expect("resume");
         let mut seqs = vec![];
         while let Ok(Outbound::Event { seq, .. }) = a.rx.try_recv() {
             seqs.push(seq);
@@ -332,12 +360,12 @@ mod tests {
     #[test]
     fn replay_larger_than_queue_starts_over() {
         let c = Conn::new("c".into(), Arc::from("u"), Arc::from("s"), 2, 4);
-        let a = c.attach(None).expect("attach");
+        let a = c.attach(None, &CancellationToken::new()).expect("attach");
         c.detach(a.generation);
         for _ in 0..4 {
             c.offer(&ev(EventKind::Posted));
         }
-        assert!(c.attach(Some(0)).is_none());
-        assert!(c.attach(Some(2)).is_some());
+        assert!(c.attach(Some(0), &CancellationToken::new()).is_none());
+        assert!(c.attach(Some(2), &CancellationToken::new()).is_some());
     }
 }

@@ -134,10 +134,12 @@ async fn send_text(socket: &mut WebSocket, text: String) -> bool {
         .is_ok()
 }
 
-/// Ends a socket whose connection was kicked: revoked (logout), too slow (counted here, once
-/// the close has happened), or taken over by a newer socket.
-async fn kicked_close(st: &Shared, socket: &mut WebSocket, conn: &Conn) {
-    if conn.is_revoked() {
+/// Ends a socket whose kick fired: the server shutting down, or its connection revoked (logout),
+/// too slow (counted here, once the close has happened) or taken over by a newer socket.
+async fn ended_close(st: &Shared, socket: &mut WebSocket, conn: &Conn) {
+    if st.shutdown.is_cancelled() {
+        close(socket, 1001, "server shutting down").await;
+    } else if conn.is_revoked() {
         close(socket, CLOSE_REVOKED, "session revoked").await;
     } else if conn.take_slow() {
         close(socket, CLOSE_SLOW, "too slow").await;
@@ -262,7 +264,7 @@ async fn serve(
             .filter(|c| c.user_id == user && c.session == session && !c.is_revoked())
             .and_then(|c| {
                 let from = u64::try_from(params.sequence_number.unwrap_or(0)).ok()?;
-                c.attach(Some(from)).map(|a| (c, a))
+                c.attach(Some(from), &st.shutdown).map(|a| (c, a))
             })
     };
     let (conn, attachment) = match resumed {
@@ -275,7 +277,7 @@ async fn serve(
                 limits.send_queue,
                 limits.replay_buffer,
             ));
-            let Some(a) = conn.attach(None) else {
+            let Some(a) = conn.attach(None, &st.shutdown) else {
                 return;
             };
             st.hub.register(conn.clone());
@@ -311,19 +313,15 @@ async fn pump(st: &Shared, socket: &mut WebSocket, conn: &Arc<Conn>, a: Attachme
     ping.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     ping.tick().await;
     let mut silent_ticks = 0u32;
-    // Created once: re-creating these futures on every wake-up showed up in profiles.
-    let shutdown = st.shutdown.cancelled();
+    // Created once: re-creating it on every wake-up showed up in profiles. The kick is a child
+    // of the server's shutdown (`Conn::attach`), so this one future ends the pump for both.
     let kicked = kick.cancelled();
-    tokio::pin!(shutdown, kicked);
+    tokio::pin!(kicked);
     loop {
         tokio::select! {
             biased;
-            _ = &mut shutdown => {
-                Box::pin(close(socket, 1001, "server shutting down")).await;
-                break;
-            }
             _ = &mut kicked => {
-                Box::pin(kicked_close(st, socket, conn)).await;
+                Box::pin(ended_close(st, socket, conn)).await;
                 break;
             }
             out = rx.recv() => {
@@ -333,7 +331,7 @@ async fn pump(st: &Shared, socket: &mut WebSocket, conn: &Arc<Conn>, a: Attachme
                 tokio::select! {
                     biased;
                     _ = &mut kicked => {
-                        Box::pin(kicked_close(st, socket, conn)).await;
+                        Box::pin(ended_close(st, socket, conn)).await;
                         break;
                     }
                     // Boxed, like every path here that is not waiting: the task of each of
