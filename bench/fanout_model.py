@@ -19,6 +19,7 @@ at one-third scale, where that other work is a larger share, above it. BENCHMARK
 against measured runs.
 """
 import argparse
+import math
 import random
 
 
@@ -49,8 +50,14 @@ def main():
     ap.add_argument("--seconds", type=float, default=600, help="length of the modelled run (default 600)")
     ap.add_argument("--base-ms", type=float, default=3.0, help="a post's request and insert before its deliveries (default 3)")
     a = ap.parse_args()
-    if a.rate <= 0 or a.members <= 0 or a.cores <= 0 or a.seconds < 20 or any(u <= 0 for u in a.us):
-        ap.error("rates, members, cores and costs must be positive, and --seconds at least 20")
+    numbers = [a.rate, a.seconds, a.base_ms, *a.us]
+    if (not all(math.isfinite(x) for x in numbers) or a.rate <= 0 or a.members <= 0 or a.cores <= 0
+            or a.seconds < 20 or a.base_ms < 0 or any(u <= 0 for u in a.us)):
+        ap.error("rates, members, cores and costs must be positive numbers, --base-ms not negative, "
+                 "and --seconds at least 20")
+    if a.rate * a.seconds > 500_000:
+        ap.error(f"--rate {a.rate:g} x --seconds {a.seconds:g} is {a.rate * a.seconds:,.0f} posts: "
+                 "model at most 500,000 (a 600 s run at 21 posts/s is 12,600)")
     print("| CPU per delivery | load | delivery p99, run | per 10 s interval: lowest / median / highest |")
     print("|--:|--:|--:|--:|")
     for us in a.us:

@@ -26,6 +26,12 @@ type Kept = (
     Option<i64>,
 );
 
+/// What both readers return, from what they read.
+fn kept(seq: Option<u64>, ids: [Cow<str>; 3], lt_id: Option<Cow<str>>, sent: Option<i64>) -> Kept {
+    let [id, channel, root] = ids.map(Cow::into_owned);
+    (seq, id, channel, root, lt_id.map(Cow::into_owned), sent)
+}
+
 /// A `posted` event as chat-server renders one (the post as a JSON string inside the frame).
 fn frame() -> String {
     let post = json!({
@@ -90,12 +96,10 @@ fn serde_structs(b: &[u8]) -> Kept {
     let text = f.data.and_then(|d| d.post).expect("a post");
     let p: Post = serde_json::from_str(&text).expect("a post");
     let props = p.props.expect("props");
-    (
+    kept(
         f.seq,
-        p.id.into_owned(),
-        p.channel_id.into_owned(),
-        p.root_id.into_owned(),
-        props.lt_id.map(Cow::into_owned),
+        [p.id, p.channel_id, p.root_id],
+        props.lt_id,
         props.lt_sent_at_ref,
     )
 }
@@ -105,12 +109,10 @@ fn with_frame(b: &[u8], buf: &mut Vec<u8>) -> Kept {
     let data = f.data.expect("data");
     let p = data.post(buf).expect("a post").expect("a post");
     let props = p.props.expect("props");
-    (
+    kept(
         f.seq,
-        p.id.into_owned(),
-        p.channel_id.into_owned(),
-        p.root_id.into_owned(),
-        props.lt_id.map(Cow::into_owned),
+        [p.id, p.channel_id, p.root_id],
+        props.lt_id,
         props.lt_sent_at_ref,
     )
 }

@@ -135,6 +135,12 @@ pub struct UserState {
     pub oldest: Option<String>,
 }
 
+/// Copies `from` into the string `to` already is.
+fn set(to: &mut String, from: &str) {
+    to.clear();
+    to.push_str(from);
+}
+
 impl UserState {
     /// Remembers a post the user saw, in the strings of the oldest one it forgets.
     fn remember(&mut self, id: &str, root_id: &str) {
@@ -884,12 +890,6 @@ async fn send_typing(env: &UserEnv, s: &Session, conn: &mut Conn, intended: Inst
             lost(env, s, conn);
         }
     }
-}
-
-/// Copies `from` into the string `to` already is.
-fn set(to: &mut String, from: &str) {
-    to.clear();
-    to.push_str(from);
 }
 
 /// One message from the server, decoded where it lies: sequence tracking, the answer to a
