@@ -959,6 +959,12 @@ fn handle_event(env: &UserEnv, s: &Session, ev: &mut Events, text: &[u8]) {
                 st.remember(&p.id, &p.root_id);
             }
         });
+        // A rare huge post (up to the 4 MiB message limit) does not stay allocated.
+        POST.with_borrow_mut(|buf| {
+            if buf.capacity() > 64 * 1024 {
+                *buf = Vec::new();
+            }
+        });
     }
 }
 
