@@ -2,7 +2,8 @@
 """The headline workload (issue 13, "F1") on a local cluster, measured per component.
 
     python3 bench/f1.py [--scale third|full] [--append BENCHMARKS.md] [--pin] [--perf DIR]
-                        [--no-nats | --nats-only] [--keep] [--save DIR] [--bin-dir DIR]
+                        [--no-nats | --nats-only] [--nats-arrivals poisson|periodic] [--keep]
+                        [--save DIR] [--bin-dir DIR]
 
 Builds the release `chat-server`, `loadtest-agent` and `ltparse` (`ltops` is whichever build is
 there, release or the test build's debug one, built if missing), creates a local
@@ -20,9 +21,12 @@ the window, missing deliveries, actions started late, errors. The cluster is del
 
 Then, unless `--no-nats`, the same shape on NATS (`nats_run`): two `nats-server` instances joined
 by a route, one subscriber connection per user from two `nats-fanout` processes (the workspace's
-lean client), one publisher at the same rate, sampled the same way, so chat-server's CPU per
-delivery is set against the anchor's in the same run. `--pin` puts the servers, PostgreSQL and
-the NATS servers on CPU 0 and the load generators on CPU 1, so each side's cost shows on its own.
+lean client), one publisher at the same rate, its messages a Poisson stream as the agents' posts
+are (`--nats-arrivals periodic` spaces them evenly, as before 2026-12-06: a gentler load for the
+tail), for as long as the F1 run's steady window, sampled the same way, so chat-server's CPU per
+delivery and the delivery p99 per 10 s interval are set against the anchor's in the same run.
+`--pin` puts the servers, PostgreSQL and the NATS servers on CPU 0 and the load generators on
+CPU 1, so each side's cost shows on its own.
 `--perf DIR` profiles server-0 and agent-0 for 30 s of the steady window (DIR/NAME.txt).
 `--bin-dir DIR` runs another checkout's release `chat-server` and `loadtest-agent` (an older
 commit, say) under this checkout's `ltops` and `ltparse`, so two builds compare on one VM.
@@ -248,6 +252,8 @@ def main():
     ap.add_argument("--no-nats", dest="nats", action="store_false",
                     help="skip the same shape on a two-server nats-server cluster after the F1 run")
     ap.add_argument("--nats-only", action="store_true", help="run only the NATS shape")
+    ap.add_argument("--nats-arrivals", choices=["poisson", "periodic"], default="poisson",
+                    help="how the NATS shape's publisher spaces messages (poisson: as the agents' posts)")
     ap.add_argument("--pin", action="store_true",
                     help="servers, PostgreSQL and nats-server on CPU 0; agents and NATS clients on CPU 1")
     ap.add_argument("--bin-dir", metavar="DIR", type=Path,
@@ -270,7 +276,7 @@ def main():
     fig = None if a.nats_only else f1_run(a, rel, bins)
     if fig:
         print(json.dumps(fig, indent=2))
-    nats = nats_run(users, channels, pps, NATS_SECS[a.scale], a.pin, rel) if a.nats or a.nats_only else None
+    nats = nats_run(users, channels, pps, NATS_SECS[a.scale], a.pin, rel, a.nats_arrivals) if a.nats or a.nats_only else None
     if nats:
         print(json.dumps(nats, indent=2))
     if a.append:
@@ -284,6 +290,7 @@ def main():
 
 def heading(a):
     flags = "".join([" --pin" if a.pin else "", "" if a.nats else " --no-nats", " --nats-only" if a.nats_only else "",
+                     f" --nats-arrivals {a.nats_arrivals}" if a.nats_arrivals != "poisson" else "",
                      f" --bin-dir {a.bin_dir}" if a.bin_dir else ""])
     return (f"\n### F1 ({a.scale}: {SCALES[a.scale][0]:,} users){', pinned' if a.pin else ''}, "
             f"{time.strftime('%Y-%m-%d')}, `python3 bench/f1.py --scale {a.scale}{flags}`\n")
@@ -352,6 +359,7 @@ def f1_run(a, rel, bins):
             "deliveries_per_s_steady": sum(i["deliveries_received"] for i in steady) / secs,
             "delivery_p99_ms_run": r["delivery"]["latency"]["p99_us"] / 1000,
             "delivery_p99_ms_steady_intervals": [min(p99s, default=0), max(p99s, default=0)],
+            "steady_p99_spread": interval_spread([[0, 0, p] for p in p99s]),
             "missing": r["delivery"]["missing"], "expected": r["delivery"]["expected"],
             "late_ratio": r["schedule"]["late_ratio"], "loadtest_exit": lt.returncode,
             "steady_s": t1 - t0, "components": comps, "box": box_figures(sampler.samples, t0, t1),
@@ -393,7 +401,8 @@ def profile(outdir, source, at, secs):
 
 
 # Seconds of NATS publishing per scale: CPU and latency are rates, so a shorter window suffices.
-NATS_SECS = {"full": 120, "third": 60}
+# Publishing time of the NATS shape: as long as the F1 run's steady window, so as many intervals.
+NATS_SECS = {"full": 270, "third": 120}
 
 
 def raise_nofile():
@@ -415,12 +424,14 @@ def logged(log, marker, timeout=15):
     raise SystemExit(f"nats-server did not log {marker!r} within {timeout} s; see {log}")
 
 
-def nats_run(users, channels, pps, secs, pin_cpus, rel):
+def nats_run(users, channels, pps, secs, pin_cpus, rel, arrivals="poisson"):
     """The F1 shape on NATS: two nats-server instances joined by a route (one instance cannot
     hold 30,000 sockets under the 20,000 open-file limit, and the F1 cluster has two chat-server
     instances and a bus), `users` subscriber connections in two `nats-fanout` processes (half
-    on each server), `channels` subjects of 2,000, one publisher at `pps` on the first server.
-    Samples the same way; the window is the publishing time."""
+    on each server), `channels` subjects of 2,000, one publisher at `pps` on the first server,
+    its messages as a Poisson stream as the agents' posts are (`arrivals`). Samples the same way;
+    the window is the publishing time. Latency per 10 s interval is the two clients' counts
+    merged, over the intervals wholly inside the publishing time."""
     if not shutil.which("nats-server"):
         raise SystemExit("nats-server is not installed: apt-get install nats-server (or pass --no-nats)")
     tmp = Path(tempfile.mkdtemp(prefix="f1-nats-"))
@@ -456,7 +467,8 @@ def nats_run(users, channels, pps, secs, pin_cpus, rel):
             if not line.startswith("ready"):
                 raise SystemExit(f"nats-fanout did not get ready: {line}{p.stderr.read()}")
         pub = subprocess.Popen([fanout, "--servers", servers, "--subjects", str(channels), "--members", "2000",
-                                "--rate", str(pps), "--payload", str(NATS_PAYLOAD), "--settle", "3s",
+                                "--rate", str(pps), "--arrivals", arrivals, "--seed", "1",
+                                "--payload", str(NATS_PAYLOAD), "--settle", "3s",
                                 "--publish", f"{secs}s", "--listen", "0s"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         procs.append(pub)
@@ -480,7 +492,11 @@ def nats_run(users, channels, pps, secs, pin_cpus, rel):
         sampler.join()
         comp = window_figures(sampler.samples, t0, t1)
         received = sum(r["received"] for r in reports)
+        p0 = published["publish_start_unix_ms"] / 1000
+        ivs = merged_intervals(reports, p0, p0 + published["publish_secs"])
         return {
+            "arrivals": arrivals, "p99_ms_merged": merged_quantile(reports, 0.99) / 1000,
+            "p99_ms_per_interval": ivs,
             "users": users, "connections": sum(r["subscribers"] for r in reports),
             "published": sum(published["published"]), "published_late": published["published_late"],
             "expected": sum(published["published"]) * 2000, "received": received,
@@ -497,6 +513,34 @@ def nats_run(users, channels, pps, secs, pin_cpus, rel):
                 p.kill()
                 p.wait()
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def merged_quantile(reports, q, only=None):
+    """The `q` quantile of the clients' per-interval counts summed (`only`: interval starts)."""
+    counts = {}
+    for r in reports:
+        for iv in r["intervals"]:
+            if only is None or iv["start_unix_s"] in only:
+                for v, n in iv["counts"]:
+                    counts[v] = counts.get(v, 0) + n
+    total = sum(counts.values())
+    if not total:
+        return 0
+    want, seen = q * total, 0
+    for v in sorted(counts):
+        seen += counts[v]
+        if seen >= want:
+            return v
+    return max(counts)
+
+
+def merged_intervals(reports, t0, t1):
+    """[[start offset s, received, p99 ms]] of every interval wholly inside [t0, t1] (Unix s)."""
+    length = reports[0]["interval_secs"]
+    starts = sorted({iv["start_unix_s"] for r in reports for iv in r["intervals"]
+                     if iv["start_unix_s"] >= t0 and iv["start_unix_s"] + length <= t1})
+    return [[s - starts[0], sum(iv["received"] for r in reports for iv in r["intervals"] if iv["start_unix_s"] == s),
+             merged_quantile(reports, 0.99, {s}) / 1000] for s in starts]
 
 
 # Bytes per NATS message: about one `posted` WebSocket frame of the F1 workload (its post, as
@@ -527,6 +571,7 @@ def table(fig):
         f"| users held / errors | {fig['held']:,} / {fig['errors']:,} |\n",
         f"| deliveries per second, {window} | {dps:,.0f} |\n",
         f"| delivery p99 per 10 s interval, {window} | {fig['delivery_p99_ms_steady_intervals'][0]:,.0f}–{fig['delivery_p99_ms_steady_intervals'][1]:,.0f} ms |\n",
+        f"| delivery p99 per 10 s interval, {window}: lowest / median / highest | {fig['steady_p99_spread']} |\n",
         f"| delivery p99 over the run | {fig['delivery_p99_ms_run']:,.0f} ms |\n",
         f"| missing deliveries | {fig['missing']:,} of {fig['expected']:,} |\n",
         f"| actions started late | {fig['late_ratio'] * 100:.2f} % |\n",
@@ -560,7 +605,9 @@ def nats_table(n, fig):
     rows = [
         ("connections (subscribers)", f"{n['connections']:,}"),
         ("deliveries per second", f"{dps:,.0f}"),
-        ("delivery p50 / p99 / max", f"{n['p50_ms']:.1f} / {n['p99_ms']:.1f} / {n['max_ms']:.0f} ms"),
+        ("delivery p99 over the run (both clients merged)", f"{n['p99_ms_merged']:.1f} ms"),
+        ("delivery p99 per 10 s interval: lowest / median / highest", interval_spread(n["p99_ms_per_interval"])),
+        ("delivery p50 / p99 / max, the worse client", f"{n['p50_ms']:.1f} / {n['p99_ms']:.1f} / {n['max_ms']:.0f} ms"),
         ("missing deliveries", f"{n['expected'] - n['received']:,} of {n['expected']:,}"),
         ("messages published late (> 10 ms)", f"{n['published_late']:,} of {n['published']:,}"),
         ("servers' CPU, user / kernel", f"{cores('nats', 'user_cores'):.2f} / {cores('nats', 'sys_cores'):.2f} cores"),
@@ -571,7 +618,7 @@ def nats_table(n, fig):
     ]
     out = [f"\nThe same shape on NATS, in the same run: two `nats-server` {nats_version()} instances joined by a route, "
            f"{n['connections']:,} subscriber connections from two `nats-fanout` processes, one publisher, "
-           f"{n['payload']:,}-byte messages, {n['secs']:.0f} s of publishing.\n\n"]
+           f"{n['payload']:,}-byte messages published as a {n['arrivals']} stream, {n['secs']:.0f} s of publishing.\n\n"]
     if fig:
         fc = fig["components"]
         fdps = fig["deliveries_per_s_steady"]
@@ -585,6 +632,15 @@ def nats_table(n, fig):
     for k, v in c.items():
         out.append(f"| {k} | {v['user_cores']:.2f} | {v['sys_cores']:.2f} | {v['rss_mib']:.0f} MiB |\n")
     return "".join(out)
+
+
+def interval_spread(ivs):
+    """'lowest / median / highest ms (k of n over 50 ms)' of [[offset, received, p99 ms]]."""
+    if not ivs:
+        return "no whole interval"
+    p = sorted(x[2] for x in ivs)
+    over = sum(1 for x in p if x > 50)
+    return f"{p[0]:.1f} / {p[len(p) // 2]:.1f} / {p[-1]:.1f} ms ({over} of {len(p)} over 50 ms)"
 
 
 def nats_version():

@@ -6,15 +6,19 @@
 //! One process holds `subscribers` connections (a few thousand to ~19,000: the open-file limit is
 //! per process), spread round-robin over the given servers; global subscriber `g` subscribes to
 //! `ch.{g / members}`. A process with `rate > 0` also publishes, round-robin over the subjects,
-//! on an absolute schedule; each payload starts with its send time, so every subscriber records
-//! the delay from send to receipt. Everything is bounded: connecting by `connect_timeout`,
-//! listening by `listen`, publishing by `publish`.
+//! on an absolute schedule: evenly spaced, or (`Arrivals::Poisson`) with seeded exponential gaps,
+//! as the F1 agents' open model posts, so the anchor's tail is measured under the same arrivals.
+//! Each payload starts with its send time, so every subscriber records the delay from send to
+//! receipt, over the run and per interval of wall-clock time (`interval`, aligned to the Unix
+//! epoch so that processes' intervals line up and merge). Everything is bounded: connecting by
+//! `connect_timeout`, listening by `listen`, publishing by `publish`.
 //!
 //! The client keeps per connection one task, one socket and one small read buffer: nothing a
 //! lean NATS client could leave out.
 
 pub mod proto;
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,6 +26,8 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::BytesMut;
 use hdrhistogram::Histogram;
+use rand::{Rng, SeedableRng};
+use rand_chacha::ChaCha8Rng;
 use serde::Serialize;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -44,6 +50,10 @@ pub struct Options {
     pub subjects: usize,
     /// Messages per second this process publishes (0: none).
     pub rate: f64,
+    /// How the publisher spaces its messages.
+    pub arrivals: Arrivals,
+    /// Length of the intervals latency is also reported per (whole seconds, 1 to 3600).
+    pub interval: Duration,
     /// Payload size in bytes (at least 20: the send time).
     pub payload: usize,
     /// How long to wait between the last subscription and the first message, so the servers of
@@ -56,6 +66,49 @@ pub struct Options {
     /// Connections opened at once while connecting.
     pub connect_concurrency: usize,
     pub connect_timeout: Duration,
+}
+
+/// How a publisher spaces its messages at its mean rate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Arrivals {
+    /// Every `1 / rate` seconds.
+    Periodic,
+    /// A Poisson process: exponential gaps drawn from a generator seeded with `seed`, so two runs
+    /// with one seed publish on one schedule.
+    Poisson { seed: u64 },
+}
+
+impl Arrivals {
+    /// The send times, as offsets from the start, of the messages due before `within`.
+    pub fn schedule(self, rate: f64, within: Duration) -> Vec<Duration> {
+        let mut out = Vec::new();
+        if !(rate.is_finite() && rate > 0.0) {
+            return out;
+        }
+        let mut rng = match self {
+            Arrivals::Periodic => None,
+            Arrivals::Poisson { seed } => Some(ChaCha8Rng::seed_from_u64(seed)),
+        };
+        let (mut at, mut n) = (0.0f64, 0u32);
+        loop {
+            let due = match rng.as_mut() {
+                None => f64::from(n) / rate,
+                Some(rng) => {
+                    // Open on the left: ln(0) would be an infinite gap.
+                    let u: f64 = rng.gen_range(f64::EPSILON..1.0);
+                    let this = at;
+                    at += -u.ln() / rate;
+                    this
+                }
+            };
+            let due = Duration::from_secs_f64(due);
+            if due >= within {
+                return out;
+            }
+            out.push(due);
+            n += 1;
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +167,9 @@ impl Options {
         if self.connect_concurrency == 0 {
             return bad("--connect-concurrency must be at least 1");
         }
+        if self.interval.subsec_nanos() != 0 || !(1..=3600).contains(&self.interval.as_secs()) {
+            return bad("--interval must be whole seconds, 1s to 1h");
+        }
         Ok(())
     }
 }
@@ -135,12 +191,76 @@ pub struct Report {
     pub published_late: u64,
     /// Seconds from the first to the last publish.
     pub publish_secs: f64,
+    /// When the publisher started, in milliseconds since the Unix epoch (0 when it did not).
+    pub publish_start_unix_ms: u64,
+    /// Length of the intervals below, in seconds.
+    pub interval_secs: u64,
+    /// Latency per interval of receipt time, oldest first; only intervals with a receipt.
+    pub intervals: Vec<IntervalReport>,
+}
+
+/// The latencies of the messages received in one interval.
+#[derive(Debug, Serialize, PartialEq, Eq)]
+pub struct IntervalReport {
+    /// The interval's start, in seconds since the Unix epoch (a multiple of its length).
+    pub start_unix_s: u64,
+    pub received: u64,
+    pub p99_us: u64,
+    /// `[microseconds, count]` for every recorded value, to two significant figures: a merge of
+    /// several processes' intervals sums the counts of equal values.
+    pub counts: Vec<[u64; 2]>,
+}
+
+/// Latency histograms per interval of receipt time (two significant figures: a value is one of a
+/// few hundred, so a report of every count stays small and merges by value).
+struct Intervals {
+    len_ns: u128,
+    by_start: BTreeMap<u64, Histogram<u64>>,
+}
+
+impl Intervals {
+    fn new(len: Duration) -> Intervals {
+        Intervals {
+            len_ns: len.as_nanos().max(1),
+            by_start: BTreeMap::new(),
+        }
+    }
+
+    fn record(&mut self, at_ns: u128, us: u64) {
+        let start = u64::try_from(at_ns / self.len_ns * self.len_ns / 1_000_000_000).unwrap_or(0);
+        let h = self.by_start.entry(start).or_insert_with(|| {
+            Histogram::new_with_bounds(1, 120_000_000, 2).unwrap_or_else(|_| {
+                unreachable!("fixed bounds 1..120,000,000 with 2 figures are valid")
+            })
+        });
+        h.saturating_record(us);
+    }
+
+    fn report(&self) -> Vec<IntervalReport> {
+        self.by_start
+            .iter()
+            .map(|(&start_unix_s, h)| IntervalReport {
+                start_unix_s,
+                received: h.len(),
+                p99_us: h.value_at_quantile(0.99),
+                counts: h
+                    .iter_recorded()
+                    .map(|v| {
+                        [
+                            h.highest_equivalent(v.value_iterated_to()),
+                            v.count_at_value(),
+                        ]
+                    })
+                    .collect(),
+            })
+            .collect()
+    }
 }
 
 struct Stats {
     received: AtomicU64,
     closed: AtomicU64,
-    latency: Mutex<Histogram<u64>>,
+    latency: Mutex<(Histogram<u64>, Intervals)>,
 }
 
 fn now_ns() -> u128 {
@@ -159,13 +279,14 @@ pub async fn run(opts: Options, ready: impl FnOnce(usize)) -> Result<Report, Err
     let stats = Arc::new(Stats {
         received: AtomicU64::new(0),
         closed: AtomicU64::new(0),
-        latency: Mutex::new(hist),
+        latency: Mutex::new((hist, Intervals::new(opts.interval))),
     });
     let subscribed = subscribe_all(&opts, &stats).await?;
     ready(subscribed);
     let listen_until = Instant::now() + opts.listen;
     let mut report = Report {
         subscribers: subscribed,
+        interval_secs: opts.interval.as_secs(),
         ..Report::default()
     };
     if opts.rate > 0.0 {
@@ -175,10 +296,12 @@ pub async fn run(opts: Options, ready: impl FnOnce(usize)) -> Result<Report, Err
     tokio::time::sleep_until(listen_until).await;
     report.received = stats.received.load(Ordering::Relaxed);
     report.closed = stats.closed.load(Ordering::Relaxed);
-    let h = stats
+    let g = stats
         .latency
         .lock()
         .map_err(|_| Error::Options("poisoned".into()))?;
+    let (h, intervals) = &*g;
+    report.intervals = intervals.report();
     report.latency_p50_us = h.value_at_quantile(0.5);
     report.latency_p99_us = h.value_at_quantile(0.99);
     report.latency_p999_us = h.value_at_quantile(0.999);
@@ -277,8 +400,9 @@ async fn listen(mut s: TcpStream, mut buf: BytesMut, stats: &Stats) {
                 stats.received.fetch_add(1, Ordering::Relaxed);
                 if let Some(sent) = proto::sent_ns(&payload) {
                     let us = (now.saturating_sub(sent) / 1000).max(1) as u64;
-                    if let Ok(mut h) = stats.latency.lock() {
-                        h.saturating_record(us);
+                    if let Ok(mut g) = stats.latency.lock() {
+                        g.0.saturating_record(us);
+                        g.1.record(now, us);
                     }
                 }
             }
@@ -306,7 +430,7 @@ async fn listen(mut s: TcpStream, mut buf: BytesMut, stats: &Stats) {
 /// granularity, so a smaller bound would count the timer, not the publisher).
 const LATE: Duration = Duration::from_millis(10);
 
-/// Publishes on an absolute schedule for `opts.publish`, then waits for the server to answer a
+/// Publishes on an absolute schedule (`opts.arrivals`) for `opts.publish`, then waits for the server to answer a
 /// `PING`, so every message has reached it before the count is reported.
 async fn publish(opts: &Options, report: &mut Report) -> Result<(), Error> {
     let addr = opts.servers[0];
@@ -318,21 +442,18 @@ async fn publish(opts: &Options, report: &mut Report) -> Result<(), Error> {
     report.published = vec![0; opts.subjects];
     let mut buf = BytesMut::with_capacity(READ_BUF);
     let mut msg = Vec::with_capacity(opts.payload + 64);
-    let period = Duration::from_secs_f64(1.0 / opts.rate);
+    let schedule = opts.arrivals.schedule(opts.rate, opts.publish);
     let start = Instant::now();
-    let end = start + opts.publish;
-    let mut n: u32 = 0;
-    loop {
-        let due = start + period * n;
-        if due >= end {
-            break;
-        }
+    report.publish_start_unix_ms = u64::try_from(now_ns() / 1_000_000).unwrap_or(0);
+    let mut n = 0usize;
+    while let Some(&offset) = schedule.get(n) {
+        let due = start + offset;
         tokio::select! {
             _ = tokio::time::sleep_until(due) => {
                 if Instant::now() > due + LATE {
                     report.published_late += 1;
                 }
-                let k = n as usize % opts.subjects;
+                let k = n % opts.subjects;
                 msg.clear();
                 msg.extend_from_slice(format!("PUB {} {}\r\n", subjects[k], opts.payload).as_bytes());
                 msg.extend_from_slice(&proto::timed_payload(now_ns(), opts.payload));
@@ -386,5 +507,88 @@ pub fn raise_nofile() {
     use nix::sys::resource::{getrlimit, setrlimit, Resource};
     if let Ok((_, hard)) = getrlimit(Resource::RLIMIT_NOFILE) {
         let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn periodic_arrivals_are_evenly_spaced() {
+        let s = Arrivals::Periodic.schedule(4.0, Duration::from_secs(2));
+        let ms: Vec<u128> = s.iter().map(Duration::as_millis).collect();
+        assert_eq!(ms, vec![0, 250, 500, 750, 1000, 1250, 1500, 1750]);
+        assert!(Arrivals::Periodic
+            .schedule(0.0, Duration::from_secs(2))
+            .is_empty());
+    }
+
+    /// 21 messages/s for an hour: the count is within 2 % of 75,600, the gaps' coefficient of
+    /// variation is that of exponential gaps (1, not 0 as evenly spaced), one seed gives one
+    /// schedule and another seed another.
+    #[test]
+    fn poisson_arrivals_have_the_rate_and_exponential_gaps() {
+        let hour = Duration::from_secs(3600);
+        let s = Arrivals::Poisson { seed: 7 }.schedule(21.0, hour);
+        let n = s.len() as f64;
+        assert!((n / 75_600.0 - 1.0).abs() < 0.02, "{n} messages");
+        assert!(s.windows(2).all(|w| w[0] <= w[1]) && s.iter().all(|d| *d < hour));
+        let gaps: Vec<f64> = s.windows(2).map(|w| (w[1] - w[0]).as_secs_f64()).collect();
+        let mean = gaps.iter().sum::<f64>() / gaps.len() as f64;
+        let var = gaps.iter().map(|g| (g - mean).powi(2)).sum::<f64>() / gaps.len() as f64;
+        let cv = var.sqrt() / mean;
+        assert!((cv - 1.0).abs() < 0.03, "coefficient of variation {cv}");
+        assert_eq!(s, Arrivals::Poisson { seed: 7 }.schedule(21.0, hour));
+        assert_ne!(s, Arrivals::Poisson { seed: 8 }.schedule(21.0, hour));
+    }
+
+    /// Receipts land in the epoch-aligned interval of their time; each interval reports its p99
+    /// and counts that add up to what it received.
+    #[test]
+    fn latencies_are_kept_per_epoch_aligned_interval() {
+        let mut iv = Intervals::new(Duration::from_secs(10));
+        let s = 1_000_000_000u128;
+        for k in 0..100u64 {
+            iv.record(1_800_000_003 * s, 1_000 + k); // 1,800,000,000 – 1,800,000,010
+        }
+        iv.record(1_800_000_009 * s + s - 1, 90_000);
+        iv.record(1_800_000_010 * s, 5_000); // the next interval
+        let r = iv.report();
+        assert_eq!(r.len(), 2);
+        assert_eq!(r[0].start_unix_s, 1_800_000_000);
+        assert_eq!(r[1].start_unix_s, 1_800_000_010);
+        assert_eq!(r[0].received, 101);
+        assert_eq!(r[0].counts.iter().map(|c| c[1]).sum::<u64>(), 101);
+        assert!(
+            (1_090..=1_110).contains(&r[0].p99_us),
+            "p99 {}",
+            r[0].p99_us
+        );
+        assert_eq!(r[1].counts.len(), 1);
+        assert!((4_950..=5_050).contains(&r[1].counts[0][0]));
+    }
+
+    #[test]
+    fn an_interval_of_a_fraction_of_a_second_is_refused() {
+        let mut o = Options {
+            servers: vec!["127.0.0.1:4222".parse().unwrap_or_else(|_| unreachable!())],
+            subscribers: 1,
+            first: 0,
+            members: 1,
+            subjects: 1,
+            rate: 1.0,
+            arrivals: Arrivals::Periodic,
+            interval: Duration::from_millis(1500),
+            payload: 100,
+            settle: Duration::ZERO,
+            publish: Duration::from_secs(1),
+            listen: Duration::from_secs(1),
+            connect_concurrency: 1,
+            connect_timeout: Duration::from_secs(1),
+        };
+        assert!(matches!(o.validate(), Err(Error::Options(m)) if m.contains("--interval")));
+        o.interval = Duration::from_secs(10);
+        assert!(o.validate().is_ok());
     }
 }

@@ -12,7 +12,7 @@ use clap::Parser;
 #[derive(Parser)]
 #[command(
     name = "nats-fanout",
-    about = "Many NATS subscribers and one paced publisher; prints one JSON report line"
+    about = "Many NATS subscribers and one paced publisher (periodic or Poisson); prints one JSON report line"
 )]
 struct Cli {
     /// Servers, comma-separated HOST:PORT; subscribers go round them, the publisher uses the first.
@@ -33,6 +33,16 @@ struct Cli {
     /// Messages per second to publish (0: this process only subscribes).
     #[arg(long, default_value_t = 0.0)]
     rate: f64,
+    /// How the publisher spaces messages: `periodic` (every 1/rate s) or `poisson` (exponential
+    /// gaps, as the F1 agents' open model posts).
+    #[arg(long, value_enum, default_value_t = ArrivalsArg::Periodic)]
+    arrivals: ArrivalsArg,
+    /// Seed of the Poisson schedule (one seed, one schedule).
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+    /// Latency is also reported per interval of this length (whole seconds, aligned to the epoch).
+    #[arg(long, default_value = "10s", value_parser = humantime::parse_duration)]
+    interval: Duration,
     /// Payload bytes (the send time and padding).
     #[arg(long, default_value_t = 700)]
     payload: usize,
@@ -51,6 +61,12 @@ struct Cli {
     connect_timeout: Duration,
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum ArrivalsArg {
+    Periodic,
+    Poisson,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let opts = nats_fanout::Options {
@@ -60,6 +76,11 @@ fn main() -> ExitCode {
         members: cli.members,
         subjects: cli.subjects,
         rate: cli.rate,
+        arrivals: match cli.arrivals {
+            ArrivalsArg::Periodic => nats_fanout::Arrivals::Periodic,
+            ArrivalsArg::Poisson => nats_fanout::Arrivals::Poisson { seed: cli.seed },
+        },
+        interval: cli.interval,
         payload: cli.payload,
         settle: cli.settle,
         publish: cli.publish,

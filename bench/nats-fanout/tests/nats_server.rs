@@ -134,7 +134,56 @@ fn every_message_reaches_every_subscriber_across_a_two_server_cluster() {
         p99 > 0 && p99 <= r["latency_max_us"].as_u64().unwrap(),
         "{r}"
     );
+    assert_intervals_add_up(&r, 800);
+
+    // The same under Poisson arrivals (the F1 agents' open model): a seeded schedule, every
+    // message still reaching all 20 of its subject's subscribers.
+    let out = Command::new(env!("CARGO_BIN_EXE_nats-fanout"))
+        .args(["--servers", &format!("{a_client},{b_client}")])
+        .args(["--subscribers", "40", "--members", "20", "--subjects", "2"])
+        .args(["--rate", "20", "--arrivals", "poisson", "--seed", "3"])
+        .args(["--payload", "300", "--settle", "500ms", "--interval", "1s"])
+        .args(["--publish", "2s", "--listen", "5s"])
+        .args(["--connect-timeout", "10s"])
+        .output()
+        .expect("run nats-fanout");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "nats-fanout failed: {stderr}");
+    let r: serde_json::Value = serde_json::from_slice(&out.stdout).expect("one JSON line");
+    let sent: u64 = r["published"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert!(sent > 10, "a 2 s Poisson schedule at 20/s sent {sent}: {r}");
+    assert_eq!(r["received"], sent * 20, "{r}");
+    assert_eq!(r["interval_secs"], 1);
+    assert_intervals_add_up(&r, sent * 20);
     drop((a, b));
+}
+
+/// The per-interval counts of a report add up to what it received, each interval's p99 is one
+/// of its recorded values, and the intervals are aligned to their length.
+fn assert_intervals_add_up(r: &serde_json::Value, received: u64) {
+    let len = r["interval_secs"].as_u64().unwrap();
+    let ivs = r["intervals"].as_array().unwrap();
+    let mut total = 0;
+    for iv in ivs {
+        assert_eq!(iv["start_unix_s"].as_u64().unwrap() % len, 0, "{iv}");
+        let counts: Vec<(u64, u64)> = iv["counts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| (c[0].as_u64().unwrap(), c[1].as_u64().unwrap()))
+            .collect();
+        let n: u64 = counts.iter().map(|c| c.1).sum();
+        assert_eq!(n, iv["received"].as_u64().unwrap(), "{iv}");
+        let p99 = iv["p99_us"].as_u64().unwrap();
+        assert!(counts.iter().any(|c| c.0 == p99), "{iv}");
+        total += n;
+    }
+    assert_eq!(total, received, "{r}");
 }
 
 #[test]
