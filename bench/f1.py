@@ -570,7 +570,6 @@ def table(fig):
         "\n| figure | measured |\n|---|---|\n",
         f"| users held / errors | {fig['held']:,} / {fig['errors']:,} |\n",
         f"| deliveries per second, {window} | {dps:,.0f} |\n",
-        f"| delivery p99 per 10 s interval, {window} | {fig['delivery_p99_ms_steady_intervals'][0]:,.0f}–{fig['delivery_p99_ms_steady_intervals'][1]:,.0f} ms |\n",
         f"| delivery p99 per 10 s interval, {window}: lowest / median / highest | {fig['steady_p99_spread']} |\n",
         f"| delivery p99 over the run | {fig['delivery_p99_ms_run']:,.0f} ms |\n",
         f"| missing deliveries | {fig['missing']:,} of {fig['expected']:,} |\n",

@@ -23,7 +23,10 @@ use crate::ws::conn::{Conn, Offer};
 const SHARDS: usize = 64;
 
 /// One shard of the user → connections registry.
-type UserShard = RwLock<HashMap<Arc<str>, Vec<Arc<Conn>>>>;
+/// Keyed with foldhash rather than the standard SipHash: the map is read at every delivery (two
+/// hashes of a 26-character id each, the shard's and the map's), and its keys are ids the server
+/// made, not input a client chooses.
+type UserShard = RwLock<HashMap<Arc<str>, Vec<Arc<Conn>>, foldhash::fast::RandomState>>;
 
 /// What the hub knows about a channel.
 pub struct ChannelEntry {
@@ -39,7 +42,7 @@ pub struct Hub {
     by_conn_id: RwLock<HashMap<String, Arc<Conn>>>,
     online: Mutex<HashMap<Arc<str>, usize>>,
     manual_status: RwLock<HashMap<Arc<str>, String>>,
-    hasher: std::collections::hash_map::RandomState,
+    hasher: foldhash::fast::RandomState,
     metrics: Arc<Metrics>,
 }
 
@@ -70,11 +73,13 @@ impl Hub {
         Hub {
             channels: RwLock::new(HashMap::new()),
             teams: RwLock::new(HashMap::new()),
-            users: (0..SHARDS).map(|_| RwLock::new(HashMap::new())).collect(),
+            users: (0..SHARDS)
+                .map(|_| RwLock::new(HashMap::default()))
+                .collect(),
             by_conn_id: RwLock::new(HashMap::new()),
             online: Mutex::new(HashMap::new()),
             manual_status: RwLock::new(HashMap::new()),
-            hasher: std::collections::hash_map::RandomState::new(),
+            hasher: foldhash::fast::RandomState::default(),
             metrics,
         }
     }

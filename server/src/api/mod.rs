@@ -53,6 +53,9 @@ pub struct AppState {
     pub shutdown: CancellationToken,
     /// WebSocket tasks, awaited during shutdown.
     pub ws_tasks: TaskTracker,
+    /// The runtime every WebSocket's task runs on, apart from the one serving HTTP requests
+    /// ([`crate::run`] says why).
+    pub sockets: tokio::runtime::Handle,
     /// WebSockets admitted and not yet ended, for `limits.max_websockets`.
     pub ws_admitted: std::sync::atomic::AtomicUsize,
 }
@@ -77,18 +80,19 @@ impl AppState {
         omit: Option<&str>,
         post_id: Option<&str>,
     ) {
-        self.hub.broadcast_channel(channel_id, ev, omit);
+        // The other instances first: queueing for the bus is quick, this instance's fan-out not.
         if let Some(b) = &self.bus {
             b.publish_event(Target::Channel(channel_id.to_string()), omit, ev, post_id);
         }
+        self.hub.broadcast_channel(channel_id, ev, omit);
     }
 
     /// Sends `ev` to every connection of a user, here and on other instances.
     pub fn send_user(&self, user_id: &str, ev: &Event) {
-        self.hub.send_user(user_id, ev);
         if let Some(b) = &self.bus {
             b.publish_event(Target::User(user_id.to_string()), None, ev, None);
         }
+        self.hub.send_user(user_id, ev);
     }
 }
 

@@ -75,12 +75,15 @@ pub async fn upgrade(
         .max_frame_size(l.max_ws_frame_bytes);
     let admitted = Admitted::new(&st)?;
     let tracker = st.ws_tasks.clone();
+    let sockets = st.sockets.clone();
     Ok(ws
         .on_upgrade(move |socket| {
-            tracker.track_future(async move {
+            // On the sockets' runtime, so that the HTTP requests are not queued behind them.
+            sockets.spawn(tracker.track_future(async move {
                 serve(st, socket, user, params).await;
                 drop(admitted);
-            })
+            }));
+            std::future::ready(())
         })
         .into_response())
 }
