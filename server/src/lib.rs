@@ -74,6 +74,7 @@ pub async fn run(
         shutdown: CancellationToken::new(),
         ws_tasks: TaskTracker::new(),
         sockets: sockets.handle(),
+        api: tokio::runtime::Handle::current(),
         ws_admitted: Default::default(),
     });
     let token = state.shutdown.clone();

@@ -79,35 +79,60 @@ pub enum Arrivals {
 }
 
 impl Arrivals {
-    /// The send times, as offsets from the start, of the messages due before `within`.
-    pub fn schedule(self, rate: f64, within: Duration) -> Vec<Duration> {
-        let mut out = Vec::new();
-        if !(rate.is_finite() && rate > 0.0) {
-            return out;
+    /// The send times, as offsets from the start, of the messages due before `within`, made one
+    /// at a time (an hour at the highest rate is 360 million of them).
+    pub fn schedule(self, rate: f64, within: Duration) -> Schedule {
+        Schedule {
+            rng: match self {
+                Arrivals::Periodic => None,
+                Arrivals::Poisson { seed } => Some(ChaCha8Rng::seed_from_u64(seed)),
+            },
+            rate: if rate.is_finite() && rate > 0.0 {
+                rate
+            } else {
+                0.0
+            },
+            within: within.as_secs_f64(),
+            at: 0.0,
+            n: 0,
         }
-        let mut rng = match self {
-            Arrivals::Periodic => None,
-            Arrivals::Poisson { seed } => Some(ChaCha8Rng::seed_from_u64(seed)),
-        };
-        let (mut at, mut n) = (0.0f64, 0u32);
-        loop {
-            let due = match rng.as_mut() {
-                None => f64::from(n) / rate,
-                Some(rng) => {
-                    // Open on the left: ln(0) would be an infinite gap.
-                    let u: f64 = rng.gen_range(f64::EPSILON..1.0);
-                    let this = at;
-                    at += -u.ln() / rate;
-                    this
-                }
-            };
-            let due = Duration::from_secs_f64(due);
-            if due >= within {
-                return out;
+    }
+}
+
+/// The send times of [`Arrivals::schedule`], in order.
+pub struct Schedule {
+    rng: Option<ChaCha8Rng>,
+    rate: f64,
+    within: f64,
+    /// The next Poisson send time, in seconds.
+    at: f64,
+    n: u64,
+}
+
+impl Iterator for Schedule {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        if self.rate == 0.0 {
+            return None;
+        }
+        let due = match self.rng.as_mut() {
+            None => self.n as f64 / self.rate,
+            Some(rng) => {
+                let this = self.at;
+                // Open on the left: ln(0) would be an infinite gap.
+                let u: f64 = rng.gen_range(f64::EPSILON..1.0);
+                self.at += -u.ln() / self.rate;
+                this
             }
-            out.push(due);
-            n += 1;
+        };
+        // Compared in seconds first: a time past `within` may not fit a `Duration`.
+        if due >= self.within {
+            self.rate = 0.0;
+            return None;
         }
+        self.n += 1;
+        Some(Duration::from_secs_f64(due))
     }
 }
 
@@ -152,8 +177,8 @@ impl Options {
         if self.first + self.subscribers > self.members * self.subjects {
             return bad("--first + --subscribers is more than --members × --subjects");
         }
-        if !(0.0..=100_000.0).contains(&self.rate) || !self.rate.is_finite() {
-            return bad("--rate must be between 0 and 100000 messages per second");
+        if !(self.rate == 0.0 || (0.001..=100_000.0).contains(&self.rate)) {
+            return bad("--rate must be 0 (no publishing) or 0.001 to 100000 messages per second");
         }
         if self.payload < 20 || self.payload > 1 << 20 {
             return bad("--payload must be 20 bytes (the send time) to 1 MiB");
@@ -442,11 +467,11 @@ async fn publish(opts: &Options, report: &mut Report) -> Result<(), Error> {
     report.published = vec![0; opts.subjects];
     let mut buf = BytesMut::with_capacity(READ_BUF);
     let mut msg = Vec::with_capacity(opts.payload + 64);
-    let schedule = opts.arrivals.schedule(opts.rate, opts.publish);
+    let mut schedule = opts.arrivals.schedule(opts.rate, opts.publish).peekable();
     let start = Instant::now();
     report.publish_start_unix_ms = u64::try_from(now_ns() / 1_000_000).unwrap_or(0);
     let mut n = 0usize;
-    while let Some(&offset) = schedule.get(n) {
+    while let Some(&offset) = schedule.peek() {
         let due = start + offset;
         tokio::select! {
             _ = tokio::time::sleep_until(due) => {
@@ -461,6 +486,7 @@ async fn publish(opts: &Options, report: &mut Report) -> Result<(), Error> {
                 s.write_all(&msg).await.map_err(pub_err)?;
                 report.published[k] += 1;
                 n += 1;
+                schedule.next();
             }
             r = s.read_buf(&mut buf) => {
                 if r.map_err(pub_err)? == 0 {
@@ -516,12 +542,22 @@ mod tests {
 
     #[test]
     fn periodic_arrivals_are_evenly_spaced() {
-        let s = Arrivals::Periodic.schedule(4.0, Duration::from_secs(2));
-        let ms: Vec<u128> = s.iter().map(Duration::as_millis).collect();
+        let ms: Vec<u128> = Arrivals::Periodic
+            .schedule(4.0, Duration::from_secs(2))
+            .map(|d| d.as_millis())
+            .collect();
         assert_eq!(ms, vec![0, 250, 500, 750, 1000, 1250, 1500, 1750]);
-        assert!(Arrivals::Periodic
-            .schedule(0.0, Duration::from_secs(2))
-            .is_empty());
+        assert_eq!(
+            Arrivals::Periodic
+                .schedule(0.0, Duration::from_secs(2))
+                .count(),
+            0
+        );
+        // A rate so low that its first gap would not fit a `Duration` ends the schedule.
+        let slow: Vec<Duration> = Arrivals::Poisson { seed: 1 }
+            .schedule(1e-300, Duration::from_secs(2))
+            .collect();
+        assert_eq!(slow, vec![Duration::ZERO]);
     }
 
     /// 21 messages/s for an hour: the count is within 2 % of 75,600, the gaps' coefficient of
@@ -530,7 +566,7 @@ mod tests {
     #[test]
     fn poisson_arrivals_have_the_rate_and_exponential_gaps() {
         let hour = Duration::from_secs(3600);
-        let s = Arrivals::Poisson { seed: 7 }.schedule(21.0, hour);
+        let s: Vec<Duration> = Arrivals::Poisson { seed: 7 }.schedule(21.0, hour).collect();
         let n = s.len() as f64;
         assert!((n / 75_600.0 - 1.0).abs() < 0.02, "{n} messages");
         assert!(s.windows(2).all(|w| w[0] <= w[1]) && s.iter().all(|d| *d < hour));
@@ -539,8 +575,14 @@ mod tests {
         let var = gaps.iter().map(|g| (g - mean).powi(2)).sum::<f64>() / gaps.len() as f64;
         let cv = var.sqrt() / mean;
         assert!((cv - 1.0).abs() < 0.03, "coefficient of variation {cv}");
-        assert_eq!(s, Arrivals::Poisson { seed: 7 }.schedule(21.0, hour));
-        assert_ne!(s, Arrivals::Poisson { seed: 8 }.schedule(21.0, hour));
+        assert!(s
+            .iter()
+            .copied()
+            .eq(Arrivals::Poisson { seed: 7 }.schedule(21.0, hour)));
+        assert!(!s
+            .iter()
+            .copied()
+            .eq(Arrivals::Poisson { seed: 8 }.schedule(21.0, hour)));
     }
 
     /// Receipts land in the epoch-aligned interval of their time; each interval reports its p99
@@ -570,7 +612,7 @@ mod tests {
     }
 
     #[test]
-    fn an_interval_of_a_fraction_of_a_second_is_refused() {
+    fn an_interval_of_a_fraction_of_a_second_or_a_vanishing_rate_is_refused() {
         let mut o = Options {
             servers: vec!["127.0.0.1:4222".parse().unwrap_or_else(|_| unreachable!())],
             subscribers: 1,
@@ -590,5 +632,7 @@ mod tests {
         assert!(matches!(o.validate(), Err(Error::Options(m)) if m.contains("--interval")));
         o.interval = Duration::from_secs(10);
         assert!(o.validate().is_ok());
+        o.rate = 1e-20;
+        assert!(matches!(o.validate(), Err(Error::Options(m)) if m.contains("--rate")));
     }
 }

@@ -56,6 +56,9 @@ pub struct AppState {
     /// The runtime every WebSocket's task runs on, apart from the one serving HTTP requests
     /// ([`crate::run`] says why).
     pub sockets: tokio::runtime::Handle,
+    /// The runtime serving HTTP requests, the bus and metrics: a socket's task runs its database
+    /// work here, so the store's connections belong to this runtime alone.
+    pub api: tokio::runtime::Handle,
     /// WebSockets admitted and not yet ended, for `limits.max_websockets`.
     pub ws_admitted: std::sync::atomic::AtomicUsize,
 }

@@ -75,6 +75,9 @@ pub async fn upgrade(
         .max_frame_size(l.max_ws_frame_bytes);
     let admitted = Admitted::new(&st)?;
     let tracker = st.ws_tasks.clone();
+    // Held from here until the socket's task is tracked: a shutdown waits for an upgrade still
+    // under way too, so its socket also gets its close frame.
+    let upgrading = st.ws_tasks.token();
     let sockets = st.sockets.clone();
     Ok(ws
         .on_upgrade(move |socket| {
@@ -83,6 +86,7 @@ pub async fn upgrade(
                 serve(st, socket, user, params).await;
                 drop(admitted);
             }));
+            drop(upgrading);
             std::future::ready(())
         })
         .into_response())
@@ -221,8 +225,15 @@ async fn challenge(st: &Shared, socket: &mut WebSocket) -> Option<(Arc<str>, Arc
             continue;
         }
         let token = a.data.get("token").and_then(Value::as_str).unwrap_or("");
-        match st.auth.user_for_token(token).await {
-            Ok(Some(uid)) => {
+        // On the HTTP runtime: a connection the store opens belongs to the runtime it opened on.
+        let lookup = {
+            let (st, token) = (st.clone(), token.to_string());
+            st.api
+                .clone()
+                .spawn(async move { st.auth.user_for_token(&token).await })
+        };
+        match lookup.await {
+            Ok(Ok(Some(uid))) => {
                 send_text(socket, reply::<Value>(a.seq, "OK", None)).await;
                 return Some((uid, Arc::from(crate::auth::hash_token(token))));
             }
