@@ -240,25 +240,28 @@ pub struct IntervalReport {
 /// few hundred, so a report of every count stays small and merges by value).
 struct Intervals {
     len_ns: u128,
+    /// An empty histogram of the intervals' layout, cloned for each new interval.
+    blank: Histogram<u64>,
     by_start: BTreeMap<u64, Histogram<u64>>,
 }
 
 impl Intervals {
-    fn new(len: Duration) -> Intervals {
-        Intervals {
+    fn new(len: Duration) -> Result<Intervals, Error> {
+        Ok(Intervals {
             len_ns: len.as_nanos().max(1),
+            blank: Histogram::new_with_bounds(1, 120_000_000, 2)
+                .map_err(|e| Error::Options(format!("histogram: {e}")))?,
             by_start: BTreeMap::new(),
-        }
+        })
     }
 
     fn record(&mut self, at_ns: u128, us: u64) {
         let start = u64::try_from(at_ns / self.len_ns * self.len_ns / 1_000_000_000).unwrap_or(0);
-        let h = self.by_start.entry(start).or_insert_with(|| {
-            Histogram::new_with_bounds(1, 120_000_000, 2).unwrap_or_else(|_| {
-                unreachable!("fixed bounds 1..120,000,000 with 2 figures are valid")
-            })
-        });
-        h.saturating_record(us);
+        let blank = &self.blank;
+        self.by_start
+            .entry(start)
+            .or_insert_with(|| blank.clone())
+            .saturating_record(us);
     }
 
     fn report(&self) -> Vec<IntervalReport> {
@@ -304,7 +307,7 @@ pub async fn run(opts: Options, ready: impl FnOnce(usize)) -> Result<Report, Err
     let stats = Arc::new(Stats {
         received: AtomicU64::new(0),
         closed: AtomicU64::new(0),
-        latency: Mutex::new((hist, Intervals::new(opts.interval))),
+        latency: Mutex::new((hist, Intervals::new(opts.interval)?)),
     });
     let subscribed = subscribe_all(&opts, &stats).await?;
     ready(subscribed);
@@ -589,7 +592,7 @@ mod tests {
     /// and counts that add up to what it received.
     #[test]
     fn latencies_are_kept_per_epoch_aligned_interval() {
-        let mut iv = Intervals::new(Duration::from_secs(10));
+        let mut iv = Intervals::new(Duration::from_secs(10)).expect("layout");
         let s = 1_000_000_000u128;
         for k in 0..100u64 {
             iv.record(1_800_000_003 * s, 1_000 + k); // 1,800,000,000 – 1,800,000,010
