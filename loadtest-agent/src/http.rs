@@ -24,7 +24,7 @@
 //! set's setup) share one more set.
 
 use std::collections::VecDeque;
-use std::io::{self, Write as _};
+use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
 use std::task::{Context, Poll, Waker};
@@ -305,8 +305,9 @@ impl Conn {
             out.extend_from_slice(b"Content-Type: application/json\r\n");
         }
         if req.body.is_some() || matches!(req.method, Method::Post | Method::Put) {
-            // Writing into a Vec cannot fail.
-            let _ = write!(out, "Content-Length: {}\r\n", body.len());
+            out.extend_from_slice(b"Content-Length: ");
+            out.extend_from_slice(itoa::Buffer::new().format(body.len()).as_bytes());
+            out.extend_from_slice(b"\r\n");
         }
         out.extend_from_slice(b"\r\n");
         out.extend_from_slice(body);
