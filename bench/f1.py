@@ -3,7 +3,7 @@
 
     python3 bench/f1.py [--scale third|full] [--append BENCHMARKS.md] [--pin] [--perf DIR]
                         [--no-nats | --nats-only] [--nats-arrivals poisson|periodic] [--keep]
-                        [--save DIR] [--bin-dir DIR]
+                        [--save DIR] [--bin-dir DIR] [--seed N]
 
 Builds the release `chat-server`, `loadtest-agent` and `ltparse` (`ltops` is whichever build is
 there, release or the test build's debug one, built if missing), creates a local
@@ -28,6 +28,10 @@ delivery and the delivery p99 per 10 s interval are set against the anchor's in 
 `--pin` puts the servers, PostgreSQL and the NATS servers on CPU 0 and the load generators on
 CPU 1, so each side's cost shows on its own.
 `--perf DIR` profiles server-0 and agent-0 for 30 s of the steady window (DIR/NAME.txt).
+`--seed N` is the run's seed (`[run] seed`, default 1) and the anchor's publisher's: it fixes
+when every post is sent, so every run with one seed has the same bursts of posts in the same
+intervals (`cargo run --release -p loadtest-agent --example arrivals` lists them and
+`bench/fanout_model.py --arrivals` models their latency).
 `--bin-dir DIR` runs another checkout's release `chat-server` and `loadtest-agent` (an older
 commit, say) under this checkout's `ltops` and `ltparse`, so two builds compare on one VM.
 """
@@ -77,6 +81,7 @@ reply_fraction = 0.1
 [run]
 interval = "10s"
 thresholds = ["delivery.p99<50ms", "*.error_rate<1%"]
+seed = {seed}
 """
 
 
@@ -261,7 +266,11 @@ def main():
                          "side by side with this one); ltops, ltparse and nats-fanout stay this checkout's")
     ap.add_argument("--perf", metavar="DIR",
                     help="profile server-0 and agent-0 (perf record -e cpu-clock) for 30 s of the steady window")
+    ap.add_argument("--seed", type=int, default=1,
+                    help="the run's seed: when the agents post and the anchor publishes (default 1)")
     a = ap.parse_args()
+    if not 0 <= a.seed < 2**63:
+        ap.error("--seed: a whole number from 0 to 2^63 - 1")
     users, channels, pps, ramp, duration = SCALES[a.scale]
 
     if a.bin_dir:
@@ -276,7 +285,7 @@ def main():
     fig = None if a.nats_only else f1_run(a, rel, bins)
     if fig:
         print(json.dumps(fig, indent=2))
-    nats = nats_run(users, channels, pps, NATS_SECS[a.scale], a.pin, rel, a.nats_arrivals) if a.nats or a.nats_only else None
+    nats = nats_run(users, channels, pps, NATS_SECS[a.scale], a.pin, rel, a.nats_arrivals, a.seed) if a.nats or a.nats_only else None
     if nats:
         print(json.dumps(nats, indent=2))
     if a.append:
@@ -291,7 +300,7 @@ def main():
 def heading(a):
     flags = "".join([" --pin" if a.pin else "", "" if a.nats else " --no-nats", " --nats-only" if a.nats_only else "",
                      f" --nats-arrivals {a.nats_arrivals}" if a.nats_arrivals != "poisson" else "",
-                     f" --bin-dir {a.bin_dir}" if a.bin_dir else ""])
+                     f" --bin-dir {a.bin_dir}" if a.bin_dir else "", f" --seed {a.seed}" if a.seed != 1 else ""])
     return (f"\n### F1 ({a.scale}: {SCALES[a.scale][0]:,} users){', pinned' if a.pin else ''}, "
             f"{time.strftime('%Y-%m-%d')}, `python3 bench/f1.py --scale {a.scale}{flags}`\n")
 
@@ -308,7 +317,8 @@ def f1_run(a, rel, bins):
     home = Path(tempfile.mkdtemp(prefix="ltops-f1-"))
     env = dict(os.environ, LTOPS_HOME=str(home))
     cfg = home / "f1.toml"
-    cfg.write_text(WORKLOAD.format(users=users, channels=channels, pps=pps, ramp=ramp, duration=duration))
+    cfg.write_text(WORKLOAD.format(users=users, channels=channels, pps=pps, ramp=ramp, duration=duration,
+                                   seed=a.seed))
     name = "f1"
     try:
         run([ltops, "create", "--name", name, "--agents", "2", "--database", "postgres", "--app-count", "2"], env=env)
@@ -425,7 +435,7 @@ def logged(log, marker, timeout=15):
     raise SystemExit(f"nats-server did not log {marker!r} within {timeout} s; see {log}")
 
 
-def nats_run(users, channels, pps, secs, pin_cpus, rel, arrivals="poisson"):
+def nats_run(users, channels, pps, secs, pin_cpus, rel, arrivals="poisson", seed=1):
     """The F1 shape on NATS: two nats-server instances joined by a route (one instance cannot
     hold 30,000 sockets under the 20,000 open-file limit, and the F1 cluster has two chat-server
     instances and a bus), `users` subscriber connections in two `nats-fanout` processes (half
@@ -468,7 +478,7 @@ def nats_run(users, channels, pps, secs, pin_cpus, rel, arrivals="poisson"):
             if not line.startswith("ready"):
                 raise SystemExit(f"nats-fanout did not get ready: {line}{p.stderr.read()}")
         pub = subprocess.Popen([fanout, "--servers", servers, "--subjects", str(channels), "--members", "2000",
-                                "--rate", str(pps), "--arrivals", arrivals, "--seed", "1",
+                                "--rate", str(pps), "--arrivals", arrivals, "--seed", str(seed),
                                 "--payload", str(NATS_PAYLOAD), "--settle", "3s",
                                 "--publish", f"{secs}s", "--listen", "0s"],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
