@@ -8,7 +8,7 @@
 //!
 //! The arrivals are the agents' own (`schedule::Arrivals` with the stream and the share of the
 //! rate each agent gets when `ltops` splits the users among AGENTS), so a run with the same seed
-//! posts at these times, give or take the agents' start and a second (below). `bench/fanout_model.py --arrivals` then
+//! posts at these times, give or take the agents' start. `bench/fanout_model.py --arrivals` then
 //! models the run's delivery latency per interval for that very schedule rather than for a fresh
 //! Poisson stream.
 
@@ -47,6 +47,16 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     let end = cfg.users.duration.as_secs_f64();
+    // Listed in memory to be merged: a bound well above any real run (F1's is 12,649 posts).
+    const MOST: f64 = 10_000_000.0;
+    if pps * end > MOST {
+        eprintln!(
+            "{config}: behaviour.posts_per_second {pps} over users.duration {end} s is about {:.0} posts: \
+             this lists at most {MOST:.0} (shorten users.duration)",
+            pps * end
+        );
+        return ExitCode::from(2);
+    }
     let mut times = Vec::new();
     for (offset, count) in cfg.split_users(agents) {
         let mut a = Arrivals::new(
@@ -54,19 +64,13 @@ fn main() -> ExitCode {
             offset,
             agent_rate(pps, count, cfg.users.count),
         );
-        // The draws the dispatcher makes, in its order, as they move the stream: the first post
-        // one gap after the start; at each post the next gap, the poster and (when a live user
-        // was found, as every post after the run's first moments finds one) whether it is a
-        // reply. A post that finds nobody draws one number fewer; the poster's draw is
-        // rejection-sampled, so the stream falls back into step within a few posts and the
-        // rest of that agent's schedule is the same, shifted by under a second (skipping up to
-        // 6 of those draws moved it by -0.5 to +0.7 s and left the same intervals worst).
+        // As the dispatcher draws: the first post one gap after the start, then at each post
+        // the next gap and the post's own draws (`Arrivals::post`, made for every post).
         let mut t = a.next_gap().as_secs_f64();
         while t < end {
             times.push(t);
             t += a.next_gap().as_secs_f64();
-            a.pick(usize::MAX >> 1);
-            a.pick(1000);
+            a.post(0.0);
         }
     }
     times.sort_by(f64::total_cmp);

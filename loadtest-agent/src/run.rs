@@ -432,13 +432,11 @@ async fn engine_inner(
                 }
                 let intended = next;
                 next += arrivals.next_gap();
-                let r = arrivals.pick(usize::MAX >> 1);
+                let (r, reply) = arrivals.post(env.config.behaviour.reply_fraction);
                 // Arrivals wait for nothing: any lateness here is the generator's.
                 env.recorder
                     .note_paced(r as u64, intended, intended, Instant::now());
                 if let Some(s) = env.pick_session(r) {
-                    let reply = arrivals.pick(1000)
-                        < (env.config.behaviour.reply_fraction * 1000.0) as usize;
                     // On the poster's load runtime, where its connections are.
                     let shard = env.shards.of(u64::from(s.local));
                     posts.spawn_on(user::post(env.clone(), s, intended, reply), shard);

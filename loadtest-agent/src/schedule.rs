@@ -162,6 +162,17 @@ impl Arrivals {
         Duration::from_secs_f64(-u.ln() / self.rate)
     }
 
+    /// The draws of one post besides its gap: the poster (an index to start looking for a live
+    /// user from) and whether it is a reply (`reply_fraction` of posts). Both are drawn for
+    /// every post, whether or not a live user is found for it, so the schedule after a post
+    /// does not depend on who was live: every run with one seed posts at the same moments
+    /// (`examples/arrivals.rs` lists them).
+    pub fn post(&mut self, reply_fraction: f64) -> (usize, bool) {
+        let poster = self.pick(usize::MAX >> 1);
+        let reply = self.pick(1000) < (reply_fraction * 1000.0) as usize;
+        (poster, reply)
+    }
+
     pub fn pick(&mut self, n: usize) -> usize {
         if n <= 1 {
             0
@@ -250,6 +261,27 @@ mod tests {
         let total: Duration = (0..10_000).map(|_| a.next_gap()).sum();
         let mean = total.as_secs_f64() / 10_000.0;
         assert!((0.009..0.011).contains(&mean), "{mean}");
+    }
+
+    #[test]
+    fn a_posts_draws_do_not_depend_on_what_the_caller_does_with_them() {
+        // The dispatcher takes a post's draws whether or not it finds a live user; the gaps
+        // after it are then one seed's whatever the reply fraction or who was live.
+        let gaps = |fraction: f64| {
+            let mut a = Arrivals::new(7, 15_000, 10.5);
+            (0..1_000)
+                .map(|_| {
+                    let g = a.next_gap();
+                    a.post(fraction);
+                    g
+                })
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(gaps(0.0), gaps(1.0));
+        let mut a = Arrivals::new(7, 15_000, 10.5);
+        let replies = (0..10_000).filter(|_| a.post(0.1).1).count();
+        assert!((800..1_200).contains(&replies), "{replies}");
+        assert!((0..100).all(|_| !a.post(0.0).1) && (0..100).all(|_| a.post(1.0).1));
     }
 
     #[tokio::test(start_paused = true)]
