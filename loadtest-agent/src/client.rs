@@ -569,7 +569,7 @@ mod tests {
     /// `Content-Length` the length of its body.
     #[tokio::test]
     async fn hot_paths_are_sent_as_written() {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio::io::AsyncWriteExt;
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
             .await
             .expect("bind");
@@ -577,29 +577,21 @@ mod tests {
         let server = tokio::spawn(async move {
             let (mut s, _) = listener.accept().await.expect("accept");
             let mut got = Vec::new();
-            let mut buf = Vec::new();
+            let mut pending = Vec::new();
             while got.len() < 4 {
-                s.read_buf(&mut buf).await.expect("read");
-                while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-                    let len: usize = head
-                        .lines()
-                        .find_map(|l| l.strip_prefix("Content-Length: "))
-                        .map_or(0, |v| v.parse().expect("length"));
-                    while buf.len() < end + 4 + len {
-                        s.read_buf(&mut buf).await.expect("body");
-                    }
-                    let body = String::from_utf8_lossy(&buf[end + 4..end + 4 + len]).into_owned();
-                    buf.drain(..end + 4 + len);
-                    let page = br#"{"order":[],"posts":{}}"#;
-                    let answer = format!(
-                        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{}",
-                        page.len(),
-                        String::from_utf8_lossy(page)
-                    );
-                    s.write_all(answer.as_bytes()).await.expect("answer");
-                    got.push((head.lines().next().unwrap_or("").to_string(), head, body));
-                }
+                let req = crate::http::tests::read_request(&mut s, &mut pending)
+                    .await
+                    .expect("a request");
+                let req = String::from_utf8_lossy(&req).into_owned();
+                let (head, body) = req.split_once("\r\n\r\n").expect("a head");
+                let page = r#"{"order":[],"posts":{}}"#;
+                let answer = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{page}",
+                    page.len()
+                );
+                s.write_all(answer.as_bytes()).await.expect("answer");
+                let line = head.lines().next().unwrap_or("").to_string();
+                got.push((line, head.to_string(), body.to_string()));
             }
             got
         });

@@ -722,7 +722,7 @@ impl Client {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::Arc;
@@ -731,7 +731,7 @@ mod tests {
 
     /// Reads one request (head and `Content-Length` body) from `s`; `None` at the end of the
     /// stream. `pending` keeps bytes that arrived beyond it.
-    async fn read_request(s: &mut TcpStream, pending: &mut Vec<u8>) -> Option<Vec<u8>> {
+    pub(crate) async fn read_request(s: &mut TcpStream, pending: &mut Vec<u8>) -> Option<Vec<u8>> {
         loop {
             if let Some(end) = pending.windows(4).position(|w| w == b"\r\n\r\n") {
                 let head = String::from_utf8_lossy(&pending[..end]).to_ascii_lowercase();
