@@ -650,7 +650,8 @@ impl Client {
         loop {
             let (mut conn, reused) = match pool.take() {
                 Some(c) => (c, !retried),
-                None => (self.open(pool.local).await?, false),
+                // Boxed: opening (TLS included) is most of this future's size, and rare.
+                None => (Box::pin(self.open(pool.local)).await?, false),
             };
             conn.write_request(&self.origin, &req)?;
             if let Err(e) = conn.send().await {

@@ -3,10 +3,10 @@
 //!
 //! A value is read token by token where the reader wants something from it, and skipped
 //! otherwise: a string by looking for its closing quote (memchr), an object or array whole by
-//! [`walk`], 64 bytes at a time: quotes, backslashes and brackets are found as bit masks (SSE2,
-//! which every x86-64 processor has; a plain loop on other processors), escaped quotes are
-//! dropped, a prefix XOR of the quotes marks the bytes inside strings, and the brackets outside
-//! them are counted. What is checked of a skipped container is its structure (its strings are
+//! [`walk`], 64 bytes at a time: quotes, backslashes and brackets are found as bit masks (AVX2
+//! where the processor has it, checked at run time; SSE2, which every x86-64 processor has,
+//! otherwise; a plain loop on other processors), escaped quotes are dropped, a prefix XOR of the
+//! quotes marks the bytes inside strings, and the brackets outside them are counted. What is checked of a skipped container is its structure (its strings are
 //! closed, its brackets balance); a bad token inside it is not looked for. Strings that are read
 //! are read as strict JSON strings, borrowed unless they have escapes to undo.
 
@@ -204,19 +204,17 @@ impl<'a> Scan<'a> {
             return self.err("expected a string");
         }
         let start = self.i + 1;
-        // Keys and ids end within a few bytes: a byte loop finds their end before a block would.
-        for (k, &c) in self.b[start..].iter().take(32).enumerate() {
-            match c {
-                b'"' => {
-                    self.i = start + k + 1;
-                    return Ok(Str {
-                        raw: &self.b[start..start + k],
-                        at: start - 1,
-                        escaped: false,
-                    });
-                }
-                b'\\' => break,
-                _ => {}
+        // Keys and ids end within a few bytes: memchr finds their closing quote with one or two
+        // vector compares, where a block's four masks (or a byte loop) cost more.
+        let near = &self.b[start..self.b.len().min(start + 64)];
+        if let Some(k) = memchr::memchr2(b'"', b'\\', near) {
+            if near[k] == b'"' {
+                self.i = start + k + 1;
+                return Ok(Str {
+                    raw: &self.b[start..start + k],
+                    at: start - 1,
+                    escaped: false,
+                });
             }
         }
         let mut escaped_any = false;
@@ -386,61 +384,172 @@ pub(crate) fn skip_container(b: &[u8], start: usize) -> Option<usize> {
 }
 
 /// Follows the object or array opening at `b[start]` to its end, or to `stop` if that comes
-/// first.
+/// first. 32 bytes at a time where the processor has AVX2 (most x86-64 made since 2013, checked
+/// once per process), 16 otherwise: one build runs on any x86-64 and uses what it finds.
 pub(crate) fn walk(b: &[u8], start: usize, stop: usize) -> Walk {
-    let mut depth = 0usize;
-    // All ones while inside a string at the end of the last block.
-    let mut in_string = 0u64;
-    // The first byte of the next block is escaped by a backslash ending this one.
-    let mut escape_carry = false;
-    let mut base = start;
-    while base < b.len() {
-        let m = Masks::of(&b[base..]);
-        let escaped = if m.backslash == 0 && !escape_carry {
-            0
-        } else {
-            escaped(m.backslash, &mut escape_carry)
-        };
-        let quotes = m.quote & !escaped;
-        let carried = in_string != 0;
-        let inside = prefix_xor(quotes) ^ in_string;
-        in_string = ((inside as i64) >> 63) as u64;
-        // Only the bytes before `stop`.
-        let before = match stop.checked_sub(base) {
-            Some(n) if n < 64 => (1u64 << n) - 1,
-            Some(_) => u64::MAX,
-            None => 0,
-        };
-        let open = m.open & !inside & before;
-        let close = m.close & !inside & before;
-        let mut both = open | close;
-        while both != 0 {
-            let bit = both & both.wrapping_neg();
-            if open & bit != 0 {
-                depth += 1;
-            } else {
-                depth -= 1;
-                if depth == 0 {
-                    return Walk::Closed(base + bit.trailing_zeros() as usize + 1);
-                }
-            }
-            both &= both - 1;
-        }
-        if before != u64::MAX {
-            // `stop` is in this block: inside a string there if the byte before it is.
-            let n = stop - base;
-            let in_string = match n {
-                0 => carried,
-                n => inside & (1u64 << (n - 1)) != 0,
-            };
-            return Walk::At { depth, in_string };
-        }
-        if depth > MAX_DEPTH {
-            return Walk::Unclosed;
-        }
-        base += 64;
+    #[cfg(target_arch = "x86_64")]
+    if wide::available() {
+        // SAFETY: `walk_wide` needs AVX2 and PCLMULQDQ beyond x86-64 itself, and the processor
+        // has both: `wide::available` asked it just now.
+        #[allow(unsafe_code)]
+        return unsafe { walk_wide(b, start, stop) };
     }
-    Walk::Unclosed
+    walk_narrow(b, start, stop)
+}
+
+/// [`walk`]'s body, made once with each way of finding a block's masks: `$masks` (the masks of
+/// up to 64 bytes, [`Masks::of`]'s contract) and `$prefix_xor` ([`prefix_xor`]'s).
+macro_rules! walker {
+    ($(#[$attr:meta])* $name:ident, $masks:path, $prefix_xor:path) => {
+        $(#[$attr])*
+        fn $name(b: &[u8], start: usize, stop: usize) -> Walk {
+            let mut depth = 0usize;
+            // All ones while inside a string at the end of the last block.
+            let mut in_string = 0u64;
+            // The first byte of the next block is escaped by a backslash ending this one.
+            let mut escape_carry = false;
+            let mut base = start;
+            while base < b.len() {
+                let m = $masks(&b[base..]);
+                let escaped = if m.backslash == 0 && !escape_carry {
+                    0
+                } else {
+                    escaped(m.backslash, &mut escape_carry)
+                };
+                let quotes = m.quote & !escaped;
+                let carried = in_string != 0;
+                let inside = $prefix_xor(quotes) ^ in_string;
+                in_string = ((inside as i64) >> 63) as u64;
+                // Only the bytes before `stop`.
+                let before = match stop.checked_sub(base) {
+                    Some(n) if n < 64 => (1u64 << n) - 1,
+                    Some(_) => u64::MAX,
+                    None => 0,
+                };
+                let open = m.open & !inside & before;
+                let close = m.close & !inside & before;
+                let mut both = open | close;
+                while both != 0 {
+                    let bit = both & both.wrapping_neg();
+                    if open & bit != 0 {
+                        depth += 1;
+                    } else {
+                        depth -= 1;
+                        if depth == 0 {
+                            return Walk::Closed(base + bit.trailing_zeros() as usize + 1);
+                        }
+                    }
+                    both &= both - 1;
+                }
+                if before != u64::MAX {
+                    // `stop` is in this block: inside a string there if the byte before it is.
+                    let n = stop - base;
+                    let in_string = match n {
+                        0 => carried,
+                        n => inside & (1u64 << (n - 1)) != 0,
+                    };
+                    return Walk::At { depth, in_string };
+                }
+                if depth > MAX_DEPTH {
+                    return Walk::Unclosed;
+                }
+                base += 64;
+            }
+            Walk::Unclosed
+        }
+    };
+}
+
+walker!(
+    /// [`walk`] with 16-byte vectors (SSE2, part of x86-64 itself) or, on other processors, a
+    /// byte at a time.
+    walk_narrow,
+    Masks::of,
+    prefix_xor
+);
+
+#[cfg(target_arch = "x86_64")]
+walker!(
+    /// [`walk`] with 32-byte vectors, the quotes' prefix XOR one carry-less multiplication.
+    #[target_feature(enable = "avx2,pclmulqdq")]
+    walk_wide,
+    wide::masks,
+    wide::prefix_xor
+);
+
+/// What [`walk_wide`] runs on: AVX2 for the masks, PCLMULQDQ for the prefix XOR.
+#[cfg(target_arch = "x86_64")]
+mod wide {
+    use super::Masks;
+    use std::arch::x86_64::*;
+
+    /// Whether this processor has both (std asks it once and keeps the answer).
+    pub(super) fn available() -> bool {
+        std::arch::is_x86_feature_detected!("avx2")
+            && std::arch::is_x86_feature_detected!("pclmulqdq")
+    }
+
+    /// [`Masks::of`], 32 bytes at a time.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    pub(super) fn masks(b: &[u8]) -> Masks {
+        let mut pad;
+        let block = match b.first_chunk::<64>() {
+            Some(block) => block,
+            None => {
+                pad = [b' '; 64];
+                pad[..b.len()].copy_from_slice(b);
+                &pad
+            }
+        };
+        let (lo, hi) = block.split_at(32);
+        let blank = [b' '; 32];
+        let lo = half(lo.try_into().unwrap_or(&blank));
+        let hi = half(hi.try_into().unwrap_or(&blank));
+        // '[' and ']' are '{' and '}' without 0x20.
+        let fold = _mm256_set1_epi8(0x20);
+        let (flo, fhi) = (_mm256_or_si256(lo, fold), _mm256_or_si256(hi, fold));
+        Masks {
+            quote: eq(lo, b'"') | eq(hi, b'"') << 32,
+            backslash: eq(lo, b'\\') | eq(hi, b'\\') << 32,
+            open: eq(flo, b'{') | eq(fhi, b'{') << 32,
+            close: eq(flo, b'}') | eq(fhi, b'}') << 32,
+        }
+    }
+
+    /// Thirty-two bytes in order (compiled to one unaligned load).
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn half(c: &[u8; 32]) -> __m256i {
+        let i = |n: usize| c[n] as i8;
+        #[rustfmt::skip]
+        let v = _mm256_setr_epi8(
+            i(0), i(1), i(2), i(3), i(4), i(5), i(6), i(7),
+            i(8), i(9), i(10), i(11), i(12), i(13), i(14), i(15),
+            i(16), i(17), i(18), i(19), i(20), i(21), i(22), i(23),
+            i(24), i(25), i(26), i(27), i(28), i(29), i(30), i(31),
+        );
+        v
+    }
+
+    /// Which of the 32 bytes equal `c`, one bit per byte.
+    #[inline]
+    #[target_feature(enable = "avx2")]
+    fn eq(v: __m256i, c: u8) -> u64 {
+        u64::from(_mm256_movemask_epi8(_mm256_cmpeq_epi8(v, _mm256_set1_epi8(c as i8))) as u32)
+    }
+
+    /// [`super::prefix_xor`]: `x` times all ones, carry-less, is the XOR of every prefix.
+    #[inline]
+    #[target_feature(enable = "pclmulqdq")]
+    pub(super) fn prefix_xor(x: u64) -> u64 {
+        let all_ones = _mm_set1_epi8(-1);
+        _mm_cvtsi128_si64(_mm_clmulepi64_si128(
+            _mm_set_epi64x(0, x as i64),
+            all_ones,
+            0,
+        )) as u64
+    }
 }
 
 /// Which of up to 64 bytes are a quote, a backslash, an opening or a closing bracket (bit `i`
@@ -576,5 +685,58 @@ mod tests {
                 "{block:?}"
             );
         }
+    }
+
+    /// Random text over the bytes that matter to a walk, and more of the ones that do not (so
+    /// that containers nest and run across blocks).
+    fn random_text(rng: &mut ChaCha8Rng, len: usize) -> Vec<u8> {
+        let bytes = b"\"\\{}[]\"{}abcdefghijklmnopqrstuvwxyz :,\xfb\xdb";
+        (0..len)
+            .map(|_| bytes[rng.gen_range(0..bytes.len())])
+            .collect()
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn the_wide_masks_and_walk_are_the_narrow_ones() {
+        if !wide::available() {
+            eprintln!("this processor has no AVX2 or PCLMULQDQ: the wide walk is never taken here");
+            return;
+        }
+        let mut rng = ChaCha8Rng::seed_from_u64(32);
+        for _ in 0..2000 {
+            // Whole blocks and the short ones a text ends with.
+            let len = rng.gen_range(1..=64);
+            let text = random_text(&mut rng, len);
+            // SAFETY: the processor has AVX2 and PCLMULQDQ (checked above).
+            #[allow(unsafe_code)]
+            let (m, x) = unsafe { (wide::masks(&text), rng.gen::<u64>()) };
+            assert_eq!(m, Masks::of(&text), "{text:?}");
+            #[allow(unsafe_code)]
+            let px = unsafe { wide::prefix_xor(x) };
+            assert_eq!(px, prefix_xor(x), "{x:#x}");
+        }
+        // Containers that close, nest, hold strings with escapes, and stop part way.
+        let mut seen = [0; 3];
+        for _ in 0..3000 {
+            let mut text = vec![b'{'];
+            let len = rng.gen_range(0..400);
+            text.extend(random_text(&mut rng, len));
+            let stop = if rng.gen_bool(0.5) {
+                usize::MAX
+            } else {
+                rng.gen_range(0..=text.len())
+            };
+            #[allow(unsafe_code)]
+            let got = unsafe { walk_wide(&text, 0, stop) };
+            assert_eq!(got, walk_narrow(&text, 0, stop), "stop {stop}: {text:?}");
+            seen[match got {
+                Walk::Closed(end) if end > 64 => 0,
+                Walk::At { .. } => 1,
+                _ => 2,
+            }] += 1;
+        }
+        // Every way a walk ends, and closes past the first block, came up.
+        assert!(seen.iter().all(|&n| n > 100), "{seen:?}");
     }
 }

@@ -235,7 +235,8 @@ fn class_of(r: &Result<(), ApiError>) -> Option<bool> {
 /// Runs one HTTP action and records it.
 async fn execute(env: Arc<UserEnv>, s: Arc<Session>, plan: Plan, intended: Instant) -> Done {
     if let Plan::Post { reply } = plan {
-        return post(env, s, intended, reply).await;
+        // Boxed: a post's future is most of this one's size, and the read mix never posts.
+        return Box::pin(post(env, s, intended, reply)).await;
     }
     let token = s.token();
     let slot = s.slot();
