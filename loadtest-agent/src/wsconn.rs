@@ -48,7 +48,10 @@ thread_local! {
 async fn read_plain(tcp: &tokio::net::TcpStream) -> io::Result<usize> {
     use std::io::Read as _;
     loop {
-        tcp.readable().await?;
+        // The socket's one reader slot rather than `readable()`, whose future joins a list of
+        // waiters under a lock and leaves it when dropped: the user's loop makes this future
+        // anew at every wake-up (every HTTP answer too), so that was paid every time.
+        std::future::poll_fn(|cx| tcp.poll_read_ready(cx)).await?;
         let mut drained = 0;
         let read = SCRATCH_BUF.with(|s| {
             let mut s = s.borrow_mut();
