@@ -102,8 +102,17 @@ def rss_kib(pid):
     return 0
 
 
+class Cpu(float):
+    """CPU seconds, user + kernel time, that also keeps the two apart."""
+
+    def __new__(cls, user, kernel):
+        c = super().__new__(cls, user + kernel)
+        c.user, c.kernel = user, kernel
+        return c
+
+
 def run_rusage(cmd, on_start=None, **kw):
-    """Runs `cmd` to its end: (stdout, stderr, CPU seconds user + kernel). `on_start(pid)` runs
+    """Runs `cmd` to its end: (stdout, stderr, CPU seconds user + kernel, a `Cpu`). `on_start(pid)` runs
     beside it (the profiler)."""
     p = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
     if on_start:
@@ -122,7 +131,7 @@ def run_rusage(cmd, on_start=None, **kw):
     p.returncode = os.waitstatus_to_exitcode(status)
     if p.returncode != 0:
         sys.exit(f"{Path(str(cmd[0])).name} failed (exit {p.returncode}):\n{bufs.get('err', '')[-3000:]}")
-    return bufs.get("out", ""), bufs.get("err", ""), ru.ru_utime + ru.ru_stime
+    return bufs.get("out", ""), bufs.get("err", ""), Cpu(ru.ru_utime, ru.ru_stime)
 
 
 def workload(port, users, mix, interval, jitter, seconds, ramp):
@@ -272,18 +281,24 @@ class Bench:
         (`per_action` requests each), one after the other: CPU per request of each."""
         s = self.a.seconds
 
+        def per_request(who, cpu, n, note):
+            """The CPU per request, and its user and kernel time apart (rows of their own)."""
+            self.sample(figure, "µs", "wrk", who, cpu / max(n, 1) * 1e6,
+                        f"{note} in {cpu:.2f} CPU-s (user {cpu.user:.2f}, kernel {cpu.kernel:.2f})")
+            self.sample(f"{figure}: user time", "µs", "wrk", who, cpu.user / max(n, 1) * 1e6)
+            self.sample(f"{figure}: kernel time", "µs", "wrk", who, cpu.kernel / max(n, 1) * 1e6)
+
         def peer():
             n, bad, cpu = self.wrk(name, script, path, s)
             if bad:
                 sys.exit(f"wrk got {bad} non-2xx answers ({name})")
-            self.sample(figure, "µs", "wrk", "wrk", cpu / max(n, 1) * 1e6,
-                        f"wrk {n:,} requests in {cpu:.2f} CPU-s")
+            per_request("wrk", cpu, n, f"wrk {n:,} requests")
 
         def agent(label, binary):
             hits, cpu = self.agent(binary, name, 50, mix, "1ms", "0ms", s)
             ok, errors = hits.get(mix, (0, 0))
-            self.sample(figure, "µs", "wrk", label, cpu / max(per_action * ok, 1) * 1e6,
-                        f"{label} {per_action * ok:,} requests ({errors} failed actions) in {cpu:.2f} CPU-s")
+            per_request(label, cpu, per_action * ok,
+                        f"{label} {per_action * ok:,} requests ({errors} failed actions)")
         self.turns([peer] + [lambda a=a: agent(*a) for a in self.agents])
 
     def check_unreads(self):

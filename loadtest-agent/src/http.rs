@@ -27,6 +27,7 @@ use std::collections::VecDeque;
 use std::io;
 use std::net::{IpAddr, SocketAddr};
 use std::ops::Range;
+use std::pin::Pin;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
@@ -166,6 +167,13 @@ struct Conn {
     buf: Vec<u8>,
     /// The request being written.
     out: Vec<u8>,
+    /// The request timeout's timer: made at the connection's first request, then moved later at
+    /// each (an atomic compare-and-swap while it has not fired; the runtime's timer wheel moves
+    /// it when its old time comes), rather than a timer made, entered in the wheel and taken
+    /// out again for every request, as `tokio::time::timeout` does (2 % of the agent's CPU in
+    /// the read mix, `bench/peers.py --perf`). An idle connection's timer may fire, waking the
+    /// task that used it last once for nothing; the next request sets it anew.
+    timer: Option<Pin<Box<tokio::time::Sleep>>>,
 }
 
 /// The idle connections of one source address, most recently used last.
@@ -241,6 +249,7 @@ impl Conn {
             io,
             buf: Vec::with_capacity(READ_CHUNK),
             out: Vec::with_capacity(512),
+            timer: None,
         }
     }
 
@@ -635,9 +644,8 @@ impl Client {
         want_token: bool,
     ) -> Result<Response<'_>, HttpError> {
         let pool = self.pool(slot);
-        tokio::time::timeout(self.timeout, self.exchange(pool, req, want_token))
-            .await
-            .map_err(|_| HttpError::Timeout(self.timeout))?
+        let deadline = Instant::now() + self.timeout;
+        self.exchange(pool, req, want_token, deadline).await
     }
 
     async fn exchange<'a>(
@@ -645,16 +653,32 @@ impl Client {
         pool: &'a Pool,
         req: Request<'_>,
         want_token: bool,
+        deadline: Instant,
     ) -> Result<Response<'a>, HttpError> {
+        let timed_out = || HttpError::Timeout(self.timeout);
         let mut retried = false;
         loop {
             let (mut conn, reused) = match pool.take() {
                 Some(c) => (c, !retried),
                 // Boxed: opening (TLS included) is most of this future's size, and rare.
-                None => (Box::pin(self.open(pool.local)).await?, false),
+                None => {
+                    let open = Box::pin(self.open(pool.local));
+                    let open = tokio::time::timeout_at(deadline, open).await;
+                    (open.map_err(|_| timed_out())??, false)
+                }
             };
             conn.write_request(&self.origin, &req)?;
-            if let Err(e) = conn.send().await {
+            let mut timer = conn
+                .timer
+                .take()
+                .unwrap_or_else(|| Box::pin(tokio::time::sleep_until(deadline)));
+            timer.as_mut().reset(deadline);
+            let sent = tokio::select! {
+                biased;
+                sent = conn.send() => sent,
+                () = timer.as_mut() => return Err(timed_out()),
+            };
+            if let Err(e) = sent {
                 // The server closed a kept connection: the request did not reach it whole.
                 if reused {
                     retried = true;
@@ -662,7 +686,13 @@ impl Client {
                 }
                 return Err(HttpError::Io(e));
             }
-            match conn.read_answer(want_token).await {
+            let answer = tokio::select! {
+                biased;
+                answer = conn.read_answer(want_token) => answer,
+                () = timer.as_mut() => return Err(timed_out()),
+            };
+            conn.timer = Some(timer);
+            match answer {
                 Ok((head, body)) => {
                     return Ok(Response {
                         pool,
@@ -1043,6 +1073,50 @@ pub(crate) mod tests {
         let e = body_of(&c, get("/x")).await.expect_err("nobody listens");
         assert!(matches!(e, HttpError::Connect { .. }), "{e}");
         assert!(e.to_string().contains(&format!("127.0.0.1:{port}")), "{e}");
+    }
+
+    /// A kept connection's one timer (`Conn::timer`) times each request from its own start: it
+    /// is moved later for every request, set anew after it fired while the connection was
+    /// idle, and still ends a request the server does not answer.
+    #[tokio::test]
+    async fn each_request_on_a_kept_connection_has_a_timeout_of_its_own() {
+        let (url, accepted) = server(|_, mut s| async move {
+            let mut pending = Vec::new();
+            while let Some(req) = read_request(&mut s, &mut pending).await {
+                if req.starts_with(b"GET /base/slow ") {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                }
+                let a = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\n{}";
+                s.write_all(a).await.expect("write");
+            }
+        })
+        .await;
+        let timeout = Duration::from_millis(150);
+        let c = Client::new(&url, timeout, &[], 1).expect("client");
+        let ok = |r: Result<(u16, String), HttpError>| r.map(|(status, _)| status);
+        // Requests 60 ms apart for longer than the timeout: each has its own.
+        for _ in 0..6 {
+            assert_eq!(ok(body_of(&c, get("/fast")).await).expect("fast"), 200);
+            tokio::time::sleep(Duration::from_millis(60)).await;
+        }
+        // Idle past the timeout: the timer fired with nobody waiting on it.
+        tokio::time::sleep(timeout * 3).await;
+        assert_eq!(
+            ok(body_of(&c, get("/fast")).await).expect("after idle"),
+            200
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 1, "one kept connection");
+
+        let started = Instant::now();
+        let e = body_of(&c, get("/slow")).await.expect_err("no answer");
+        assert!(matches!(e, HttpError::Timeout(_)), "{e}");
+        assert!(started.elapsed() >= timeout, "{:?}", started.elapsed());
+        // The connection the request died on is not reused.
+        assert_eq!(
+            ok(body_of(&c, get("/fast")).await).expect("new connection"),
+            200
+        );
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
     }
 
     #[tokio::test]
