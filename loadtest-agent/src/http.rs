@@ -673,10 +673,13 @@ impl Client {
                 .take()
                 .unwrap_or_else(|| Box::pin(tokio::time::sleep_until(deadline)));
             timer.as_mut().reset(deadline);
+            // The timer is polled outside the task's budget, as `tokio::time::timeout` polls
+            // its own: an answer that keeps arriving (a huge body, endless `1xx` heads) spends
+            // the budget, and must not keep the deadline from being seen.
             let sent = tokio::select! {
                 biased;
                 sent = conn.send() => sent,
-                () = timer.as_mut() => return Err(timed_out()),
+                () = tokio::task::unconstrained(timer.as_mut()) => return Err(timed_out()),
             };
             if let Err(e) = sent {
                 // The server closed a kept connection: the request did not reach it whole.
@@ -689,7 +692,7 @@ impl Client {
             let answer = tokio::select! {
                 biased;
                 answer = conn.read_answer(want_token) => answer,
-                () = timer.as_mut() => return Err(timed_out()),
+                () = tokio::task::unconstrained(timer.as_mut()) => return Err(timed_out()),
             };
             conn.timer = Some(timer);
             match answer {

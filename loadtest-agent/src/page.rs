@@ -9,8 +9,9 @@
 //! is: serde_json 22 µs, sonic-rs 23, jiter 18, simd-json 19 (its whole tape); they use wide
 //! vectors only when built for the machine they run on. This module read it in 6.5 µs with
 //! SSE2, and in 3.1–3.4 µs (best of a run, against 4.9–5.3 µs before) since it takes 32 bytes at
-//! a time where the processor has AVX2 and finds short strings' ends with memchr (`cargo run
-//! --release -p loadtest-agent --example page_speed` sets it against serde_json).
+//! a time where the processor has AVX2 and PCLMULQDQ and finds short strings' ends eight bytes
+//! at a time (`cargo run --release -p loadtest-agent --example page_speed` sets it against
+//! serde_json).
 //!
 //! The page is read with [`crate::json`]'s scanner: its top level and its `order` array token
 //! by token, each post skipped whole 64 bytes at a time. A kept post's own `root_id` key is
