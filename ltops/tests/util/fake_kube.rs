@@ -1972,6 +1972,17 @@ async fn run_exec(
     };
     send_channel(&mut ws, 3, status.to_string().as_bytes()).await?;
     let _ = ws.send(Message::Close(None)).await;
+    // Read what the client still sends (its stdin's end, its own close) until it goes, as a
+    // close handshake does: dropping a socket with bytes unread makes the kernel reset the
+    // connection, and a reset can take the status above with it before the client reads it.
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(5), async {
+        while let Some(Ok(m)) = ws.recv().await {
+            if matches!(m, Message::Close(_)) {
+                break;
+            }
+        }
+    })
+    .await;
     Ok(())
 }
 
