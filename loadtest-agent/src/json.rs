@@ -520,15 +520,8 @@ mod wide {
     #[inline]
     #[target_feature(enable = "avx2")]
     pub(super) fn masks(b: &[u8]) -> Masks {
-        let mut pad;
-        let block = match b.first_chunk::<64>() {
-            Some(block) => block,
-            None => {
-                pad = [b' '; 64];
-                pad[..b.len()].copy_from_slice(b);
-                &pad
-            }
-        };
+        let mut pad = [0; 64];
+        let block = super::block_of(b, &mut pad);
         let (lo, hi) = block.split_at(32);
         let blank = [b' '; 32];
         let lo = half(lo.try_into().unwrap_or(&blank));
@@ -579,6 +572,19 @@ mod wide {
     }
 }
 
+/// The first 64 bytes of `b`, or all of it padded with spaces (none of the bytes the masks
+/// look for) in `pad` when it is shorter: what both ways of making [`Masks`] read.
+fn block_of<'a>(b: &'a [u8], pad: &'a mut [u8; 64]) -> &'a [u8; 64] {
+    match b.first_chunk::<64>() {
+        Some(block) => block,
+        None => {
+            pad.fill(b' ');
+            pad[..b.len()].copy_from_slice(b);
+            pad
+        }
+    }
+}
+
 /// Which of up to 64 bytes are a quote, a backslash, an opening or a closing bracket (bit `i`
 /// for byte `i`; bytes past the end are none of them).
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -591,13 +597,8 @@ struct Masks {
 
 impl Masks {
     fn of(b: &[u8]) -> Masks {
-        if b.len() >= 64 {
-            Masks::block(b[..64].try_into().unwrap_or(&[b' '; 64]))
-        } else {
-            let mut pad = [b' '; 64];
-            pad[..b.len()].copy_from_slice(b);
-            Masks::block(&pad)
-        }
+        let mut pad = [0; 64];
+        Masks::block(block_of(b, &mut pad))
     }
 
     #[cfg(target_arch = "x86_64")]
